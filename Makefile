@@ -1,0 +1,38 @@
+# mmfusion — set-up and everyday commands. `make help` lists them.
+PY ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+BIN := $(VENV)/bin
+
+.PHONY: help install test test-fast train eval lint format bench clean
+
+help: ## list targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  %-12s %s\n", $$1, $$2}'
+
+install: ## create .venv, install torch (pinned, first), then mmfusion[dev]
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip
+	$(BIN)/pip install "$(TORCH)"
+	$(BIN)/pip install -e ".[dev]"
+
+test: ## run the whole test suite (what CI runs)
+	$(BIN)/python -m pytest -q --timeout=900
+
+test-fast: ## skip the tests marked slow
+	$(BIN)/python -m pytest -q -m "not slow"
+
+train: ## train the default model on the default (embedded, offline) data
+	$(BIN)/python train.py
+
+lint: ## ruff
+	$(BIN)/ruff check src tests scripts
+
+format: ## ruff format
+	$(BIN)/ruff format src tests scripts
+
+bench: ## training-step benchmark -> outputs/benchmark.json
+	$(BIN)/python scripts/benchmark.py
+
+clean: ## remove caches and build artefacts
+	rm -rf build dist *.egg-info .pytest_cache .ruff_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
