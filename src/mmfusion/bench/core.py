@@ -1,0 +1,56 @@
+"""Timing helpers shared by every benchmark suite (results are JSON rows, never asserted by tests)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def device_sync(device: torch.device | str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_fn(fn: Callable[[], Any], *, warmup: int = 3, repeats: int = 10, device: str = "cpu") -> dict[str, float]:
+    """Median / IQR wall time (ms) of ``fn()`` over ``repeats`` calls after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    device_sync(device)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        device_sync(device)
+        times.append((time.perf_counter() - t0) * 1e3)
+    t = np.asarray(times)
+    return {"median_ms": float(np.median(t)), "p25_ms": float(np.percentile(t, 25)),
+            "p75_ms": float(np.percentile(t, 75)), "repeats": repeats, "warmup": warmup}
+
+
+def peak_memory_mb(device: str = "cpu") -> float | None:
+    """Peak allocated CUDA memory (MiB) since the last reset, or peak RSS of the process on CPU."""
+    if torch.device(device).type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    try:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    except Exception:  # pragma: no cover - non-POSIX
+        return None
+
+
+def reset_peak(device: str = "cpu") -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+
+
+def environment() -> dict[str, Any]:
+    import platform
+
+    return {"torch": torch.__version__, "threads": torch.get_num_threads(), "python": platform.python_version(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "machine": platform.machine(), "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
