@@ -77,7 +77,7 @@ def linear_warmup_schedule(optimizer: torch.optim.Optimizer, num_training_steps:
 
     def factor(step: int) -> float:
         if step < warm:
-            return float(step + 1) / float(max(1, warm))
+            return float(step) / float(max(1, warm))
         return max(0.0, float(total - step) / float(max(1, total - warm)))
 
     return LambdaLR(optimizer, factor)
