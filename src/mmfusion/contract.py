@@ -63,6 +63,9 @@ class FusionModel(nn.Module):
     so that plug-ins can size their networks in :meth:`Plugin.attach`.
 
     ``gate`` (optional) is inserted between encoders and fusion: ``gate(unimodal, batch) -> unimodal'`` (EMMA).
+    A gate that scales whole modalities also sets ``gate.last_scales = {m: (B,)}``; ``forward`` passes them to
+    ``fuse`` as ``state["gate_scales"]`` so that models fusing sequences (EF-LSTM, MFN) scale each modality's
+    sequence by the same factor.
     ``pools`` holds the attention-pooling modules that an attention plug-in may replace; each maps
     ``(x: (B, L, D), mask: (B, L) bool) -> (B, D')`` (see :class:`AttentionPool`).
     """
@@ -93,6 +96,9 @@ class FusionModel(nn.Module):
             extras["unimodal_pre_gate"] = unimodal
             unimodal = self.gate(unimodal, batch)
             extras.update(getattr(self.gate, "last_extras", {}))
+            scales = getattr(self.gate, "last_scales", None)
+            if scales is not None:  # per-modality factors {m: (B,)} for models that fuse sequences
+                enc.state["gate_scales"] = scales
         fused = self.fuse(unimodal, enc.state, batch)
         prediction = self.predict(fused)
         extras.update(enc.state.get("extras", {}))

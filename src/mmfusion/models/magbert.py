@@ -99,6 +99,7 @@ class MAGBERT(FusionModel):
         input_dims: dict[str, int],
         output_dim: int = 1,
         pretrained: str | None = None,
+        tokenizer: str | None = None,
         allow_download: bool = False,
         text_modality: str = "text",
         injection_layer: int = 0,
@@ -112,6 +113,8 @@ class MAGBERT(FusionModel):
         super().__init__()
         from transformers import BertModel
 
+        # ``tokenizer`` is read by the data configs (data.text_tokenizer); it must share the BERT's vocabulary.
+        self.tokenizer_name = tokenizer
         path, kw = resolve_pretrained(pretrained, allow_download)
         try:
             self.bert = BertModel.from_pretrained(path, **kw)
@@ -154,6 +157,9 @@ class MAGBERT(FusionModel):
             raise DataError("MAG-BERT needs batch['tokens'] (word-piece ids): set data.text_tokenizer (e.g. "
                             "experiment=mosi_magbert) so the datamodule tokenises the transcripts")
         tok = dict(tok)
+        if int(tok["input_ids"].max()) >= self.bert.config.vocab_size:
+            raise DataError(f"token id {int(tok['input_ids'].max())} >= the BERT vocabulary size "
+                            f"{self.bert.config.vocab_size}: data.text_tokenizer and model.pretrained differ")
         am = tok["attention_mask"]
         if self.trim_padding:  # drop the columns that are padding for the whole batch
             keep = int(am.sum(1).max())

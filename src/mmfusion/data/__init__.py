@@ -1,0 +1,1 @@
+"""Datamodules (config group ``data``)."""

@@ -1,0 +1,1 @@
+"""Fusion models (config group ``model``); each is a :class:`mmfusion.contract.FusionModel`."""

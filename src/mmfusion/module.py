@@ -1,0 +1,198 @@
+"""The Lightning module that composes a fusion model, a task and any number of plug-ins.
+
+Training uses manual optimisation so that plug-ins can own optimisers and inner steps (MDM's critic, the
+synergy C-network) without the module knowing which plug-in it has. One training step:
+
+1. ``out = net(batch)`` (gates / replaced pools installed by plug-ins act inside the model);
+2. each plug-in's ``inner_step`` (its own optimisers, detached inputs);
+3. ``loss = task.loss(out.prediction, y) + sum(plugin.loss(...).value)``; one backward; clipping of the task
+   model's gradients (``grad_clip_val``, by norm or value); the task optimiser and scheduler step;
+4. each plug-in's ``after_backward`` (plug-ins that train jointly on the same loss step their optimisers).
+
+Validation/test gather predictions (deduplicated by sample index under DDP) and compute the task's metrics on
+the whole split, logged as ``val/<metric>`` and ``test/<metric>``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from torch import Tensor
+
+from mmfusion import corruption
+from mmfusion.contract import FusionModel, ModelInfo, Plugin
+from mmfusion.tasks import Task, to_numpy
+
+log = logging.getLogger(__name__)
+
+
+class FusionModule(pl.LightningModule):
+    def __init__(
+        self,
+        net: FusionModel,
+        task: Task,
+        plugins: dict[str, Plugin] | None = None,
+        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+        scheduler: Callable[..., Any] | None = None,
+        scheduler_interval: str = "epoch",
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        grad_clip_val: float | None = None,
+        grad_clip_algorithm: str = "norm",
+        data_info: dict[str, Any] | None = None,
+        test_corruption: str | None = None,
+        corruption_seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.net = net
+        self.task = task
+        self.plugins = torch.nn.ModuleDict(plugins or {})
+        self.optimizer_factory = optimizer or torch.optim.AdamW
+        self.scheduler_factory = scheduler
+        self.scheduler_interval = scheduler_interval
+        self.lr, self.weight_decay = lr, weight_decay
+        self.grad_clip_val, self.grad_clip_algorithm = grad_clip_val, grad_clip_algorithm
+        self.test_corruption = test_corruption
+        self.corruption_seed = corruption_seed
+        self.data_info = dict(data_info or {})
+        info = ModelInfo(net.modalities, dict(net.unimodal_dims), int(net.fused_dim), self.data_info)
+        for p in self.plugins.values():
+            p.attach(net, info)
+        self._opt_slices: dict[str, slice] = {}
+        self._outputs: dict[str, list[dict[str, Tensor]]] = {"val": [], "test": []}
+        self.extra_checkpoint: dict[str, Any] = {}
+        self.last_metrics: dict[str, dict[str, float]] = {}
+
+    # -- optimisers ---------------------------------------------------------------------------------------------
+    def configure_optimizers(self):
+        groups = self.net.param_groups(self.lr, self.weight_decay)
+        main = self.optimizer_factory(groups)
+        opts = [main]
+        for name, p in self.plugins.items():
+            own = p.configure_optimizers()
+            self._opt_slices[name] = slice(len(opts), len(opts) + len(own))
+            opts.extend(own)
+        scheds = []
+        if self.scheduler_factory is not None:
+            kwargs = {}
+            params = inspect.signature(self.scheduler_factory).parameters
+            if "num_training_steps" in params:
+                kwargs["num_training_steps"] = int(self.trainer.estimated_stepping_batches)
+            sched = self.scheduler_factory(main, **kwargs)
+            scheds.append({"scheduler": sched, "interval": self.scheduler_interval})
+        return opts, scheds
+
+    def _optimizers(self) -> list:
+        opts = self.optimizers()
+        return opts if isinstance(opts, list) else [opts]
+
+    # -- steps --------------------------------------------------------------------------------------------------
+    def forward(self, batch):
+        return self.net(batch)
+
+    def training_step(self, batch, batch_idx: int):
+        opts = self._optimizers()
+        main = opts[0]
+        out = self.net(batch)
+        logs: dict[str, Any] = {}
+        for name, p in self.plugins.items():
+            inner = p.inner_step(out, batch, opts[self._opt_slices.get(name, slice(0, 0))], self.manual_backward)
+            logs.update({f"train/reg/{name}/{k}": v for k, v in inner.items()})
+        task_loss = self.task.loss(out.prediction, batch["y"])
+        loss = task_loss
+        for name, p in self.plugins.items():
+            term = p.loss(out, batch, "train")
+            if term is not None:
+                loss = loss + term.value
+                logs[f"train/reg/{name}/loss"] = term.value.detach()
+                logs.update({f"train/reg/{name}/{k}": v for k, v in term.logs.items()})
+        for opt in opts:
+            opt.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        if self.grad_clip_val:
+            self.clip_gradients(main, gradient_clip_val=self.grad_clip_val,
+                                gradient_clip_algorithm=self.grad_clip_algorithm)
+        main.step()
+        for name, p in self.plugins.items():
+            p.after_backward(opts[self._opt_slices.get(name, slice(0, 0))])
+        sch = self.lr_schedulers()
+        if sch is not None and self.scheduler_interval == "step":
+            sch.step()
+        bs = int(batch["y"].shape[0])
+        self.log("train/loss", loss.detach(), prog_bar=True, batch_size=bs)
+        self.log("train/task_loss", task_loss.detach(), batch_size=bs)
+        if logs:
+            self.log_dict({k: (v.detach() if isinstance(v, Tensor) else float(v)) for k, v in logs.items()},
+                          batch_size=bs)
+        return loss.detach()
+
+    def on_train_epoch_end(self) -> None:
+        sch = self.lr_schedulers()
+        if sch is not None and self.scheduler_interval == "epoch":
+            sch.step()
+
+    def _eval_step(self, batch, stage: str, batch_idx: int) -> None:
+        if stage == "test" and self.test_corruption:
+            g = torch.Generator().manual_seed(self.corruption_seed * 100_003 + batch_idx)
+            batch = corruption.apply(batch, self.test_corruption, tuple(self.net.modalities), g)
+        out = self.net(batch)
+        bs = int(batch["y"].shape[0])
+        self.log(f"{stage}/loss", self.task.loss(out.prediction, batch["y"]), batch_size=bs, sync_dist=True)
+        for name, p in self.plugins.items():
+            term = p.loss(out, batch, stage)
+            if term is not None:
+                self.log(f"{stage}/reg/{name}/loss", term.value.detach().float(), batch_size=bs, sync_dist=True)
+            if batch_idx == 0 and stage == "val":
+                diag = p.diagnostics(out, batch)
+                if diag:
+                    self.log_dict({f"val/reg/{name}/{k}": v for k, v in diag.items()}, batch_size=bs,
+                                  sync_dist=True)
+        self._outputs[stage].append({"pred": out.prediction.detach(), "y": batch["y"].detach(),
+                                     "index": batch["index"].detach()})
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._eval_step(batch, "val", batch_idx)
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._eval_step(batch, "test", batch_idx)
+
+    def _epoch_metrics(self, stage: str) -> dict[str, float]:
+        outs = self._outputs[stage]
+        self._outputs[stage] = []
+        if not outs:
+            return {}
+        pred = torch.cat([o["pred"] for o in outs])
+        y = torch.cat([o["y"] for o in outs])
+        idx = torch.cat([o["index"] for o in outs])
+        if self.trainer.world_size > 1:  # gather the whole split, drop the DistributedSampler's padding repeats
+            pred = self.all_gather(pred).flatten(0, 1)
+            y = self.all_gather(y).flatten(0, 1)
+            idx = self.all_gather(idx).flatten(0, 1)
+        idx_np = to_numpy(idx).astype(np.int64)
+        _, first = np.unique(idx_np, return_index=True)
+        metrics = self.task.metrics(to_numpy(pred)[first], to_numpy(y)[first])
+        self.last_metrics[stage] = metrics
+        return metrics
+
+    def on_validation_epoch_end(self) -> None:
+        metrics = self._epoch_metrics("val")
+        if metrics and not self.trainer.sanity_checking:
+            mon = self.task.monitor.split("/", 1)[-1]
+            for k, v in metrics.items():
+                self.log(f"val/{k}", float(v), prog_bar=(k == mon))
+
+    def on_test_epoch_end(self) -> None:
+        metrics = self._epoch_metrics("test")
+        if metrics:
+            self.log_dict({f"test/{k}": float(v) for k, v in metrics.items()})
+
+    # -- checkpoints --------------------------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint.update(self.extra_checkpoint)

@@ -1,0 +1,213 @@
+"""Synergy regulariser: the C-network of Shankar, "Multimodal fusion via cortical network inspired losses"
+(ACL 2022; ``shared/seeds/002``, Sec. 4.1 and Appendix D).
+
+The task model is trained on ``L_task + beta * L_reg`` with
+``L_reg = w_recon * L_L2 + w_align * L_d + w_kurt * L_kappa`` (each term switchable by a zero weight; Table 5's
+ablation is a sweep over these switches):
+
+* ``L_L2 = sum_i mean_b ||Q_i(Z_{-i}) - LN(Z_i)||^2 / d_i`` -- cross-modal reconstruction. Correction: the paper's
+  ``||Q_i(Z_{-i}) - Z_i||^2`` can be driven to 0 by the encoders shrinking every Z; the target (and the input) go
+  through a non-affine LayerNorm so the scale cannot be gamed.
+* ``L_d = sum_i D(G_i(R_i^u Z_i), G_i(R_i^f Z))`` -- alignment of each unimodal and the fused distribution after
+  fixed Gaussian random projections (``R``, k x d, buffers) and an invertible network ``G_i`` (orthogonal k x k
+  layers + LeakyReLU(0.2): exactly invertible, 1-Lipschitz, no log-det needed). Corrections: the paper applies one
+  g_i to inputs of different sizes (hence separate projections per source); ``D`` is the *unbiased, normalised*
+  MMD^2 with a detached median-heuristic multi-bandwidth RBF kernel (the paper prints un-normalised sums with the
+  diagonal), or KL through a critic that *ascends* its bound (NWJ or DV, with the log the paper omits) while the
+  C-network and encoders descend it -- Appendix D descends L_reg w.r.t. every C-network parameter, which for a
+  variational KL critic minimises a lower bound and estimates nothing.
+* ``L_kappa = sum_X kappa(P_X X) / (k(k+2))`` over ``X in {Z_1..Z_M, Z}`` -- Mardia kurtosis after a fixed random
+  projection, with an EMA covariance, ridge and norm cap; scale-invariant ratio form (the paper's stale-covariance
+  form scales like c^4 and rewards shrinking the features). ``kurt_sign=+1`` minimises (the paper's Algorithm D);
+  its text motivates both signs, so the sign is configurable.
+
+The C-network ({Q_i, G_i}) has its own AdamW optimiser and learning rate and is stepped in ``after_backward`` on the
+gradients of the same backward as the task model (cooperative terms); the KL critics have a separate optimiser and
+ascend in ``inner_step`` on detached representations. Training-time only: nothing here runs at inference.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mmfusion.contract import Batch, FusionModel, FusionOutput, ModelInfo, Plugin, PluginLoss
+from mmfusion.errors import ConfigError
+from mmfusion.regularizers.estimators import EMAKurtosis, dv_bound, mlp, mmd2, nwj_bound
+from mmfusion.regularizers.mdm import frozen
+
+
+class InvertibleNet(nn.Sequential):
+    """``layers`` orthogonal k x k linear maps with LeakyReLU(0.2) in between: bijective, 1-Lipschitz."""
+
+    def __init__(self, k: int, layers: int = 4) -> None:
+        mods: list[nn.Module] = []
+        for i in range(layers):
+            mods.append(nn.utils.parametrizations.orthogonal(nn.Linear(k, k)))
+            if i < layers - 1:
+                mods.append(nn.LeakyReLU(0.2))
+        super().__init__(*mods)
+
+
+class Synergy(Plugin):
+    """C-network synergy regulariser; ``loss`` returns ``beta * L_reg``."""
+
+    training_only = True
+
+    def __init__(self, divergence: str = "mmd", beta: float = 1.0, recon_weight: float = 0.1,
+                 align_weight: float = 1.0, kurt_weight: float = 0.01, proj_dim: int = 32, kurt_dim: int = 16,
+                 q_hidden: int = 256, q_layers: int = 3, inn_layers: int = 4, recon_stop_grad: bool = False,
+                 mmd_scales: Sequence[float] = (0.25, 0.5, 1.0, 2.0, 4.0), mmd_unbiased: bool = True,
+                 kl_bound: str = "nwj", critic_hidden: int = 128, critic_layers: int = 2, critic_lr: float = 4e-4,
+                 critic_steps: int = 1, lr: float = 1e-3, weight_decay: float = 1e-4, kurt_decay: float = 0.9,
+                 kurt_ridge: float = 1e-3, kurt_cap: float | None = 3.0, kurt_sign: float = 1.0,
+                 grad_clip: float | None = 5.0, seed: int = 0) -> None:
+        super().__init__()
+        if divergence not in ("mmd", "kl"):
+            raise ConfigError(f"reg.synergy divergence must be 'mmd' or 'kl', got {divergence!r}")
+        if kl_bound not in ("nwj", "dv"):
+            raise ConfigError(f"reg.synergy kl_bound must be 'nwj' or 'dv', got {kl_bound!r}")
+        for key, val in (("beta", beta), ("recon_weight", recon_weight), ("align_weight", align_weight),
+                         ("kurt_weight", kurt_weight)):
+            if val < 0:
+                raise ConfigError(f"reg.synergy {key} must be >= 0, got {val}")
+        self.divergence, self.beta = divergence, float(beta)
+        self.w = {"recon": float(recon_weight), "align": float(align_weight), "kurt": float(kurt_weight)}
+        self.proj_dim, self.kurt_dim, self.q_hidden, self.q_layers = proj_dim, kurt_dim, q_hidden, q_layers
+        self.inn_layers, self.recon_stop_grad = inn_layers, recon_stop_grad
+        self.mmd_scales, self.mmd_unbiased = tuple(mmd_scales), mmd_unbiased
+        self.kl_bound = nwj_bound if kl_bound == "nwj" else dv_bound
+        self.critic_hidden, self.critic_layers = critic_hidden, critic_layers
+        self.critic_lr, self.critic_steps = critic_lr, int(critic_steps)
+        self.lr, self.weight_decay, self.grad_clip = lr, weight_decay, grad_clip
+        self.kurt_kw = dict(decay=kurt_decay, rel_ridge=kurt_ridge, cap=kurt_cap)
+        self.kurt_sign, self.seed = float(kurt_sign), seed
+        self.modalities: tuple[str, ...] = ()
+        self.cnet = nn.ModuleDict()
+        self.critics = nn.ModuleDict()
+        self.kurtosis = nn.ModuleDict()
+
+    # ------------------------------------------------------------------------------------------------ building
+
+    def attach(self, model: FusionModel, info: ModelInfo) -> None:
+        mods = tuple(info.modalities)
+        if len(mods) < 2:
+            raise ConfigError(f"reg.synergy needs >= 2 modalities, the model has {list(mods)}")
+        self.modalities, dims, fdim = mods, dict(info.unimodal_dims), int(info.fused_dim)
+        g = torch.Generator().manual_seed(self.seed)
+        k = self.proj_dim
+
+        def proj(out_dim: int, in_dim: int) -> Tensor:  # JL projection, entries N(0, 1/out_dim)
+            return torch.randn(out_dim, in_dim, generator=g) / math.sqrt(out_dim)
+
+        self.cnet["Q"] = nn.ModuleDict({m: mlp(sum(dims[o] for o in mods if o != m), self.q_hidden, self.q_layers,
+                                               dims[m]) for m in mods})
+        self.cnet["G"] = nn.ModuleDict({m: InvertibleNet(k, self.inn_layers) for m in mods})
+        for m in mods:
+            self.register_buffer(f"R_uni_{m}", proj(k, dims[m]))
+            self.register_buffer(f"R_fus_{m}", proj(k, fdim))
+        if self.divergence == "kl":
+            self.critics.update({m: mlp(k, self.critic_hidden, self.critic_layers, 1) for m in mods})
+        for name, d in [*((m, dims[m]) for m in mods), ("fused", fdim)]:
+            kd = min(self.kurt_dim, d)
+            self.register_buffer(f"P_kurt_{name}", proj(kd, d))
+            self.kurtosis[name] = EMAKurtosis(kd, **self.kurt_kw)  # type: ignore[arg-type]
+
+    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+        if not self.modalities:
+            raise RuntimeError("Synergy plug-in used before attach()")
+        opts = [torch.optim.AdamW(self.cnet.parameters(), lr=self.lr, weight_decay=self.weight_decay)]
+        if self.divergence == "kl":
+            opts.append(torch.optim.Adam(self.critics.parameters(), lr=self.critic_lr))
+        return opts
+
+    # ------------------------------------------------------------------------------------------------ terms
+
+    def _reps(self, out: FusionOutput) -> tuple[dict[str, Tensor], Tensor]:
+        try:
+            return {m: out.unimodal[m].float() for m in self.modalities}, out.fused.float()
+        except KeyError as e:
+            raise ConfigError(f"reg.synergy: model output has no unimodal representation {e}") from None
+
+    def aligned_pair(self, m: str, z_m: Tensor, fused: Tensor) -> tuple[Tensor, Tensor]:
+        """``(G_m(R^u_m z_m), G_m(R^f_m Z))``: the two samples whose distributions are aligned."""
+        g = self.cnet["G"][m]
+        return g(z_m @ getattr(self, f"R_uni_{m}").T), g(fused @ getattr(self, f"R_fus_{m}").T)
+
+    def terms(self, out: FusionOutput) -> dict[str, Tensor]:
+        """Unweighted ``recon``, ``align`` and ``kurt`` terms (those with weight 0 are skipped)."""
+        uni, fused = self._reps(out)
+        res: dict[str, Tensor] = {}
+        if self.w["recon"] > 0:
+            normed = {m: F.layer_norm(z, z.shape[-1:]) for m, z in uni.items()}
+            total = fused.new_zeros(())
+            for m in self.modalities:
+                src = torch.cat([normed[o] for o in self.modalities if o != m], -1)
+                target = normed[m].detach() if self.recon_stop_grad else normed[m]
+                total = total + ((self.cnet["Q"][m](src) - target) ** 2).mean()  # mean over batch and dims
+            res["recon"] = total
+        if self.w["align"] > 0:
+            total = fused.new_zeros(())
+            for m in self.modalities:
+                a, b = self.aligned_pair(m, uni[m], fused)
+                if self.divergence == "mmd":
+                    total = total + mmd2(a, b, scales=self.mmd_scales, unbiased=self.mmd_unbiased)
+                else:
+                    crit = self.critics[m]
+                    total = total + self.kl_bound(crit(a).squeeze(-1), crit(b).squeeze(-1))
+            res["align"] = total
+        if self.w["kurt"] > 0:
+            total = fused.new_zeros(())
+            for name, z in [*uni.items(), ("fused", fused)]:
+                total = total + self.kurtosis[name](z @ getattr(self, f"P_kurt_{name}").T)
+            res["kurt"] = self.kurt_sign * total
+        return res
+
+    # ------------------------------------------------------------------------------------------------ contract
+
+    def inner_step(self, out: FusionOutput, batch: Batch, optimizers: list[torch.optim.Optimizer],
+                   backward: Callable[[Tensor], None]) -> dict[str, Tensor | float]:
+        """KL variant only: the critics ascend their KL bound on detached, projected representations."""
+        if self.divergence != "kl" or self.w["align"] <= 0:
+            return {}
+        opt = optimizers[1]
+        uni, fused = self._reps(out)
+        with torch.no_grad():
+            pairs = {m: self.aligned_pair(m, uni[m].detach(), fused.detach()) for m in self.modalities}
+        for _ in range(self.critic_steps):
+            opt.zero_grad(set_to_none=True)
+            bound = sum(self.kl_bound(self.critics[m](a).squeeze(-1), self.critics[m](b).squeeze(-1))
+                        for m, (a, b) in pairs.items())
+            backward(-bound)
+            opt.step()
+        opt.zero_grad(set_to_none=True)
+        return {"critic_kl": bound.detach()}
+
+    def loss(self, out: FusionOutput, batch: Batch, stage: str) -> PluginLoss | None:
+        with frozen(self.critics):
+            t = self.terms(out)
+        reg = sum((self.w[k] * v for k, v in t.items()), out.fused.new_zeros(()))
+        logs: dict[str, Tensor | float] = {k: v.detach() for k, v in t.items()}
+        logs["L_reg"] = reg.detach()
+        return PluginLoss(value=self.beta * reg, logs=logs)
+
+    def after_backward(self, optimizers: list[torch.optim.Optimizer]) -> None:
+        """The C-network descends the same ``beta * L_reg`` the task model just back-propagated."""
+        opt = optimizers[0]
+        if self.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.cnet.parameters(), self.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    @torch.no_grad()
+    def diagnostics(self, out: FusionOutput, batch: Batch) -> dict[str, Tensor | float]:
+        was = self.training
+        self.eval()  # no EMA update of the kurtosis covariance
+        try:
+            return {k: v.detach() for k, v in self.terms(out).items()}
+        finally:
+            self.train(was)

@@ -1,0 +1,1 @@
+"""Utilities for the entry points: instantiation, run folders, printing."""

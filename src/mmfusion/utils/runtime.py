@@ -1,0 +1,111 @@
+"""Run-time glue shared by ``train.py`` and ``eval.py``: config location, resolvers, error reporting, W&B
+clean-up, checkpoint lookup."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from mmfusion.errors import MMFusionError
+from mmfusion.utils.cli import exit_on_bad_overrides
+
+log = logging.getLogger("mmfusion")
+
+ROOT_DIR = Path(os.environ.get("MMFUSION_ROOT", Path(__file__).resolve().parents[3]))
+CONFIG_DIR = Path(os.environ.get("MMFUSION_CONFIG_DIR", ROOT_DIR / "configs"))
+
+if not OmegaConf.has_resolver("mmf_root"):
+    OmegaConf.register_new_resolver("mmf_root", lambda: str(ROOT_DIR))
+
+
+def quiet_third_party() -> None:
+    """Silence known noise (Lightning's adverts, torch pytree deprecation) but nothing of ours."""
+    warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*The anonymous setting has no effect.*")
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
+        lambda r: "litlogger" not in r.getMessage() and "litmodels" not in r.getMessage())
+
+
+def prepare_cli(config_dir: Path) -> None:
+    """Before Hydra parses argv: one-line errors for unknown choices, quiet logs."""
+    exit_on_bad_overrides(config_dir)
+    quiet_third_party()
+
+
+def find_mmfusion_error(exc: BaseException) -> MMFusionError | None:
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, MMFusionError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+@contextlib.contextmanager
+def task_wrapper(cfg: DictConfig) -> Iterator[None]:
+    """Bad input -> ``error: <one line>`` on stderr and exit status 2; always close a W&B run (otherwise Hydra
+    multirun jobs silently share one run id)."""
+    quiet_third_party()
+    try:
+        yield
+    except Exception as exc:  # noqa: BLE001 - re-raised unless it is bad input
+        err = find_mmfusion_error(exc)
+        if err is None:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    finally:
+        if "wandb" in sys.modules:
+            import wandb
+
+            if wandb.run is not None:
+                wandb.finish()
+
+
+def resolve_ckpt_path(ckpt: str | None, cfg: DictConfig) -> str | None:
+    """``ckpt_path=last`` -> the newest ``last.ckpt`` under this run's output folder (resume)."""
+    if ckpt in (None, "", "null"):
+        return None
+    if ckpt == "last":
+        cands = sorted(Path(cfg.paths.output_dir).glob("**/last*.ckpt"), key=lambda p: p.stat().st_mtime)
+        if not cands:
+            raise MMFusionError(f"ckpt_path=last: no last.ckpt under {cfg.paths.output_dir}; set hydra.run.dir to the run to resume")
+        return str(cands[-1])
+    if not Path(ckpt).is_file():
+        raise MMFusionError(f"ckpt_path: file not found: {ckpt}")
+    return str(ckpt)
+
+
+def log_run_info(trainer: Any, module: Any, cfg: DictConfig) -> None:
+    if not trainer.is_global_zero:
+        return
+    n = sum(p.numel() for p in module.net.parameters())
+    plugins = ", ".join(module.plugins.keys()) or "none"
+    log.info("model=%s (%s parameters) reg=%s data=%s -> %s", type(module.net).__name__, f"{n:,}", plugins,
+             type(trainer.datamodule).__name__ if getattr(trainer, "datamodule", None) else cfg.data.get("_target_"),
+             cfg.paths.output_dir)
+    for lg in trainer.loggers:
+        with contextlib.suppress(Exception):
+            lg.log_hyperparams({**OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False),
+                                "model/params/total": n})
+
+
+def metric_value(result: dict[str, Any], name: str | None) -> float | None:
+    """The metric an Optuna sweep optimises, e.g. ``val/MAE`` -> ``result['val']['MAE']``."""
+    if not name:
+        return None
+    split, _, key = str(name).partition("/")
+    value = result.get(split, {}).get(key)
+    if value is None:
+        raise MMFusionError(f"optimized_metric {name!r} was not computed; available: {sorted(result.get(split, {}))}")
+    return float(value)
