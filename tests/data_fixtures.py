@@ -123,3 +123,65 @@ def write_mult(path: Path, seed: int = 1, dims=(300, 5, 20), lens=(10, 14, 12)) 
     with open(path, "wb") as f:
         pickle.dump(data, f)
     return truth
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# CMU-MultimodalSDK computational sequences (.csd, HDF5)
+
+
+def write_csd(path: Path, root: str, data: dict, metadata: dict | None = None) -> None:
+    """The SDK layout: ``<root>/data/<vid>/{features,intervals}``, ``<root>/metadata/<key>`` = (1,) JSON string."""
+    import json
+
+    import h5py
+
+    with h5py.File(path, "w") as f:
+        g = f.create_group(root)
+        d = g.create_group("data")
+        for vid, (feats, iv) in data.items():
+            v = d.create_group(vid)
+            v.create_dataset("features", data=feats)
+            v.create_dataset("intervals", data=iv)
+        m = g.create_group("metadata")
+        meta = {"root name": root, "dimension names": [f"d{i}" for i in range(next(iter(data.values()))[0].shape[1])],
+                "computational sequence version": "1.0", **(metadata or {})}
+        for k, val in meta.items():
+            ds = m.create_dataset(k, (1,), dtype=h5py.special_dtype(vlen=str))
+            ds[0] = json.dumps(val)
+
+
+def write_csd_dataset(root: Path, seed: int = 0) -> dict:
+    """Words (text vectors), audio frames (NaN/-inf), vision frames with a gap, labels; 5 videos, one outside the
+    folds; one segment without words. Returns paths and the raw arrays."""
+    import json
+
+    rng = np.random.default_rng(seed)
+    vids = ["vidA", "vidB", "vidC", "vidD", "vidE"]
+    text, audio, vision, labels = {}, {}, {}, {}
+    for k, v in enumerate(vids):
+        n_words = 9 + k
+        starts = np.cumsum(rng.uniform(0.2, 0.5, n_words)) + 1.0
+        w_iv = np.stack([starts, starts + rng.uniform(0.1, 0.3, n_words)], 1)
+        text[v] = (rng.normal(size=(n_words, 6)).astype(np.float32), w_iv)
+        t_end = w_iv[-1, 1] + 2.0
+        a_start = np.arange(0.0, t_end, 0.1)
+        a = rng.normal(size=(len(a_start), 4))
+        a[rng.integers(0, len(a), 3), 0] = -np.inf
+        a[rng.integers(0, len(a), 2), 1] = np.nan
+        audio[v] = (a.astype(np.float64), np.stack([a_start, a_start + 0.1], 1))
+        v_start = np.sort(rng.uniform(0.0, t_end, 40))
+        v_start = v_start[(v_start < w_iv[2, 0] - 0.05) | (v_start > w_iv[3, 1] + 0.05)]  # no frame on words 2-3
+        vision[v] = (rng.normal(size=(len(v_start), 3)).astype(np.float32), np.stack([v_start, v_start + 0.04], 1))
+        # segments: words [0, 4), [4, end), and one segment inside a silence before the first word
+        mid = (w_iv[3, 1] + w_iv[4, 0]) / 2
+        seg = np.array([[0.0, 0.9], [w_iv[0, 0] - 0.01, mid], [mid, w_iv[-1, 1] + 0.01]])
+        labels[v] = (rng.uniform(-3, 3, (3, 1)).astype(np.float32), seg)
+    paths = {m: root / f"{m}.csd" for m in ("text", "audio", "vision", "labels")}
+    write_csd(paths["text"], "glove_vectors", text)
+    write_csd(paths["audio"], "COVAREP", audio)
+    write_csd(paths["vision"], "FACET 4.2", vision)
+    write_csd(paths["labels"], "Opinion Segment Labels", labels)
+    folds = {"train": ["vidA", "vidB"], "valid": ["vidC"], "test": ["vidD"]}
+    (root / "folds.json").write_text(json.dumps(folds))
+    return {"paths": paths, "folds": root / "folds.json", "fold_lists": folds,
+            "raw": {"text": text, "audio": audio, "vision": vision, "labels": labels}}
