@@ -185,3 +185,60 @@ def write_csd_dataset(root: Path, seed: int = 0) -> dict:
     (root / "folds.json").write_text(json.dumps(folds))
     return {"paths": paths, "folds": root / "folds.json", "fold_lists": folds,
             "raw": {"text": text, "audio": audio, "vision": vision, "labels": labels}}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# UR-FUNNY v2 (six pickles)
+
+
+def write_urfunny(root: Path, ids_by_split: dict | None = None, seed: int = 0, write_labels_folds: bool = True,
+                  labels: dict | None = None) -> dict:
+    """The v2 layout. Id 0 of train has an empty punchline and NaN/-inf COVAREP; one sentence of the second
+    train id has a vision word-count mismatch. Returns, per id, the sentences per modality (sanitised)."""
+    rng = np.random.default_rng(seed)
+    if ids_by_split is None:
+        ids_by_split = {"train": list(range(100, 110)), "dev": list(range(200, 204)), "test": list(range(300, 304))}
+    all_ids = [i for v in ids_by_split.values() for i in v]
+    vocab = 60
+    emb = [rng.normal(size=300) + 1.0 for _ in range(vocab)]  # list of vectors, as released
+    lang, cov, opf, truth = {}, {}, {}, {}
+    for k, sid in enumerate(all_ids):
+        n_ctx = int(rng.integers(0, 4))
+        ctx_words = [int(rng.integers(1, 6)) for _ in range(n_ctx)]
+        p_words = 0 if k == 0 else int(rng.integers(1, 8))
+        ctx_idx = [rng.integers(0, vocab, w).tolist() for w in ctx_words]
+        p_idx = rng.integers(0, vocab, p_words).tolist()
+        lang[sid] = {"punchline_embedding_indexes": p_idx, "context_embedding_indexes": ctx_idx,
+                     "punchline_sentence": " ".join(f"w{i}" for i in p_idx),
+                     "context_sentences": [" ".join(f"w{i}" for i in s) for s in ctx_idx],
+                     "punchline_intervals": [[j, j + 0.3] for j in range(p_words)],
+                     "context_intervals": [[[j, j + 0.3] for j in range(w)] for w in ctx_words]}
+        a_ctx = [rng.normal(size=(w, 81)) for w in ctx_words]
+        a_p = rng.normal(size=(p_words, 81))
+        v_ctx = [rng.normal(size=(w, 371)) for w in ctx_words]
+        v_p = rng.normal(size=(p_words, 371))
+        a_clean = [c.copy() for c in a_ctx] + [a_p.copy()]
+        if k == 0 and n_ctx:
+            a_ctx[0][0, 0], a_ctx[0][0, 1] = -np.inf, np.nan
+            a_clean[0][0, 0], a_clean[0][0, 1] = 0.0, 0.0
+        v_clean = [c.copy() for c in v_ctx] + [v_p.copy()]
+        t_clean = [np.array([emb[i] for i in s]).reshape(len(s), 300) for s in ctx_idx + [p_idx]]
+        if k == 1 and p_words > 1:  # vision has one word fewer in the punchline -> all modalities cut
+            v_p = v_p[:-1]
+            v_clean[-1] = v_p.copy()
+            a_clean[-1] = a_clean[-1][:-1]
+            t_clean[-1] = t_clean[-1][:-1]
+        cov[sid] = {"punchline_features": a_p.tolist(), "context_features": [c.tolist() for c in a_ctx]}
+        opf[sid] = {"punchline_features": v_p, "context_features": v_ctx}
+        truth[sid] = {"text": t_clean, "audio": a_clean, "vision": v_clean}
+    files = {"language": lang, "embeddings": emb, "audio": cov, "vision": opf}
+    names = {"language": "language_sdk.pkl", "embeddings": "word_embedding_list.pkl",
+             "audio": "covarep_features_sdk.pkl", "vision": "openface_features_sdk.pkl"}
+    if write_labels_folds:
+        labels = labels or {i: float(rng.integers(0, 2)) for i in all_ids}
+        files["labels"], names["labels"] = labels, "humor_label_sdk.pkl"
+        files["folds"], names["folds"] = dict(ids_by_split), "data_folds.pkl"
+    for k, name in names.items():
+        with open(root / name, "wb") as f:
+            pickle.dump(files[k], f)
+    return {"truth": truth, "labels": labels, "folds": ids_by_split}
