@@ -51,7 +51,7 @@ def load_zero_one(mnist_root: str | None = None, n_eval: int = 100, seed: int = 
     return DigitsData(zeros[perm[n_eval:]], zeros[perm[:n_eval]], ones, "sklearn.datasets.load_digits")
 
 
-def fit_zero_dae(data: DigitsData, *, hidden: int = 128, noise_std: float = 0.2, epochs: int = 400,
+def fit_zero_dae(data: DigitsData, *, hidden: int = 64, noise_std: float = 0.2, epochs: int = 200,
                  batch_size: int = 64, lr: float = 3e-3, seed: int = 0) -> tuple[TiedDAE, dict[str, Any]]:
     x = torch.from_numpy(data.zeros_train)
     dae, rep = fit_dae(x, hidden, noise_std, epochs=epochs, batch_size=batch_size, lr=lr, standardize=False,
