@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from mmfusion.errors import ConfigError
 
 MEASURES = ("dv", "mine", "nwj", "infonce", "wasserstein")
+LN_EPS = 1e-12  # tiny: with LayerNorm's default 1e-5, shrinking the features below ~3e-3 would shrink the output
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -123,7 +124,7 @@ def normalize_view(x: Tensor, mode: str) -> Tensor:
     the embeddings, so encoders maximising it could just inflate them); it is harmless for the KL/f measures.
     """
     if mode == "layernorm":
-        return F.layer_norm(x, x.shape[-1:])
+        return F.layer_norm(x, x.shape[-1:], eps=LN_EPS)
     if mode == "l2":
         return F.normalize(x, dim=-1)
     if mode == "none":

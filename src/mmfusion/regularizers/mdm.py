@@ -35,8 +35,11 @@ MEASURE_ALIASES = {"kl": "mine", "f": "nwj", "w": "wasserstein", "wasserstein": 
 
 @contextmanager
 def frozen(module: nn.Module) -> Iterator[None]:
-    """Build the graph without gradients for ``module``'s parameters (restored afterwards)."""
+    """Build the graph without gradients for ``module``'s parameters and in eval mode (no spectral-norm power
+    iteration, so the frozen critic is the same function throughout the task update); restored afterwards."""
     flags = [(p, p.requires_grad) for p in module.parameters()]
+    was_training = module.training
+    module.eval()
     for p, _ in flags:
         p.requires_grad_(False)
     try:
@@ -44,6 +47,7 @@ def frozen(module: nn.Module) -> Iterator[None]:
     finally:
         for p, f in flags:
             p.requires_grad_(f)
+        module.train(was_training)
 
 
 class MDM(Plugin):
@@ -138,5 +142,6 @@ class MDM(Plugin):
         """The critic's estimate on a (fixed) validation batch, with fixed negatives, for health monitoring."""
         est = self._est()
         g = torch.Generator().manual_seed(self.diagnostic_seed)
-        b = est(self.views(out, detach=True), g)
+        with frozen(est):
+            b = est(self.views(out, detach=True), g)
         return {"critic_estimate": b.estimate.detach()}

@@ -21,14 +21,14 @@ def training_step(model: FusionModel, plugins: Mapping[str, Plugin], batch: Batc
     logs: dict[str, float] = {}
     for name, p in plugins.items():
         for k, v in p.inner_step(out, batch, plugin_opts[name], lambda loss: loss.backward()).items():
-            logs[f"{name}/{k}"] = float(v)
+            logs[f"{name}/{k}"] = float(torch.as_tensor(v).detach())
     loss = task_loss(out.prediction, batch["y"])
-    logs["task_loss"] = float(loss)
+    logs["task_loss"] = float(loss.detach())
     for name, p in plugins.items():
         pl = p.loss(out, batch, "train")
         if pl is not None:
             loss = loss + pl.value
-            logs.update({f"{name}/{k}": float(v) for k, v in pl.logs.items()})
+            logs.update({f"{name}/{k}": float(torch.as_tensor(v).detach()) for k, v in pl.logs.items()})
     task_opt.zero_grad(set_to_none=True)
     loss.backward()
     if clip:
@@ -36,5 +36,5 @@ def training_step(model: FusionModel, plugins: Mapping[str, Plugin], batch: Batc
     task_opt.step()
     for name, p in plugins.items():
         p.after_backward(plugin_opts[name])
-    logs["loss"] = float(loss)
+    logs["loss"] = float(loss.detach())
     return logs

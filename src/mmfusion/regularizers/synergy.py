@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from mmfusion.contract import Batch, FusionModel, FusionOutput, ModelInfo, Plugin, PluginLoss
 from mmfusion.errors import ConfigError
-from mmfusion.regularizers.estimators import EMAKurtosis, dv_bound, mlp, mmd2, nwj_bound
+from mmfusion.regularizers.estimators import LN_EPS, EMAKurtosis, dv_bound, mlp, mmd2, nwj_bound
 from mmfusion.regularizers.mdm import frozen
 
 
@@ -143,7 +143,7 @@ class Synergy(Plugin):
         uni, fused = self._reps(out)
         res: dict[str, Tensor] = {}
         if self.w["recon"] > 0:
-            normed = {m: F.layer_norm(z, z.shape[-1:]) for m, z in uni.items()}
+            normed = {m: F.layer_norm(z, z.shape[-1:], eps=LN_EPS) for m, z in uni.items()}
             total = fused.new_zeros(())
             for m in self.modalities:
                 src = torch.cat([normed[o] for o in self.modalities if o != m], -1)

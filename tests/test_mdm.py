@@ -1,0 +1,148 @@
+"""MDM plug-in: the two-stage procedure moves the critic and the encoders in the directions of the objective."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from mmfusion.errors import ConfigError
+from mmfusion.regularizers.mdm import MDM
+from mmfusion.regularizers.reference_step import training_step
+
+from .reg_helpers import TinyFusion, attach, redundant_batch
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "reg"
+MEASURES = ["kl", "f", "wasserstein", "wasserstein_gp"]
+
+
+def make(measure: str, **kw: object) -> MDM:
+    if measure == "wasserstein_gp":
+        return MDM(measure="wasserstein", spectral_norm=False, gp_weight=10.0, **kw)  # type: ignore[arg-type]
+    return MDM(measure=measure, **kw)  # type: ignore[arg-type]
+
+
+def bound_on(plugin: MDM, model: TinyFusion, batch: dict) -> float:
+    """The plug-in's bound on ``batch``, averaged over 8 fixed negative draws, in eval mode (frozen spectral-norm
+    power iteration)."""
+    was = plugin.training
+    plugin.eval()
+    with torch.no_grad():
+        views = plugin.views(model(batch), detach=True)
+        g = torch.Generator().manual_seed(123)
+        val = sum(float(plugin.estimator(views, g).objective) for _ in range(8)) / 8
+    plugin.train(was)
+    return val
+
+
+@pytest.mark.parametrize("measure", MEASURES)
+def test_critic_ascends_its_bound_and_only_plugin_optimizer_touches_it(measure: str) -> None:
+    torch.manual_seed(0)
+    model, batch = TinyFusion(), redundant_batch()
+    plugin = make(measure, unroll=30, lr=3e-3, hidden=32)
+    (opt,) = attach(plugin, model)
+    critic_ids = {id(p) for p in plugin.estimator.parameters()}
+    assert {id(p) for grp in opt.param_groups for p in grp["params"]} == critic_ids
+    assert not critic_ids & {id(p) for p in model.parameters()}
+    before_model = copy.deepcopy(model.state_dict())
+    before = bound_on(plugin, model, batch)
+    logs = plugin.inner_step(model(batch), batch, [opt], lambda loss: loss.backward())
+    assert bound_on(plugin, model, batch) > before + 0.05
+    assert torch.isfinite(torch.as_tensor(logs["critic_estimate"]))
+    assert int(plugin.critic_steps) == 30
+    for k, v in model.state_dict().items():  # the critic steps never change (or give gradients to) the encoders
+        assert torch.equal(v, before_model[k])
+    assert all(p.grad is None for p in model.parameters())
+
+
+@pytest.mark.parametrize("measure", MEASURES)
+def test_task_update_raises_dependency_with_the_critic_frozen(measure: str) -> None:
+    torch.manual_seed(1)
+    model, batch = TinyFusion(), redundant_batch()
+    plugin = make(measure, unroll=30, lr=3e-3, hidden=32, weight=1.0)
+    (opt,) = attach(plugin, model)
+    plugin.inner_step(model(batch), batch, [opt], lambda loss: loss.backward())  # a trained-ish critic
+    critic_before = copy.deepcopy(plugin.estimator.state_dict())
+    task_opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    before = bound_on(plugin, model, batch)
+    for _ in range(3):  # only the plug-in term: L = -lambda * MDM
+        pl = plugin.loss(model(batch), batch, "train")
+        assert pl is not None and pl.value.requires_grad
+        task_opt.zero_grad()
+        pl.value.backward()
+        assert all(p.grad is None for p in plugin.estimator.parameters())  # critic frozen: no gradient
+        task_opt.step()
+    assert bound_on(plugin, model, batch) > before  # encoders moved toward higher dependency
+    for k, v in plugin.estimator.state_dict().items():
+        if "log_ema" in k or "_u" in k or "_v" in k:  # spectral-norm power-iteration vectors may refresh
+            continue
+        assert torch.equal(v, critic_before[k]), k
+
+
+def test_loss_is_minus_lambda_times_the_bound() -> None:
+    torch.manual_seed(2)
+    model, batch = TinyFusion(), redundant_batch()
+    plugin = MDM(measure="f", weight=0.37, hidden=16)
+    attach(plugin, model)
+    out = model(batch)
+    torch.manual_seed(5)
+    value = plugin.loss(out, batch, "train").value
+    torch.manual_seed(5)
+    bound = plugin.estimator(plugin.views(out, detach=False)).objective
+    assert value.item() == pytest.approx(-0.37 * bound.item(), rel=1e-6)
+
+
+def test_warmup_ramps_lambda_and_diagnostics_are_deterministic() -> None:
+    torch.manual_seed(3)
+    model, batch = TinyFusion(), redundant_batch()
+    plugin = MDM(measure="kl", weight=0.2, warmup_steps=4, unroll=2, hidden=16)
+    (opt,) = attach(plugin, model)
+    assert plugin.current_weight() == 0.0
+    plugin.inner_step(model(batch), batch, [opt], lambda loss: loss.backward())
+    assert plugin.current_weight() == pytest.approx(0.05)
+    assert plugin.loss(model(batch), batch, "val").logs["lambda"] == 0.2
+    d1, d2 = plugin.diagnostics(model(batch), batch), plugin.diagnostics(model(batch), batch)
+    assert float(d1["critic_estimate"]) == float(d2["critic_estimate"])
+
+
+@pytest.mark.parametrize("measure", MEASURES)
+def test_reference_training_steps_learn_the_task_with_the_plugin(measure: str) -> None:
+    torch.manual_seed(4)
+    model, batch = TinyFusion(), redundant_batch(n=128)
+    plugin = make(measure, weight=0.1, hidden=32, lr=1e-3)
+    opts = attach(plugin, model)
+    task_opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+
+    def l1(p: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.l1_loss(p.squeeze(-1), y)
+
+    first = training_step(model, {"mdm": plugin}, batch, l1, task_opt, {"mdm": opts}, clip=5.0)
+    for _ in range(60):
+        last = training_step(model, {"mdm": plugin}, batch, l1, task_opt, {"mdm": opts}, clip=5.0)
+    assert last["task_loss"] < 0.5 * first["task_loss"]
+    assert all(torch.isfinite(torch.tensor(v)) for v in last.values())
+
+
+def test_bad_config_and_bad_model_raise_config_errors() -> None:
+    with pytest.raises(ConfigError, match="measure"):
+        MDM(measure="js")
+    with pytest.raises(ConfigError, match="unroll"):
+        MDM(unroll=0)
+    plugin = MDM()
+    model = TinyFusion({"text": 3})
+    with pytest.raises(ConfigError, match="2 modalities"):
+        attach(plugin, model)
+
+
+@pytest.mark.parametrize("name", ["mdm_kl", "mdm_f", "mdm_wasserstein"])
+def test_configs_instantiate(name: str) -> None:
+    cfg = OmegaConf.load(CONFIGS / f"{name}.yaml")
+    plugin = instantiate(cfg[name])
+    assert isinstance(plugin, MDM)
+    opts = attach(plugin, TinyFusion())
+    assert len(opts) == 1 and plugin.measure == {"mdm_kl": "mine", "mdm_f": "nwj"}.get(name, "wasserstein")

@@ -1,0 +1,166 @@
+"""Synergy / C-network plug-in: each term, its switches, its invariances and the direction of every update."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from mmfusion.contract import FusionOutput
+from mmfusion.errors import ConfigError
+from mmfusion.regularizers.reference_step import training_step
+from mmfusion.regularizers.synergy import InvertibleNet, Synergy
+
+from .reg_helpers import TinyFusion, attach, redundant_batch
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "reg"
+
+
+def frozen_terms(plugin: Synergy, out: FusionOutput) -> dict[str, float]:
+    was = plugin.training
+    plugin.eval()  # no EMA update of the kurtosis covariance
+    with torch.no_grad():
+        t = {k: float(v) for k, v in plugin.terms(out).items()}
+    plugin.train(was)
+    return t
+
+
+def test_invertible_net_is_a_bijective_one_lipschitz_map() -> None:
+    torch.manual_seed(0)
+    net = InvertibleNet(6, 4).double()
+    x = torch.randn(50, 6, dtype=torch.float64)
+    jac = torch.autograd.functional.jacobian(lambda v: net(v[None])[0], x[0])
+    sv = torch.linalg.svdvals(jac)
+    assert sv.min() >= 0.2**3 - 1e-9 and sv.max() <= 1 + 1e-9  # orthogonal layers * LeakyReLU(0.2) slopes
+    y = net(x)
+    mode = "donot_use_mm_for_euclid_dist"
+    assert (torch.cdist(y, y, compute_mode=mode) <= torch.cdist(x, x, compute_mode=mode) + 1e-9).all()
+
+
+@pytest.mark.parametrize("divergence", ["mmd", "kl"])
+def test_cnetwork_descends_and_encoders_descend_l_reg(divergence: str) -> None:
+    torch.manual_seed(1)
+    model, batch = TinyFusion(), redundant_batch()
+    plugin = Synergy(divergence=divergence, kurt_weight=0.0, proj_dim=8, q_hidden=32, lr=3e-3)
+    opts = attach(plugin, model)
+    assert {id(p) for g in opts[0].param_groups for p in g["params"]} == {id(p) for p in plugin.cnet.parameters()}
+    model_ids = {id(p) for p in model.parameters()}
+    assert not model_ids & {id(p) for p in plugin.parameters()}
+    # (1) C-network alone (encoders fixed): L_reg goes down
+    out = model(batch)
+    before = frozen_terms(plugin, out)
+    for _ in range(20):
+        pl = plugin.loss(FusionOutput({m: z.detach() for m, z in out.unimodal.items()}, out.fused.detach(),
+                                      out.prediction.detach()), batch, "train")
+        pl.value.backward()
+        plugin.after_backward(opts)
+    after = frozen_terms(plugin, out)
+    assert after["recon"] < before["recon"]
+    assert after["align"] < before["align"]
+    # (2) encoders alone (C-network fixed, only beta * L_reg): L_reg goes down
+    task_opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    cnet_before = copy.deepcopy(plugin.cnet.state_dict())
+    start = sum(frozen_terms(plugin, model(batch)).values())
+    for _ in range(5):
+        task_opt.zero_grad()
+        plugin.loss(model(batch), batch, "train").value.backward()
+        task_opt.step()
+    plugin.zero_grad(set_to_none=True)
+    assert sum(frozen_terms(plugin, model(batch)).values()) < start
+    for k, v in plugin.cnet.state_dict().items():
+        assert torch.equal(v, cnet_before[k]), k  # the task optimiser never steps the C-network
+
+
+def test_kl_critic_ascends_its_bound_and_gets_no_task_gradient() -> None:
+    torch.manual_seed(2)
+    model, batch = TinyFusion(), redundant_batch()
+    plugin = Synergy(divergence="kl", kurt_weight=0.0, recon_weight=0.0, proj_dim=8, critic_lr=3e-3,
+                     critic_steps=30, critic_hidden=32)
+    opts = attach(plugin, model)
+    assert len(opts) == 2
+    out = model(batch)
+    before = frozen_terms(plugin, out)["align"]
+    logs = plugin.inner_step(out, batch, opts, lambda loss: loss.backward())
+    assert frozen_terms(plugin, out)["align"] > before + 0.05  # the critic's KL bound went UP
+    assert "critic_kl" in logs and all(p.grad is None for p in model.parameters())
+    plugin.loss(out, batch, "train").value.backward()
+    assert all(p.grad is None for p in plugin.critics.parameters())  # frozen during the task backward
+    assert any(p.grad is not None for p in model.parameters())
+
+
+def test_terms_are_scale_invariant_where_the_paper_form_is_not() -> None:
+    """The normalised reconstruction and the ratio kurtosis cannot be lowered by shrinking the encoders."""
+    torch.manual_seed(3)
+    model, batch = TinyFusion(), redundant_batch(n=128)
+    plugin = Synergy(align_weight=0.0, kurt_weight=1.0, kurt_dim=4, q_hidden=16)
+    attach(plugin, model)
+    plugin.eval()
+    out = model(batch)
+    small = FusionOutput({m: 0.01 * z for m, z in out.unimodal.items()}, 0.01 * out.fused, out.prediction)
+    t1, t2 = frozen_terms(plugin, out), frozen_terms(plugin, small)
+    assert t2["recon"] == pytest.approx(t1["recon"], rel=1e-3)
+    assert t2["kurt"] == pytest.approx(t1["kurt"], rel=1e-3)
+
+
+def test_switches_select_terms_and_weights_compose_l_reg() -> None:
+    torch.manual_seed(4)
+    model, batch = TinyFusion(), redundant_batch()
+    out = model(batch)
+    for rw, aw, kw in [(1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0), (0.3, 0.5, 0.2)]:
+        plugin = Synergy(beta=2.0, recon_weight=rw, align_weight=aw, kurt_weight=kw, q_hidden=16)
+        attach(plugin, model)
+        plugin.eval()
+        pl = plugin.loss(out, batch, "val")
+        on = {k for k, w in (("recon", rw), ("align", aw), ("kurt", kw)) if w > 0}
+        assert set(plugin.terms(out)) == on
+        expect = 2.0 * sum(w * float(pl.logs[k]) for k, w in (("recon", rw), ("align", aw), ("kurt", kw)) if w)
+        assert float(pl.value.detach()) == pytest.approx(expect, rel=1e-5)
+
+
+def test_training_only_plugin_leaves_the_prediction_unchanged() -> None:
+    torch.manual_seed(5)
+    model, batch = TinyFusion(), redundant_batch()
+    ref = model(batch).prediction.detach().clone()
+    attach(Synergy(), model)
+    assert model.gate is None and torch.equal(model(batch).prediction, ref)
+
+
+@pytest.mark.parametrize("divergence", ["mmd", "kl"])
+def test_reference_training_steps_learn_the_task_with_synergy(divergence: str) -> None:
+    torch.manual_seed(6)
+    model, batch = TinyFusion(), redundant_batch(n=128)
+    plugin = Synergy(divergence=divergence, proj_dim=8, kurt_dim=4, q_hidden=32)
+    opts = attach(plugin, model)
+    task_opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+
+    def l1(p: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.l1_loss(p.squeeze(-1), y)
+
+    first = training_step(model, {"syn": plugin}, batch, l1, task_opt, {"syn": opts}, clip=5.0)
+    for _ in range(60):
+        last = training_step(model, {"syn": plugin}, batch, l1, task_opt, {"syn": opts}, clip=5.0)
+    assert last["task_loss"] < 0.5 * first["task_loss"]
+    assert all(torch.isfinite(torch.tensor(v)) for v in last.values())
+    assert bool(plugin.kurtosis["fused"].initialized)
+
+
+def test_bad_config_raises_config_errors() -> None:
+    with pytest.raises(ConfigError, match="divergence"):
+        Synergy(divergence="js")
+    with pytest.raises(ConfigError, match="recon_weight"):
+        Synergy(recon_weight=-1.0)
+    with pytest.raises(ConfigError, match="2 modalities"):
+        attach(Synergy(), TinyFusion({"text": 3}))
+
+
+@pytest.mark.parametrize("name", ["synergy_mmd", "synergy_kl"])
+def test_configs_instantiate(name: str) -> None:
+    cfg = OmegaConf.load(CONFIGS / f"{name}.yaml")
+    plugin = instantiate(cfg[name])
+    assert isinstance(plugin, Synergy) and plugin.divergence == name.split("_")[1]
+    assert len(attach(plugin, TinyFusion())) == (2 if plugin.divergence == "kl" else 1)
