@@ -8,7 +8,10 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from data_fixtures import SPLITS, write_mmsa, write_mult
+try:
+    from .data_fixtures import SPLITS, write_mmsa, write_mult
+except ImportError:  # tests/ is not a package
+    from data_fixtures import SPLITS, write_mmsa, write_mult
 
 from mmfusion.data.mosi_pickle import MosiPickleDataModule
 from mmfusion.errors import DataError

@@ -7,7 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from data_fixtures import write_urfunny
+try:
+    from .data_fixtures import write_urfunny
+except ImportError:  # tests/ is not a package
+    from data_fixtures import write_urfunny
 
 from mmfusion.data.urfunny import UrFunnyDataModule, load_labels_and_folds
 from mmfusion.errors import DataError
