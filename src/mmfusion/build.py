@@ -45,6 +45,10 @@ def build_module(cfg: DictConfig, dm: MultimodalDataModule) -> FusionModule:
 
 def to_container(cfg: DictConfig) -> dict[str, Any]:
     """The resolved run config without Hydra's own node (stored in every checkpoint)."""
-    c = OmegaConf.to_container(cfg, resolve=True)
-    c.pop("hydra", None)
-    return c
+    out: dict[str, Any] = {}
+    for key in cfg:
+        if key == "hydra":
+            continue
+        node = cfg._get_node(key)
+        out[str(key)] = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else cfg[key]
+    return out

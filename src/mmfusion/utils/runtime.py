@@ -31,6 +31,7 @@ def quiet_third_party() -> None:
     warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*The anonymous setting has no effect.*")
+    warnings.filterwarnings("ignore", message=".*callbacks used to create the checkpoint need to be provided.*")
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
         lambda r: "litlogger" not in r.getMessage() and "litmodels" not in r.getMessage())
 
@@ -96,8 +97,9 @@ def log_run_info(trainer: Any, module: Any, cfg: DictConfig) -> None:
              cfg.paths.output_dir)
     for lg in trainer.loggers:
         with contextlib.suppress(Exception):
-            lg.log_hyperparams({**OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False),
-                                "model/params/total": n})
+            from mmfusion.build import to_container
+
+            lg.log_hyperparams({**to_container(cfg), "model/params/total": n})
 
 
 def metric_value(result: dict[str, Any], name: str | None) -> float | None:

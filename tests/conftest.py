@@ -1,0 +1,51 @@
+"""Shared fixtures: compose the real configs in-process (Hydra compose API) with small, fast overrides."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG_DIR = ROOT / "configs"
+SHARED = ROOT.parent / "shared" / "data"
+
+# small synthetic data + short training for tests
+FAST = [
+    "data.n_train=256", "data.n_valid=64", "data.n_test=128", "data.seq_len=20", "data.min_len=5",
+    "trainer.max_epochs=2", "trainer.enable_progress_bar=false", "logger=none", "callbacks=default",
+    "~callbacks.model_summary", "~callbacks.early_stopping",
+]
+
+
+def compose_cfg(overrides: list[str], tmp_path: Path, config_name: str = "train.yaml") -> DictConfig:
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
+    HydraConfig().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path)
+        cfg.paths.log_dir = str(tmp_path)
+    return cfg
+
+
+@pytest.fixture
+def make_cfg(tmp_path):
+    def _make(overrides: list[str] | None = None, fast: bool = True, config_name: str = "train.yaml") -> DictConfig:
+        return compose_cfg((FAST if fast else []) + list(overrides or []), tmp_path, config_name)
+
+    yield _make
+    GlobalHydra.instance().clear()
+
+
+def run_cli(args: list[str], cwd: Path = ROOT, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run ``python <args>`` from the repo root with the test's environment."""
+    e = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true", **(env or {})}
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=e, capture_output=True, text=True, timeout=timeout)
