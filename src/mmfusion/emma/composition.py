@@ -118,15 +118,15 @@ class Composition(nn.Module):
     @torch.no_grad()
     def calibrate(self, v_train: Tensor, unit_scale: bool = True) -> None:
         """Freeze ``V_min`` from the training energies ``(N, M)`` (Eq. 13). With ``unit_scale``, also initialise
-        ``w_i = 1 / std_train(V'_i)`` so that phi is O(1) on normal data whatever the DAE's energy scale (an
-        initialisation only; w_i stays learned)."""
+        ``w_i = 1 / mean_train(V'_i)`` so that phi_i averages about 1 on normal data whatever the DAE's energy
+        scale (an initialisation only; w_i stays learned)."""
         if v_train.ndim != 2 or v_train.shape[1] != self.M:
             raise DataError(f"EMMA calibrate: expected training energies of shape (N, {self.M}), "
                             f"got {tuple(v_train.shape)}")
         self.v_min.copy_(v_train.min(0).values.to(self.v_min))
         if unit_scale:
-            sd = shifted_potential(v_train.to(self.v_min), self.v_min).std(0).clamp_min(1e-3)
-            self.w_raw.copy_(inv_softplus((1.0 / sd).clamp_min(10 * W_FLOOR) - W_FLOOR).to(self.w_raw))
+            mean = shifted_potential(v_train.to(self.v_min), self.v_min).mean(0)
+            self.w_raw.copy_(inv_softplus((1.0 / mean).clamp_min(10 * W_FLOOR) - W_FLOOR).to(self.w_raw))
 
     # -- Eq. 13-16 ----------------------------------------------------------------------------------------------
     def phi(self, v: Tensor) -> Tensor:

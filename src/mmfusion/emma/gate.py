@@ -6,7 +6,8 @@ call it holds ``last_scales = {m: beta_m (B,)}`` (models that fuse sequences sca
 and ``last_extras`` (copied into ``FusionOutput.extras``): ``emma/alpha``, ``emma/beta``, ``emma/energy`` (system
 energy S), ``emma/modal_energy`` (E), ``emma/potential`` (V), ``emma/log_alpha`` and, if asked, ``emma/laplacian``.
 
-The potentials are computed on *detached* representations with the frozen DAEs: the energy judges the encoder's
+The potentials are computed on *detached* representations with the frozen DAEs (no corruption noise outside
+:meth:`TiedDAE.loss`, so train/eval mode does not matter): the energy judges the encoder's
 output, and gradients through V would let a trainable encoder move its outputs to game the energy.
 """
 
@@ -39,11 +40,6 @@ class EMMAGate(nn.Module):
         self.with_laplacian = with_laplacian
         self.last_scales: dict[str, Tensor] | None = None
         self.last_extras: dict[str, Any] = {}
-
-    def train(self, mode: bool = True) -> EMMAGate:
-        super().train(mode)
-        self.daes.eval()  # frozen: energies are always computed on clean inputs, without the DAE's noise
-        return self
 
     def potentials(self, unimodal: dict[str, Tensor]) -> Tensor:
         """``V (B, M)`` of the (detached) unimodal representations, in float32."""

@@ -1,0 +1,1 @@
+"""Multi-stage training pipelines (``stage=...`` configs): each stage is a function ``(cfg, **params) -> metrics``."""
