@@ -7,7 +7,9 @@ overflow (1e39 stored as float64), zero-length sequences and unaligned modalitie
 
 from __future__ import annotations
 
+import gzip
 import pickle
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -242,3 +244,25 @@ def write_urfunny(root: Path, ids_by_split: dict | None = None, seed: int = 0, w
         with open(root / name, "wb") as f:
             pickle.dump(files[k], f)
     return {"truth": truth, "labels": labels, "folds": ids_by_split}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# MNIST IDX
+
+
+def write_idx(path, arr: np.ndarray, code: int, gz: bool) -> None:
+    be = arr.astype(arr.dtype.newbyteorder(">"))
+    raw = bytes([0, 0, code, arr.ndim]) + struct.pack(f">{arr.ndim}I", *arr.shape) + be.tobytes()
+    path.write_bytes(gzip.compress(raw) if gz else raw)
+
+
+def mnist_fixture(root, rng, gz):
+    data = {}
+    for split, n in (("train", 30), ("t10k", 12)):
+        x = rng.integers(0, 256, (n, 28, 28)).astype(np.uint8)
+        y = rng.integers(0, 10, n).astype(np.uint8)
+        suffix = ".gz" if gz else ""
+        write_idx(root / f"{split}-images-idx3-ubyte{suffix}", x, 0x08, gz)
+        write_idx(root / f"{split}-labels-idx1-ubyte{suffix}", y, 0x08, gz)
+        data[split] = (x, y)
+    return data

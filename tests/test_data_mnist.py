@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-import gzip
-import struct
-
 import numpy as np
 import pytest
 import torch
+
+try:
+    from .data_fixtures import mnist_fixture, write_idx
+except ImportError:  # tests/ is not a package
+    from data_fixtures import mnist_fixture, write_idx
 
 from mmfusion.data.mnist import (
     DigitsDataModule,
@@ -17,12 +19,6 @@ from mmfusion.data.mnist import (
     stratified_split,
 )
 from mmfusion.errors import DataError
-
-
-def write_idx(path, arr: np.ndarray, code: int, gz: bool) -> None:
-    be = arr.astype(arr.dtype.newbyteorder(">"))
-    raw = bytes([0, 0, code, arr.ndim]) + struct.pack(f">{arr.ndim}I", *arr.shape) + be.tobytes()
-    path.write_bytes(gzip.compress(raw) if gz else raw)
 
 
 @pytest.mark.parametrize("gz", [False, True])
@@ -50,21 +46,9 @@ def test_read_idx_errors(tmp_path):
         read_idx(tmp_path / "short")
 
 
-def _mnist_fixture(root, rng, gz):
-    data = {}
-    for split, n in (("train", 30), ("t10k", 12)):
-        x = rng.integers(0, 256, (n, 28, 28)).astype(np.uint8)
-        y = rng.integers(0, 10, n).astype(np.uint8)
-        suffix = ".gz" if gz else ""
-        write_idx(root / f"{split}-images-idx3-ubyte{suffix}", x, 0x08, gz)
-        write_idx(root / f"{split}-labels-idx1-ubyte{suffix}", y, 0x08, gz)
-        data[split] = (x, y)
-    return data
-
-
 @pytest.mark.parametrize("gz", [False, True])
 def test_mnist_datamodule_halves(tmp_path, gz):
-    data = _mnist_fixture(tmp_path, np.random.default_rng(0), gz)
+    data = mnist_fixture(tmp_path, np.random.default_rng(0), gz)
     dm = MnistDataModule(path=str(tmp_path), n_valid=5, batch_size=7)
     dm.setup()
     assert dm.modalities == ("top", "bottom") and dm.input_dims == {"top": 28, "bottom": 28}
