@@ -32,12 +32,13 @@ def frozen_terms(plugin: Synergy, out: FusionOutput) -> dict[str, float]:
 
 def test_invertible_net_is_a_bijective_one_lipschitz_map() -> None:
     torch.manual_seed(0)
-    net = InvertibleNet(6, 4).double()
-    x = torch.randn(50, 6, dtype=torch.float64)
-    jac = torch.autograd.functional.jacobian(lambda v: net(v[None])[0], x[0])
-    sv = torch.linalg.svdvals(jac)
-    assert sv.min() >= 0.2**3 - 1e-9 and sv.max() <= 1 + 1e-9  # orthogonal layers * LeakyReLU(0.2) slopes
-    y = net(x)
+    net = InvertibleNet(6, 4, groups=2).double()
+    x = torch.randn(2, 50, 6, dtype=torch.float64)
+    for g in range(2):
+        jac = torch.autograd.functional.jacobian(lambda v, g=g: net(v.expand(2, 1, 6))[g, 0], x[g, :1])
+        sv = torch.linalg.svdvals(jac.reshape(6, 6))
+        assert sv.min() >= 0.2**3 - 1e-9 and sv.max() <= 1 + 1e-9  # orthogonal layers * LeakyReLU(0.2) slopes
+    x, y = x[1], net(x)[1]
     mode = "donot_use_mm_for_euclid_dist"
     assert (torch.cdist(y, y, compute_mode=mode) <= torch.cdist(x, x, compute_mode=mode) + 1e-9).all()
 

@@ -272,9 +272,8 @@ def median_bandwidth(x: Tensor, y: Tensor) -> Tensor:
     with torch.no_grad():
         z = torch.cat([x, y], 0)
         d2 = pairwise_sq_dists(z, z)
-        n = z.shape[0]
-        off = d2[~torch.eye(n, dtype=torch.bool, device=z.device)]
-        return off.median().sqrt().clamp_min(1e-12)
+        i, j = torch.triu_indices(z.shape[0], z.shape[0], 1, device=z.device)
+        return d2[i, j].median().sqrt().clamp_min(1e-12)
 
 
 def mmd2(x: Tensor, y: Tensor, sigmas: Sequence[float] | Tensor | None = None,

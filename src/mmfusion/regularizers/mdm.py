@@ -95,7 +95,7 @@ class MDM(Plugin):
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         return [torch.optim.Adam(self._est().parameters(), lr=self.lr, betas=self.betas,
-                                 weight_decay=self.weight_decay)]
+                                 weight_decay=self.weight_decay, foreach=True)]
 
     def views(self, out: FusionOutput, detach: bool) -> list[Tensor]:
         try:

@@ -41,13 +41,27 @@ from mmfusion.regularizers.estimators import LN_EPS, EMAKurtosis, dv_bound, mlp,
 from mmfusion.regularizers.mdm import frozen
 
 
-class InvertibleNet(nn.Sequential):
-    """``layers`` orthogonal k x k linear maps with LeakyReLU(0.2) in between: bijective, 1-Lipschitz."""
+class BatchedOrthogonal(nn.Module):
+    """``groups`` independent orthogonal k x k affine maps applied to ``(groups, N, k)`` in one batched product."""
 
-    def __init__(self, k: int, layers: int = 4) -> None:
+    def __init__(self, groups: int, k: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.stack([nn.init.orthogonal_(torch.empty(k, k)) for _ in range(groups)]))
+        self.bias = nn.Parameter(torch.zeros(groups, 1, k))
+        nn.utils.parametrizations.orthogonal(self, "weight", orthogonal_map="cayley")
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.baddbmm(self.bias, x, self.weight.transpose(1, 2))
+
+
+class InvertibleNet(nn.Sequential):
+    """``layers`` orthogonal k x k affine maps with LeakyReLU(0.2) in between: bijective, 1-Lipschitz. One
+    independent network per group (modality), evaluated batched on ``(groups, N, k)``."""
+
+    def __init__(self, k: int, layers: int = 4, groups: int = 1) -> None:
         mods: list[nn.Module] = []
         for i in range(layers):
-            mods.append(nn.utils.parametrizations.orthogonal(nn.Linear(k, k)))
+            mods.append(BatchedOrthogonal(groups, k))
             if i < layers - 1:
                 mods.append(nn.LeakyReLU(0.2))
         super().__init__(*mods)
@@ -60,7 +74,7 @@ class Synergy(Plugin):
 
     def __init__(self, divergence: str = "mmd", beta: float = 1.0, recon_weight: float = 0.1,
                  align_weight: float = 1.0, kurt_weight: float = 0.01, proj_dim: int = 32, kurt_dim: int = 16,
-                 q_hidden: int = 256, q_layers: int = 3, inn_layers: int = 4, recon_stop_grad: bool = False,
+                 q_hidden: int = 128, q_layers: int = 3, inn_layers: int = 4, recon_stop_grad: bool = False,
                  mmd_scales: Sequence[float] = (0.25, 0.5, 1.0, 2.0, 4.0), mmd_unbiased: bool = True,
                  kl_bound: str = "nwj", critic_hidden: int = 128, critic_layers: int = 2, critic_lr: float = 4e-4,
                  critic_steps: int = 1, lr: float = 1e-3, weight_decay: float = 1e-4, kurt_decay: float = 0.9,
@@ -106,7 +120,7 @@ class Synergy(Plugin):
 
         self.cnet["Q"] = nn.ModuleDict({m: mlp(sum(dims[o] for o in mods if o != m), self.q_hidden, self.q_layers,
                                                dims[m]) for m in mods})
-        self.cnet["G"] = nn.ModuleDict({m: InvertibleNet(k, self.inn_layers) for m in mods})
+        self.cnet["G"] = InvertibleNet(k, self.inn_layers, groups=len(mods))
         for m in mods:
             self.register_buffer(f"R_uni_{m}", proj(k, dims[m]))
             self.register_buffer(f"R_fus_{m}", proj(k, fdim))
@@ -120,9 +134,9 @@ class Synergy(Plugin):
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         if not self.modalities:
             raise RuntimeError("Synergy plug-in used before attach()")
-        opts = [torch.optim.AdamW(self.cnet.parameters(), lr=self.lr, weight_decay=self.weight_decay)]
+        opts = [torch.optim.AdamW(self.cnet.parameters(), lr=self.lr, weight_decay=self.weight_decay, foreach=True)]
         if self.divergence == "kl":
-            opts.append(torch.optim.Adam(self.critics.parameters(), lr=self.critic_lr))
+            opts.append(torch.optim.Adam(self.critics.parameters(), lr=self.critic_lr, foreach=True))
         return opts
 
     # ------------------------------------------------------------------------------------------------ terms
@@ -133,10 +147,14 @@ class Synergy(Plugin):
         except KeyError as e:
             raise ConfigError(f"reg.synergy: model output has no unimodal representation {e}") from None
 
-    def aligned_pair(self, m: str, z_m: Tensor, fused: Tensor) -> tuple[Tensor, Tensor]:
-        """``(G_m(R^u_m z_m), G_m(R^f_m Z))``: the two samples whose distributions are aligned."""
-        g = self.cnet["G"][m]
-        return g(z_m @ getattr(self, f"R_uni_{m}").T), g(fused @ getattr(self, f"R_fus_{m}").T)
+    def aligned_pairs(self, uni: dict[str, Tensor], fused: Tensor) -> dict[str, tuple[Tensor, Tensor]]:
+        """``{m: (G_m(R^u_m z_m), G_m(R^f_m Z))}``: the pairs of samples whose distributions are aligned
+        (all modalities in one batched pass through the invertible networks)."""
+        n = fused.shape[0]
+        x = torch.stack([torch.cat([uni[m] @ getattr(self, f"R_uni_{m}").T, fused @ getattr(self, f"R_fus_{m}").T])
+                         for m in self.modalities])
+        y = self.cnet["G"](x)
+        return {m: (y[i, :n], y[i, n:]) for i, m in enumerate(self.modalities)}
 
     def terms(self, out: FusionOutput) -> dict[str, Tensor]:
         """Unweighted ``recon``, ``align`` and ``kurt`` terms (those with weight 0 are skipped)."""
@@ -152,8 +170,7 @@ class Synergy(Plugin):
             res["recon"] = total
         if self.w["align"] > 0:
             total = fused.new_zeros(())
-            for m in self.modalities:
-                a, b = self.aligned_pair(m, uni[m], fused)
+            for m, (a, b) in self.aligned_pairs(uni, fused).items():
                 if self.divergence == "mmd":
                     total = total + mmd2(a, b, scales=self.mmd_scales, unbiased=self.mmd_unbiased)
                 else:
@@ -177,7 +194,7 @@ class Synergy(Plugin):
         opt = optimizers[1]
         uni, fused = self._reps(out)
         with torch.no_grad():
-            pairs = {m: self.aligned_pair(m, uni[m].detach(), fused.detach()) for m in self.modalities}
+            pairs = self.aligned_pairs({m: z.detach() for m, z in uni.items()}, fused.detach())
         for _ in range(self.critic_steps):
             opt.zero_grad(set_to_none=True)
             bound = sum(self.kl_bound(self.critics[m](a).squeeze(-1), self.critics[m](b).squeeze(-1))

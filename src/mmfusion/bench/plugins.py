@@ -1,0 +1,135 @@
+"""Plug-in overhead: training-step time with a loss plug-in divided by the time without it (same model, batch).
+
+MOSI sizes (aligned 50 steps; text 300 / audio 74 / vision 47 features), batch 32. One step = forward, the
+plug-in's inner steps, task + plug-in loss, backward, clipping, optimiser steps (the contract's order,
+:func:`mmfusion.regularizers.reference_step.training_step`). Targets (issue 3): synergy <= 1.5x, MDM with
+unroll 1 <= 1.5x, MDM time linear in ``unroll`` (we fit ``t = a + b * unroll`` and report R^2).
+
+    python -m mmfusion.bench.plugins --models ef_lstm,tfn --out docs/results/bench_plugins.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from mmfusion.bench.core import environment, time_fn
+from mmfusion.contract import FusionModel, ModelInfo, Plugin
+from mmfusion.regularizers.reference_step import training_step
+
+ROOT = Path(__file__).resolve().parents[3]
+MOSI_DIMS = {"text": 300, "audio": 74, "vision": 47}
+REGS = ("synergy_mmd", "synergy_kl", "mdm_kl", "mdm_f", "mdm_wasserstein")
+
+
+def make_batch(batch: int, seq_len: int, device: str, seed: int = 0) -> dict[str, Any]:
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(seq_len // 2, seq_len + 1, (batch,), generator=g)
+    x = {}
+    for m, d in MOSI_DIMS.items():
+        v = torch.randn(batch, seq_len, d, generator=g)
+        v[torch.arange(seq_len)[None, :] >= lengths[:, None]] = 0.0
+        x[m] = v.to(device)
+    return {"x": x, "lengths": {m: lengths.to(device) for m in MOSI_DIMS}, "y": torch.randn(batch, generator=g).to(device),
+            "index": torch.arange(batch, device=device)}
+
+
+def make_model(name: str, device: str) -> FusionModel:
+    cfg = OmegaConf.load(ROOT / "configs" / "model" / f"{name}.yaml")
+    return instantiate(cfg, input_dims=dict(MOSI_DIMS), output_dim=1).to(device)
+
+
+def make_plugin(reg: str, model: FusionModel, device: str, **overrides: Any) -> tuple[Plugin, list]:
+    cfg = OmegaConf.load(ROOT / "configs" / "reg" / f"{reg}.yaml")[reg]
+    for k, v in overrides.items():
+        cfg[k] = v
+    plugin: Plugin = instantiate(cfg)
+    plugin.attach(model, ModelInfo(model.modalities, dict(model.unimodal_dims), int(model.fused_dim)))
+    plugin.to(device)
+    return plugin, plugin.configure_optimizers()
+
+
+def step_time(model_name: str, reg: str | None, device: str, batch: dict, repeats: int, warmup: int,
+              **overrides: Any) -> dict[str, float]:
+    torch.manual_seed(0)
+    model = make_model(model_name, device)
+    model.train()
+    plugins, opts = {}, {}
+    if reg is not None:
+        plugin, popts = make_plugin(reg, model, device, **overrides)
+        plugin.train()
+        plugins, opts = {reg: plugin}, {reg: popts}
+    task_opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def l1(p: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.l1_loss(p.reshape(-1), y)
+
+    return time_fn(lambda: training_step(model, plugins, batch, l1, task_opt, opts, clip=5.0),
+                   warmup=warmup, repeats=repeats, device=device)
+
+
+def run(args: Any) -> list[dict]:
+    device = getattr(args, "device", "cpu") or "cpu"
+    models = [m for m in str(getattr(args, "models", "ef_lstm,tfn")).split(",") if m]
+    repeats, warmup = int(getattr(args, "repeats", 20)), int(getattr(args, "warmup", 3))
+    batch_size, seq_len = int(getattr(args, "batch_size", 32)), int(getattr(args, "seq_len", 50))
+    max_unroll = int(getattr(args, "max_unroll", 4))
+    batch = make_batch(batch_size, seq_len, device)
+    rows: list[dict] = []
+    for model_name in models:
+        base = step_time(model_name, None, device, batch, repeats, warmup)
+        rows.append({"suite": "plugins", "model": model_name, "reg": "none", "unroll": None, **base,
+                     "ratio": 1.0, "batch": batch_size, "seq_len": seq_len, "device": device})
+        configs: list[tuple[str, dict]] = [(r, {}) for r in REGS]
+        configs += [("mdm_kl", {"unroll": u}) for u in range(2, max_unroll + 1)]
+        for reg, ov in configs:
+            t = step_time(model_name, reg, device, batch, repeats, warmup, **ov)
+            unroll = ov.get("unroll", 1) if reg.startswith("mdm") else None
+            rows.append({"suite": "plugins", "model": model_name, "reg": reg, "unroll": unroll, **t,
+                         "ratio": t["median_ms"] / base["median_ms"], "batch": batch_size, "seq_len": seq_len,
+                         "device": device})
+        # linearity of MDM in unroll
+        pts = [(r["unroll"], r["median_ms"]) for r in rows if r["model"] == model_name and r["reg"] == "mdm_kl"]
+        u, t = np.array([p[0] for p in pts], float), np.array([p[1] for p in pts], float)
+        slope, icpt = np.polyfit(u, t, 1)
+        r2 = 1 - ((t - (icpt + slope * u)) ** 2).sum() / max(((t - t.mean()) ** 2).sum(), 1e-12)
+        rows.append({"suite": "plugins", "model": model_name, "reg": "mdm_kl_unroll_fit", "slope_ms": float(slope),
+                     "intercept_ms": float(icpt), "r2": float(r2), "device": device})
+    env = environment()
+    for r in rows:
+        r["env"] = env
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description="plug-in overhead benchmark")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--models", default="ef_lstm,tfn")
+    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--seq-len", type=int, default=50)
+    p.add_argument("--max-unroll", type=int, default=4)
+    p.add_argument("--out", type=Path, default=ROOT / "docs" / "results" / "bench_plugins.json")
+    args = p.parse_args(argv)
+    rows = run(args)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(rows, indent=1))
+    for r in rows:
+        if "ratio" in r:
+            print(f"{r['model']:8s} {r['reg']:16s} unroll={r['unroll']} {r['median_ms']:8.2f} ms  x{r['ratio']:.2f}")
+        else:
+            print(f"{r['model']:8s} MDM unroll fit: {r['slope_ms']:.2f} ms/unroll + {r['intercept_ms']:.2f} ms, "
+                  f"R^2 {r['r2']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
