@@ -30,15 +30,34 @@ SANITIZE_DOC = (
 
 def sanitize_inplace(a: np.ndarray, name: str, report: dict[str, int], chunk: int = 512) -> np.ndarray:
     """:func:`mmfusion.data.base.sanitize` applied in chunks along axis 0, so a multi-GB MOSEI array is never
-    copied to float64 whole. Returns a float32 array (``a`` itself, modified in place, when it is float32)."""
+    copied to float64 whole. float32 input is fixed in place with the same rule and counters (a finite float32
+    cannot overflow float32, so one ``isfinite`` pass decides); other dtypes go through ``base.sanitize``.
+    Returns a float32 array (``a`` itself when it is a writeable float32 array)."""
     a = np.asarray(a)
     if a.dtype.kind not in "fiub":
         raise DataError(f"{name}: expected a numeric array, got dtype {a.dtype}")
     out = a if a.dtype == np.float32 and a.flags.writeable else np.empty(a.shape, np.float32)
     if a.ndim == 0 or a.shape[0] == 0:
         return out
+    fast = a.dtype == np.float32  # a finite float32 value can never overflow float32: one isfinite pass suffices
     for i in range(0, a.shape[0], chunk):
-        out[i : i + chunk] = sanitize(a[i : i + chunk], name, report)
+        c = a[i : i + chunk]
+        if not fast:
+            out[i : i + chunk] = sanitize(c, name, report)
+            continue
+        bad = ~np.isfinite(c)
+        if bad.any():  # same rule and counters as base.sanitize, without its float64 copy
+            n_nan = int(np.isnan(c[bad]).sum())
+            report[f"{name}: nan"] = report.get(f"{name}: nan", 0) + n_nan
+            report[f"{name}: inf"] = report.get(f"{name}: inf", 0) + int(bad.sum()) - n_nan
+            if out is a:
+                c[bad] = 0.0
+            else:
+                out[i : i + chunk] = np.where(bad, np.float32(0), c)
+        elif out is not a:
+            out[i : i + chunk] = c
+    for key in ("nan", "inf", "float32 overflow"):  # the report always lists what was checked
+        report.setdefault(f"{name}: {key}", 0)
     return out
 
 
@@ -52,9 +71,12 @@ def log_sanitize_once(dataset: str, report: Mapping[str, int], extra: str = "") 
              changed or "nothing to fix")
 
 
-def zero_frames(x: np.ndarray) -> np.ndarray:
-    """(N, T) bool: which time steps of ``x`` (N, T, D) are all-zero."""
-    return ~np.any(x != 0, axis=2)
+def zero_frames(x: np.ndarray, chunk: int = 1024) -> np.ndarray:
+    """(N, T) bool: which time steps of ``x`` (N, T, D) are all-zero (in chunks: no full-size temporary)."""
+    out = np.empty(x.shape[:2], dtype=bool)
+    for i in range(0, x.shape[0], chunk):
+        out[i : i + chunk] = ~np.any(x[i : i + chunk] != 0, axis=2)
+    return out
 
 
 def _run_length(z: np.ndarray) -> np.ndarray:
