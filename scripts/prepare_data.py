@@ -173,7 +173,7 @@ def network_up(url: str, timeout: float = 5.0) -> bool:
     return _reachable(u.hostname, u.port or (443 if u.scheme == "https" else 80), timeout)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _reachable(host: str, port: int, timeout: float) -> bool:
     try:
         with socket.create_connection((host, port), timeout=timeout):

@@ -9,10 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 try:
-    from .data_fixtures import write_csd, write_csd_dataset
+    from .data_fixtures import write_csd_dataset
 except ImportError:  # tests/ is not a package
-    from data_fixtures import write_csd, write_csd_dataset
+    from data_fixtures import write_csd_dataset
 
 from mmfusion.data.csd import CSDDataModule, collapse_mean, label_segments, load_folds, read_csd
 from mmfusion.errors import DataError

@@ -8,6 +8,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
+
 try:
     from .data_fixtures import SPLITS, write_mmsa, write_mult
 except ImportError:  # tests/ is not a package

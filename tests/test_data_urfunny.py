@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 try:
     from .data_fixtures import write_urfunny
 except ImportError:  # tests/ is not a package
