@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -57,8 +58,8 @@ def make_plugin(reg: str, model: FusionModel, device: str, **overrides: Any) -> 
     return plugin, plugin.configure_optimizers()
 
 
-def step_time(model_name: str, reg: str | None, device: str, batch: dict, repeats: int, warmup: int,
-              **overrides: Any) -> dict[str, float]:
+def make_step(model_name: str, reg: str | None, device: str, batch: dict, **overrides: Any) -> Callable[[], Any]:
+    """One training step of ``model_name`` (+ ``reg``) on ``batch``, as a closure."""
     torch.manual_seed(0)
     model = make_model(model_name, device)
     model.train()
@@ -72,8 +73,20 @@ def step_time(model_name: str, reg: str | None, device: str, batch: dict, repeat
     def l1(p: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.l1_loss(p.reshape(-1), y)
 
-    return time_fn(lambda: training_step(model, plugins, batch, l1, task_opt, opts, clip=5.0),
-                   warmup=warmup, repeats=repeats, device=device)
+    return lambda: training_step(model, plugins, batch, l1, task_opt, opts, clip=5.0)
+
+
+def paired_times(base: Callable[[], Any], other: Callable[[], Any], repeats: int, warmup: int,
+                 device: str) -> tuple[np.ndarray, np.ndarray]:
+    """Alternate the two steps (base, other, base, ...) so that load drift on a shared machine hits both alike."""
+    for _ in range(warmup):
+        base()
+        other()
+    ta, tb = [], []
+    for _ in range(repeats):
+        ta.append(time_fn(base, warmup=0, repeats=1, device=device)["median_ms"])
+        tb.append(time_fn(other, warmup=0, repeats=1, device=device)["median_ms"])
+    return np.asarray(ta), np.asarray(tb)
 
 
 def run(args: Any) -> list[dict]:
@@ -85,24 +98,26 @@ def run(args: Any) -> list[dict]:
     batch = make_batch(batch_size, seq_len, device)
     rows: list[dict] = []
     for model_name in models:
-        base = step_time(model_name, None, device, batch, repeats, warmup)
-        rows.append({"suite": "plugins", "model": model_name, "reg": "none", "unroll": None, **base,
-                     "ratio": 1.0, "batch": batch_size, "seq_len": seq_len, "device": device})
+        base = make_step(model_name, None, device, batch)
         configs: list[tuple[str, dict]] = [(r, {}) for r in REGS]
         configs += [("mdm_kl", {"unroll": u}) for u in range(2, max_unroll + 1)]
         for reg, ov in configs:
-            t = step_time(model_name, reg, device, batch, repeats, warmup, **ov)
+            ta, tb = paired_times(base, make_step(model_name, reg, device, batch, **ov), repeats, warmup, device)
             unroll = ov.get("unroll", 1) if reg.startswith("mdm") else None
-            rows.append({"suite": "plugins", "model": model_name, "reg": reg, "unroll": unroll, **t,
-                         "ratio": t["median_ms"] / base["median_ms"], "batch": batch_size, "seq_len": seq_len,
-                         "device": device})
-        # linearity of MDM in unroll
-        pts = [(r["unroll"], r["median_ms"]) for r in rows if r["model"] == model_name and r["reg"] == "mdm_kl"]
+            rows.append({"suite": "plugins", "model": model_name, "reg": reg, "unroll": unroll,
+                         "median_ms": float(np.median(tb)), "base_median_ms": float(np.median(ta)),
+                         "ratio": float(np.median(tb) / np.median(ta)),
+                         "ratio_p25": float(np.percentile(tb / ta, 25)), "ratio_p75": float(np.percentile(tb / ta, 75)),
+                         "repeats": repeats, "batch": batch_size, "seq_len": seq_len, "device": device})
+        # linearity of MDM in unroll: fit the extra time over the paired baseline against unroll
+        pts = [(r["unroll"], r["median_ms"] - r["base_median_ms"]) for r in rows
+               if r["model"] == model_name and r["reg"] == "mdm_kl"]
         u, t = np.array([p[0] for p in pts], float), np.array([p[1] for p in pts], float)
         slope, icpt = np.polyfit(u, t, 1)
         r2 = 1 - ((t - (icpt + slope * u)) ** 2).sum() / max(((t - t.mean()) ** 2).sum(), 1e-12)
         rows.append({"suite": "plugins", "model": model_name, "reg": "mdm_kl_unroll_fit", "slope_ms": float(slope),
-                     "intercept_ms": float(icpt), "r2": float(r2), "device": device})
+                     "intercept_ms": float(icpt), "r2": float(r2), "extra_ms": t.tolist(), "unrolls": u.tolist(),
+                     "device": device})
     env = environment()
     for r in rows:
         r["env"] = env
@@ -125,9 +140,10 @@ def main(argv: list[str] | None = None) -> None:
     args.out.write_text(json.dumps(rows, indent=1))
     for r in rows:
         if "ratio" in r:
-            print(f"{r['model']:8s} {r['reg']:16s} unroll={r['unroll']} {r['median_ms']:8.2f} ms  x{r['ratio']:.2f}")
+            print(f"{r['model']:8s} {r['reg']:16s} unroll={r['unroll']} {r['median_ms']:8.2f} ms vs "
+                  f"{r['base_median_ms']:8.2f} ms  x{r['ratio']:.2f}")
         else:
-            print(f"{r['model']:8s} MDM unroll fit: {r['slope_ms']:.2f} ms/unroll + {r['intercept_ms']:.2f} ms, "
+            print(f"{r['model']:8s} MDM extra time = {r['slope_ms']:.2f} ms/unroll + {r['intercept_ms']:.2f} ms, "
                   f"R^2 {r['r2']:.3f}")
 
 
