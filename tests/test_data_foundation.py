@@ -60,7 +60,7 @@ def test_mosi_utterance_real_files():
 def _copy_mosi(tmp_path):
     dst = tmp_path / "mosi"
     shutil.copytree(MOSI / "bclstm_utterance_features", dst / "bclstm_utterance_features",
-                    ignore=shutil.ignore_patterns("*.pickle", "text_*.csv"))
+                    ignore=shutil.ignore_patterns("*.pickle", "text_train.csv", "text_test.csv"))
     shutil.copy(MOSI / "mosi_index.csv", dst / "mosi_index.csv")
     return dst
 
