@@ -2,7 +2,8 @@
 
 Per sample: with probability ``noise_rate`` it gets Gaussian noise on k modalities, with probability
 ``drop_rate`` it gets k modalities zeroed (missing), otherwise it stays clean; k is uniform in
-``1..max_corrupted`` and the modalities are drawn uniformly. ``max_corrupted`` defaults to M - M' with
+``1..max_corrupted`` and the modalities are drawn uniformly; the noise level is ``noise_level`` or, for a range
+``[lo, hi]``, drawn uniformly per batch and modality. ``max_corrupted`` defaults to M - M' with
 M' = floor((M + 1) / 2) the number of normal modes of Sect. 4 -- fewer than half of the modalities for odd M (one of
 three for text/audio/vision), one of two for M = 2 as in the thesis' two-mode experiments. Corruption acts on the
 INPUT features with the semantics of :mod:`mmfusion.corruption` (noise std = ``noise_level`` x the feature's
@@ -40,7 +41,7 @@ def _select(clean: Any, corrupt: Any, rows: Tensor) -> Any:
 
 class AbnormalInjector:
     def __init__(self, modalities: tuple[str, ...], noise_rate: float = 0.25, drop_rate: float = 0.25,
-                 noise_level: float = 1.0, max_corrupted: int | None = None) -> None:
+                 noise_level: float | list[float] = 1.0, max_corrupted: int | None = None) -> None:
         M = len(modalities)
         if M < 2:
             raise ConfigError("EMMA fine-tuning needs at least two modalities to corrupt one of them")
@@ -50,10 +51,12 @@ class AbnormalInjector:
         k = default_max_corrupted(M) if max_corrupted is None else int(max_corrupted)
         if not 1 <= k < M:
             raise ConfigError(f"stage.max_corrupted must be in [1, {M - 1}] for {M} modalities, got {k}")
-        if noise_level <= 0:
-            raise ConfigError(f"stage.noise_level must be > 0, got {noise_level}")
+        lv = [float(v) for v in noise_level] if isinstance(noise_level, (list, tuple)) else [float(noise_level)] * 2
+        if len(lv) != 2 or not 0 < lv[0] <= lv[1]:
+            raise ConfigError(f"stage.noise_level must be a level > 0 or a range [lo, hi] with 0 < lo <= hi, "
+                              f"got {noise_level}")
         self.modalities, self.noise_rate, self.drop_rate = tuple(modalities), noise_rate, drop_rate
-        self.noise_level, self.max_corrupted = float(noise_level), k
+        self.noise_range, self.max_corrupted = (lv[0], lv[1]), k
 
     def plan(self, b: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         """``(noise_mask, drop_mask)``, each ``(B, M)`` bool, disjoint, at most ``max_corrupted`` per row."""
@@ -72,7 +75,9 @@ class AbnormalInjector:
         noise, drop = self.plan(b, generator)
         out = dict(batch)
         for i, m in enumerate(self.modalities):
-            for mask, spec in ((noise[:, i], f"noise_{m}:{self.noise_level}"), (drop[:, i], f"drop_{m}")):
+            lo, hi = self.noise_range
+            level = lo + (hi - lo) * float(torch.rand(1, generator=generator))
+            for mask, spec in ((noise[:, i], f"noise_{m}:{level}"), (drop[:, i], f"drop_{m}")):
                 if not mask.any():
                     continue
                 full = corruption.apply(out, spec, self.modalities, generator)

@@ -123,8 +123,9 @@ def set_trainable(net: FusionModel, trainable: str, batch: dict[str, Any]) -> di
     return counts
 
 
-def corruption_specs(modalities: tuple[str, ...], noise_level: float) -> list[str]:
-    return ["none", *[f"noise_{m}:{noise_level}" for m in modalities], *[f"drop_{m}" for m in modalities]]
+def corruption_specs(modalities: tuple[str, ...], noise_levels: list[float]) -> list[str]:
+    return ["none", *[f"noise_{m}:{lv:g}" for lv in noise_levels for m in modalities],
+            *[f"drop_{m}" for m in modalities]]
 
 
 @torch.no_grad()
@@ -158,11 +159,17 @@ def evaluate_corruptions(net: FusionModel, dm: MultimodalDataModule, specs: list
 
 
 def summarize(res: dict[str, dict[str, Any]], metric: str) -> dict[str, float]:
-    """clean / noisy (mean over noised modalities) / missing (mean over dropped modalities) of one metric."""
-    noisy = [v[metric] for k, v in res.items() if k.startswith("noise_")]
-    missing = [v[metric] for k, v in res.items() if k.startswith("drop_")]
-    return {"clean": res["none"][metric], "noisy": float(np.mean(noisy)) if noisy else float("nan"),
-            "missing": float(np.mean(missing)) if missing else float("nan")}
+    """``clean``, ``noise=<level>`` (mean over the noised modalities) and ``missing`` (mean over the dropped
+    modalities) of one metric."""
+    out = {"clean": res["none"][metric]}
+    groups: dict[str, list[float]] = {}
+    for k, v in res.items():
+        if k.startswith("noise_"):
+            groups.setdefault(f"noise={k.rsplit(':', 1)[-1]}", []).append(v[metric])
+        elif k.startswith("drop_"):
+            groups.setdefault("missing", []).append(v[metric])
+    out.update({k: float(np.mean(v)) for k, v in groups.items()})
+    return out
 
 
 def _trainer(cfg: DictConfig, extra_callbacks: list[pl.Callback], max_epochs: int | None) -> pl.Trainer:
@@ -224,8 +231,9 @@ def pretrain(cfg: DictConfig, base_ckpt: str | None = None, hidden: int | float 
 
 
 def finetune(cfg: DictConfig, base_ckpt: str | None = None, dae_path: str | None = None, trainable: str = "fusion",
-             noise_rate: float = 0.25, drop_rate: float = 0.25, noise_level: float = 1.0,
-             max_corrupted: int | None = None, max_epochs: int | None = 10, eval_noise: float | None = None,
+             noise_rate: float = 0.25, drop_rate: float = 0.25, noise_level: float | list[float] = (0.5, 3.0),
+             max_corrupted: int | None = None, max_epochs: int | None = 10,
+             eval_noise: float | list[float] = (1.0, 3.0),
              use_emma: bool = True, seed: int | None = None) -> dict[str, Any]:
     """Stage 3 (``stage=emma_finetune``): insert EMMA into the baseline and train it with injected abnormal
     modalities; evaluate baseline and EMMA on the clean, noised and missing-modality test split.
@@ -255,6 +263,7 @@ def finetune(cfg: DictConfig, base_ckpt: str | None = None, dae_path: str | None
     load_net_weights(module, base_ckpt)
     first = next(iter(dm._loader("train", shuffle=False)))
     counts = set_trainable(module.net, trainable, first)
+    noise_level = [float(v) for v in noise_level] if hasattr(noise_level, "__iter__") else float(noise_level)
     injector = AbnormalInjector(tuple(module.net.modalities), noise_rate, drop_rate, noise_level, max_corrupted)
     trainer = _trainer(c, [InjectAbnormal(injector, seed)], max_epochs)
     trainer.fit(module, datamodule=dm)
@@ -263,8 +272,8 @@ def finetune(cfg: DictConfig, base_ckpt: str | None = None, dae_path: str | None
         module.load_state_dict(torch.load(best, map_location="cpu", weights_only=False)["state_dict"])
     module.to("cpu")
 
-    level = float(noise_level if eval_noise is None else eval_noise)
-    specs = corruption_specs(tuple(module.net.modalities), level)
+    levels = [float(v) for v in eval_noise] if hasattr(eval_noise, "__iter__") else [float(eval_noise)]
+    specs = corruption_specs(tuple(module.net.modalities), levels)
     name = "emma" if use_emma else "control"
     res = {"baseline": evaluate_corruptions(base_module.net, dm, specs, seed=seed),
            name: evaluate_corruptions(module.net, dm, specs, seed=seed)}

@@ -1,0 +1,146 @@
+"""EMMA benchmarks (issue 7): inference overhead of the inserted EMMA gate, and DAE pre-training time.
+
+* overhead: forward time (eval, no grad) of a model with the EMMA gate installed divided by the same model's time
+  without it, at MOSI sizes (aligned 50 steps; text 300 / audio 74 / vision 47; batch 32). Timings are
+  interleaved (A, B, A, B, ...) and the ratio of medians is reported. Target: <= 1.10.
+* pre-training: wall time to fit the DAEs of all three modalities on MOSI-size training representations
+  (1,284 samples; the unimodal sizes of the model; the ``stage=emma_pretrain`` defaults: hidden 2x, 50 epochs,
+  batch 128). Target: < 60 s on CPU.
+
+    python -m mmfusion.bench.emma --models ef_lstm,tfn,lfn,mfn --out docs/results/bench_emma.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from mmfusion.bench.core import environment
+from mmfusion.contract import FusionModel
+from mmfusion.emma.attention import AttentionStep
+from mmfusion.emma.composition import Composition
+from mmfusion.emma.dae import TiedDAE, fit_dae
+from mmfusion.emma.gate import EMMAGate
+
+ROOT = Path(__file__).resolve().parents[3]
+MOSI_DIMS = {"text": 300, "audio": 74, "vision": 47}
+N_TRAIN = 1284
+
+
+def make_batch(batch: int, seq_len: int, seed: int = 0) -> dict[str, Any]:
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(seq_len // 2, seq_len + 1, (batch,), generator=g)
+    x = {}
+    for m, d in MOSI_DIMS.items():
+        v = torch.randn(batch, seq_len, d, generator=g)
+        v[torch.arange(seq_len)[None, :] >= lengths[:, None]] = 0.0
+        x[m] = v
+    return {"x": x, "lengths": {m: lengths for m in MOSI_DIMS}, "y": torch.randn(batch, generator=g),
+            "index": torch.arange(batch)}
+
+
+def make_model(name: str) -> FusionModel:
+    cfg = OmegaConf.load(ROOT / "configs" / "model" / f"{name}.yaml")
+    return instantiate(cfg, input_dims=dict(MOSI_DIMS), output_dim=1).eval()
+
+
+def make_gate(model: FusionModel, hidden_ratio: float = 2.0) -> EMMAGate:
+    mods = tuple(model.modalities)
+    daes = {m: TiedDAE(d, max(1, int(round(hidden_ratio * d))), seed=i)
+            for i, (m, d) in enumerate(model.unimodal_dims.items())}
+    return EMMAGate(mods, daes, Composition(len(mods), coldness=0.5), AttentionStep(len(mods)))
+
+
+def overhead(name: str, batch: int, seq_len: int, repeats: int, warmup: int) -> dict[str, Any]:
+    torch.manual_seed(0)
+    model = make_model(name)
+    b = make_batch(batch, seq_len)
+    gate = make_gate(model).eval()
+
+    def fwd(with_gate: bool) -> None:
+        model.set_gate(gate if with_gate else None)
+        with torch.no_grad():
+            model(b)
+
+    for _ in range(warmup):
+        fwd(False)
+        fwd(True)
+    t_base, t_emma = [], []
+    for _ in range(repeats):
+        for flag, store in ((False, t_base), (True, t_emma)):
+            t0 = time.perf_counter()
+            fwd(flag)
+            store.append((time.perf_counter() - t0) * 1e3)
+    gate_only = []
+    uni = model.encode(b).unimodal
+    with torch.no_grad():
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            gate(uni, b)
+            gate_only.append((time.perf_counter() - t0) * 1e3)
+    base, emma = float(np.median(t_base)), float(np.median(t_emma))
+    return {"bench": "emma_inference_overhead", "model": name, "batch": batch, "seq_len": seq_len,
+            "base_ms": base, "emma_ms": emma, "gate_only_ms": float(np.median(gate_only)),
+            "ratio": emma / base, "target_ratio": 1.10, "meets_target": emma / base <= 1.10,
+            "unimodal_dims": dict(model.unimodal_dims), "repeats": repeats}
+
+
+def pretrain_time(name: str, epochs: int, seed: int = 0) -> dict[str, Any]:
+    model = make_model(name)
+    g = torch.Generator().manual_seed(seed)
+    t0 = time.perf_counter()
+    per = {}
+    for m, d in model.unimodal_dims.items():
+        x = torch.randn(N_TRAIN, d, generator=g)
+        _, rep = fit_dae(x, 2 * d, 0.3, epochs=epochs, batch_size=128, lr=3e-3, seed=seed)
+        per[m] = rep.seconds
+    total = time.perf_counter() - t0
+    return {"bench": "emma_dae_pretrain", "model": name, "n_train": N_TRAIN, "epochs": epochs,
+            "unimodal_dims": dict(model.unimodal_dims), "seconds_per_modality": per, "seconds_total": total,
+            "target_seconds": 60.0, "meets_target": total < 60.0}
+
+
+def run(args: argparse.Namespace) -> list[dict]:
+    models = [m for m in str(getattr(args, "models", "ef_lstm,tfn,lfn,mfn")).split(",") if m]
+    rows = []
+    for name in models:
+        rows.append(overhead(name, int(getattr(args, "batch", 32)), int(getattr(args, "seq_len", 50)),
+                             int(getattr(args, "repeats", 30)), int(getattr(args, "warmup", 5))))
+        rows.append(pretrain_time(name, int(getattr(args, "epochs", 50))))
+    env = environment()
+    for r in rows:
+        r["env"] = env
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default="ef_lstm,tfn,lfn,mfn")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--seq-len", dest="seq_len", type=int, default=50)
+    ap.add_argument("--repeats", type=int, default=30)
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--epochs", type=int, default=50)
+    ap.add_argument("--out", default=str(ROOT / "docs/results/bench_emma.json"))
+    args = ap.parse_args(argv)
+    rows = run(args)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(rows, indent=2) + "\n")
+    for r in rows:
+        if r["bench"] == "emma_inference_overhead":
+            print(f"{r['model']:8s} forward {r['base_ms']:.2f} ms -> {r['emma_ms']:.2f} ms with EMMA "
+                  f"(x{r['ratio']:.3f}; gate alone {r['gate_only_ms']:.3f} ms)")
+        else:
+            print(f"{r['model']:8s} DAE pre-training {r['seconds_total']:.1f} s for {r['n_train']} samples")
+
+
+if __name__ == "__main__":
+    main()
