@@ -11,9 +11,9 @@ import pytest
 import torch
 
 try:
-    from .data_fixtures import write_csd_dataset
+    from .data_fixtures import write_csd, write_csd_dataset
 except ImportError:  # tests/ is not a package
-    from data_fixtures import write_csd_dataset
+    from data_fixtures import write_csd, write_csd_dataset
 
 from mmfusion.data.csd import CSDDataModule, collapse_mean, label_segments, load_folds, read_csd
 from mmfusion.errors import DataError
@@ -190,3 +190,36 @@ def test_real_mosi_label_file_and_standard_folds():
             mfn = np.sort(f["data"][()].astype(np.float32))
         ours = np.sort(np.array([v[3] for v in segs.values() if split_of[v[0]] == s], np.float32))
         np.testing.assert_allclose(ours, mfn, atol=1e-5)
+
+
+@pytest.mark.skipif(not REAL_LABELS.is_file(), reason="needs ../shared/data (the shared real-data folder)")
+def test_real_labels_through_datamodule_with_default_folds(tmp_path):
+    """Feature files covering the 93 real videos (2 words per real segment) + the REAL label file, default folds:
+    the datamodule yields the standard 1,284/229/686 segments with the real labels."""
+    labels = read_csd(REAL_LABELS)
+    rng = np.random.default_rng(0)
+    text, audio = {}, {}
+    for vid, (_, iv) in labels.data.items():
+        iv = iv.astype(np.float64)
+        w = np.concatenate([np.stack([s + 0.2 * (e - s), s + 0.4 * (e - s)], 0)[None] for s, e in iv]
+                           + [np.stack([s + 0.6 * (e - s), s + 0.8 * (e - s)], 0)[None] for s, e in iv])
+        w = w[np.argsort(w[:, 0])]
+        text[vid] = (rng.normal(size=(len(w), 3)).astype(np.float32), w)
+        st = np.arange(0.0, iv[:, 1].max() + 1.0, 0.25)
+        audio[vid] = (rng.normal(size=(len(st), 2)).astype(np.float32), np.stack([st, st + 0.25], 1))
+    write_csd(tmp_path / "t.csd", "glove_vectors", text)
+    write_csd(tmp_path / "a.csd", "COVAREP", audio)
+    dm = CSDDataModule(task=SentimentRegression(), sequences={"text": str(tmp_path / "t.csd"), "audio": str(tmp_path / "a.csd")},
+                       labels=str(REAL_LABELS), cache_dir=None)
+    dm.setup()
+    assert {s: len(d) for s, d in dm.splits.items()} == {"train": 1284, "valid": 229, "test": 686}
+    segs = label_segments(labels)
+    for s in ("train", "valid", "test"):
+        want = np.array([segs[i][3] for i in dm.ids[s]], np.float32)
+        np.testing.assert_array_equal(dm.splits[s].tensors["y"].numpy(), want)
+        # real quirks: 94 overlapping segment boundaries, a zero-duration segment -> words counted per segment
+        for i, sid in enumerate(dm.ids[s]):
+            vid, s0, s1, _ = segs[sid]
+            mid = text[vid][1].mean(1)
+            n = int(((mid >= s0) & (mid < s1)).sum())
+            assert int(dm.splits[s].tensors["lengths"]["text"][i]) == max(n, 1), sid
