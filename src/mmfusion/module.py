@@ -97,13 +97,18 @@ class FusionModule(pl.LightningModule):
     def forward(self, batch):
         return self.net(batch)
 
-    def training_step(self, batch, batch_idx: int):
-        opts = self._optimizers()
+    def optimization_step(
+        self, batch, opts: list, backward: Callable[[Tensor], None], clip: Callable[[Any], None] | None = None
+    ) -> tuple[Tensor, Tensor, dict]:
+        """One full training step (plug-in inner steps, task + plug-in losses, backward, clipping, task optimiser,
+        plug-in joint updates). Independent of the Trainer (``backward``/``clip`` are given: Lightning's
+        ``manual_backward``/``clip_gradients`` in training, plain torch in benchmarks), so benchmarks time
+        exactly this."""
         main = opts[0]
         out = self.net(batch)
         logs: dict[str, Any] = {}
         for name, p in self.plugins.items():
-            inner = p.inner_step(out, batch, opts[self._opt_slices.get(name, slice(0, 0))], self.manual_backward)
+            inner = p.inner_step(out, batch, opts[self._opt_slices.get(name, slice(0, 0))], backward)
             logs.update({f"train/reg/{name}/{k}": v for k, v in inner.items()})
         task_loss = self.task.loss(out.prediction, batch["y"])
         loss = task_loss
@@ -115,23 +120,36 @@ class FusionModule(pl.LightningModule):
                 logs.update({f"train/reg/{name}/{k}": v for k, v in term.logs.items()})
         for opt in opts:
             opt.zero_grad(set_to_none=True)
-        self.manual_backward(loss)
+        backward(loss)
         if self.grad_clip_val:
-            self.clip_gradients(main, gradient_clip_val=self.grad_clip_val,
-                                gradient_clip_algorithm=self.grad_clip_algorithm)
+            if clip is not None:
+                clip(main)
+            else:
+                params = [p for g in main.param_groups for p in g["params"]]
+                if self.grad_clip_algorithm == "value":
+                    torch.nn.utils.clip_grad_value_(params, self.grad_clip_val)
+                else:
+                    torch.nn.utils.clip_grad_norm_(params, self.grad_clip_val)
         main.step()
         for name, p in self.plugins.items():
             p.after_backward(opts[self._opt_slices.get(name, slice(0, 0))])
+        return loss.detach(), task_loss.detach(), logs
+
+    def training_step(self, batch, batch_idx: int):
+        loss, task_loss, logs = self.optimization_step(
+            batch, self._optimizers(), self.manual_backward,
+            clip=lambda opt: self.clip_gradients(opt, gradient_clip_val=self.grad_clip_val,
+                                                 gradient_clip_algorithm=self.grad_clip_algorithm))
         sch = self.lr_schedulers()
         if sch is not None and self.scheduler_interval == "step":
             sch.step()
         bs = int(batch["y"].shape[0])
-        self.log("train/loss", loss.detach(), prog_bar=True, batch_size=bs)
-        self.log("train/task_loss", task_loss.detach(), batch_size=bs)
+        self.log("train/loss", loss, prog_bar=True, batch_size=bs)
+        self.log("train/task_loss", task_loss, batch_size=bs)
         if logs:
             self.log_dict({k: (v.detach() if isinstance(v, Tensor) else float(v)) for k, v in logs.items()},
                           batch_size=bs)
-        return loss.detach()
+        return loss
 
     def on_train_epoch_end(self) -> None:
         sch = self.lr_schedulers()
