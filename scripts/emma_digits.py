@@ -34,8 +34,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", default=str(ROOT / "docs/results/emma_digits.json"))
     args = ap.parse_args(argv)
 
-    from mmfusion.emma.experiments.digits import (fit_zero_dae, load_zero_one, noise_curve, plot_noise_curve,
-                                                  plot_seen_unseen, seen_unseen)
+    from mmfusion.emma.experiments.digits import (
+        fit_zero_dae,
+        load_zero_one,
+        noise_curve,
+        plot_noise_curve,
+        plot_seen_unseen,
+        seen_unseen,
+    )
     from mmfusion.errors import MMFusionError
 
     try:

@@ -138,7 +138,7 @@ def test_eq19_masking_threshold_holds_numerically():
 
 def test_capacity_equals_area_under_beta():
     for g, b in [(1.0, 0.0001), (4.0, 1.0), (12.0, 1.0), (0.5, 1.0)]:
-        num, _ = integrate.quad(lambda a: max(0.0, math.tanh(g * a - b)), 0, 1, points=[b / g], limit=200)
+        num, _ = integrate.quad(lambda a, g=g, b=b: max(0.0, math.tanh(g * a - b)), 0, 1, points=[b / g], limit=200)
         assert float(capacity(g, b)) == pytest.approx(num, abs=1e-9)
 
 

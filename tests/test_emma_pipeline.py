@@ -69,7 +69,7 @@ def test_emma_pipeline_runs_on_other_sentiment_models(make_cfg, tmp_path, model)
     emma = r["finetune"]["robustness"]["emma"]
     assert set(emma) == {"none", "noise_text:3", "noise_audio:3", "noise_vision:3", "drop_text", "drop_audio",
                          "drop_vision"}
-    for spec, v in emma.items():
+    for v in emma.values():
         assert abs(sum(v["alpha"].values()) - 1) < 1e-5 and all(0 <= b <= 1 for b in v["beta"].values())
         assert np.isfinite(v["MAE"])
 

@@ -2,7 +2,8 @@
 
 * overhead: forward time (eval, no grad) of a model with the EMMA gate installed divided by the same model's time
   without it, at MOSI sizes (aligned 50 steps; text 300 / audio 74 / vision 47; batch 32). Timings are
-  interleaved (A, B, A, B, ...) and the ratio of medians is reported. Target: <= 1.10.
+  interleaved (A, B, A, B, ...); the ratio of medians and of minima (robust to other load on a shared CPU) and the
+  gate's own time over the base forward time (``gate_share``) are reported. Target: <= 1.10.
 * pre-training: wall time to fit the DAEs of all three modalities on MOSI-size training representations
   (1,284 samples; the unimodal sizes of the model; the ``stage=emma_pretrain`` defaults: hidden 2x, 50 epochs,
   batch 128). Target: < 60 s on CPU.
@@ -87,9 +88,13 @@ def overhead(name: str, batch: int, seq_len: int, repeats: int, warmup: int) -> 
             gate(uni, b)
             gate_only.append((time.perf_counter() - t0) * 1e3)
     base, emma = float(np.median(t_base)), float(np.median(t_emma))
+    base_min, emma_min = float(np.min(t_base)), float(np.min(t_emma))
+    gate_ms = float(np.min(gate_only))
     return {"bench": "emma_inference_overhead", "model": name, "batch": batch, "seq_len": seq_len,
-            "base_ms": base, "emma_ms": emma, "gate_only_ms": float(np.median(gate_only)),
-            "ratio": emma / base, "target_ratio": 1.10, "meets_target": emma / base <= 1.10,
+            "base_ms": base, "emma_ms": emma, "ratio": emma / base,
+            "base_min_ms": base_min, "emma_min_ms": emma_min, "ratio_min": emma_min / base_min,
+            "gate_only_ms": gate_ms, "gate_share": gate_ms / base_min,
+            "target_ratio": 1.10, "meets_target": emma_min / base_min <= 1.10 and gate_ms / base_min <= 0.10,
             "unimodal_dims": dict(model.unimodal_dims), "repeats": repeats}
 
 
@@ -136,8 +141,9 @@ def main(argv: list[str] | None = None) -> None:
     Path(args.out).write_text(json.dumps(rows, indent=2) + "\n")
     for r in rows:
         if r["bench"] == "emma_inference_overhead":
-            print(f"{r['model']:8s} forward {r['base_ms']:.2f} ms -> {r['emma_ms']:.2f} ms with EMMA "
-                  f"(x{r['ratio']:.3f}; gate alone {r['gate_only_ms']:.3f} ms)")
+            print(f"{r['model']:8s} forward {r['base_min_ms']:.2f} ms -> {r['emma_min_ms']:.2f} ms with EMMA "
+                  f"(min x{r['ratio_min']:.3f}, median x{r['ratio']:.3f}; gate alone {r['gate_only_ms']:.3f} ms "
+                  f"= {100 * r['gate_share']:.2f}%)")
         else:
             print(f"{r['model']:8s} DAE pre-training {r['seconds_total']:.1f} s for {r['n_train']} samples")
 

@@ -24,7 +24,7 @@ from mmfusion.contract import Batch, FusionModel, FusionOutput, ModelInfo, Plugi
 from mmfusion.emma.attention import AttentionStep
 from mmfusion.emma.composition import W_FLOOR, Composition, inv_softplus, shifted_potential
 from mmfusion.emma.gate import EMMAGate
-from mmfusion.emma.regularizer import (ORACLES, eta_from_labels, eta_from_laplacian, eta_from_threshold, omega)
+from mmfusion.emma.regularizer import ORACLES, eta_from_labels, eta_from_laplacian, eta_from_threshold, omega
 from mmfusion.emma.store import load_daes
 from mmfusion.errors import ConfigError
 
