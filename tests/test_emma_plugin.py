@@ -144,3 +144,22 @@ def test_set_trainable_freezes_encoders_found_by_autograd(dae_file):
     assert all(n.startswith("gate.") for n, p in net.named_parameters() if p.requires_grad)
     with pytest.raises(ConfigError, match="trainable"):
         set_trainable(net, "encoders", batch)
+
+
+@pytest.mark.parametrize("eta", ["laplacian", "threshold"])
+def test_plugin_alternative_normality_oracles(dae_file, eta):
+    torch.manual_seed(0)
+    net = EFLSTM(input_dims=DIMS, proj_dim=8, hidden=16)
+    plugin = EMMAPlugin(dae_path=str(dae_file), eta=eta, weight=1.0)
+    plugin.attach(net, ModelInfo(net.modalities, dict(net.unimodal_dims), net.fused_dim))
+    batch = make_batch(8)
+    big = {**batch, "x": {**batch["x"], "audio": batch["x"]["audio"] * 1000.0}}  # far from the training data
+    out = net(big)
+    e = plugin.eta_of(out, big)
+    assert e.shape == (8, 3) and set(e.unique().tolist()) <= {-1.0, 1.0}
+    if eta == "threshold":
+        assert (e[:, 1] == -1).all()  # huge audio energy: above the training 99th percentile
+    else:
+        assert "emma/laplacian" in out.extras
+        assert (e[:, 1] == 1).all()  # the (sign-fixed) Laplacian rule still calls far-away inputs normal
+    assert torch.isfinite(plugin.loss(out, big, "train").value)
