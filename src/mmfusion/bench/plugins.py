@@ -89,11 +89,20 @@ def paired_times(base: Callable[[], Any], other: Callable[[], Any], repeats: int
     return np.asarray(ta), np.asarray(tb)
 
 
+def _as_list(v: Any) -> list[str]:
+    """``"a,b"`` or ``["a", "b"]`` (``scripts/benchmark.py`` passes lists) -> ``["a", "b"]``."""
+    items = v if isinstance(v, (list, tuple)) else [v]
+    return [m for item in items for m in str(item).split(",") if m]
+
+
 def run(args: Any) -> list[dict]:
+    """Rows for ``scripts/benchmark.py --suite plugins`` (reads ``models``, ``device``, ``repeats``, ``warmup``,
+    ``batch_sizes``/``batch_size``, ``seq_len``, ``max_unroll`` from ``args`` when present)."""
     device = getattr(args, "device", "cpu") or "cpu"
-    models = [m for m in str(getattr(args, "models", "ef_lstm,tfn")).split(",") if m]
+    models = _as_list(getattr(args, "models", None) or "ef_lstm,tfn")
     repeats, warmup = int(getattr(args, "repeats", 20)), int(getattr(args, "warmup", 3))
-    batch_size, seq_len = int(getattr(args, "batch_size", 32)), int(getattr(args, "seq_len", 50))
+    batch_size = int(getattr(args, "batch_size", None) or (getattr(args, "batch_sizes", None) or [32])[0])
+    seq_len = int(getattr(args, "seq_len", 50))
     max_unroll = int(getattr(args, "max_unroll", 4))
     batch = make_batch(batch_size, seq_len, device)
     rows: list[dict] = []
