@@ -13,6 +13,7 @@ a temporary folder and deleted afterwards; the load runs in a fresh process so i
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import pickle
@@ -64,6 +65,11 @@ def write_mosei_like(path: Path, scale: float = 1.0, n_small: int = 64, seed: in
             "n_train": len(data["train"]["id"])}
 
 
+def _rss_gb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e9
+
+
 def _load_child(path: str) -> dict[str, Any]:
     """Run in a fresh process: pickle.load alone; the conversion alone (sanitising, lengths, padding, tensors) on
     the loaded object; loader throughput; then one full ``setup()`` (load + convert) with text as tokens."""
@@ -100,6 +106,8 @@ def _load_child(path: str) -> dict[str, Any]:
         out[f"loader_samples_per_s_bs{bs}"] = n / (time.perf_counter() - t0)
         del b
     del dm
+    gc.collect()
+    out["rss_after_free_gb"] = _rss_gb()
     t0 = time.perf_counter()
     dm = mp.MosiPickleDataModule(task=SentimentRegression(), path=path, dataset="bench-tokens", text="tokens",
                                  batch_size=32)
