@@ -453,3 +453,24 @@ def _as_list(v: str | Sequence[str] | None) -> list[str]:
     if v is None:
         return []
     return [v] if isinstance(v, (str, Path)) else [str(x) for x in v]
+
+
+def write_feature_hdf5(path: str | Path, image_ids: Sequence[int], features: np.ndarray,
+                       grid_shape: Sequence[int] | None = None, num_boxes: Sequence[int] | None = None,
+                       dtype: str = "float32") -> Path:
+    """Write the HDF5 layout :class:`HDF5FeatureStore` reads (used by ``scripts/extract_grid_features.py``)."""
+    import h5py
+
+    features = np.asarray(features)
+    if features.ndim != 3 or len(features) != len(image_ids):
+        raise DataError(f"write_feature_hdf5: features {features.shape} must be (N={len(image_ids)}, L, D)")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with h5py.File(path, "w") as f:
+        f.create_dataset("image_ids", data=np.asarray(image_ids, dtype=np.int64))
+        f.create_dataset("features", data=features.astype(dtype), chunks=(1, *features.shape[1:]))
+        if num_boxes is not None:
+            f.create_dataset("num_boxes", data=np.asarray(num_boxes, dtype=np.int64))
+        if grid_shape is not None:
+            f.attrs["grid_shape"] = np.asarray(grid_shape, dtype=np.int64)
+    return path
