@@ -1,6 +1,6 @@
 """Get a dataset's files into place: ``python scripts/prepare_data.py NAME [--data-dir DIR] [--check] [--offline]``.
 
-NAME is one of mosi, mosei, mosi_csd, urfunny, mnist, digits (``--list`` shows them). For each file the script
+NAME is one of mosi, mosei, mosi_csd, mosei_csd, urfunny, mnist, digits (``--list`` shows them). For each file the script
 knows its public source and, where the source publishes one, its checksum:
 
 * if the file is already in place, its checksum is verified (``--check`` does only this, never downloading);
@@ -57,6 +57,7 @@ class Dataset:
 MMSA = "https://github.com/thuiar/MMSA#2-datasets (Google Drive folder 1A2S4pqCHryGmiqnNSPLv7rEg63WvjCSk, BaiduYun code qq0b)"
 MULT = "https://www.dropbox.com/sh/hyzpgx1hp9nj37s/AAB7FhBqJOFDw2hEyvv2ZXHxa (yaohungt/Multimodal-Transformer README)"
 CMU = "http://immortal.multicomp.cs.cmu.edu/CMU-MOSI"
+CMU_MOSEI = "http://immortal.multicomp.cs.cmu.edu/CMU-MOSEI"
 
 DATASETS: dict[str, Dataset] = {
     "mosi": Dataset(
@@ -103,6 +104,22 @@ DATASETS: dict[str, Dataset] = {
                "Copy the .csd files from any CMU-MultimodalSDK download you have; the label file is in "
                "../shared/data/mosi/. No checksum is published for the feature files.",
         shared={"CMU_MOSI_Opinion_Labels.csd": "mosi/CMU_MOSI_Opinion_Labels.csd"},
+    ),
+    "mosei_csd": Dataset(
+        dest="cmumosei",
+        config="python train.py data=mosei_csd   (paths in configs/data/mosei_csd.yaml)",
+        files=[
+            File("CMU_MOSEI_Labels.csd", url=f"{CMU_MOSEI}/labels/CMU_MOSEI_Labels.csd"),
+            File("CMU_MOSEI_TimestampedWordVectors.csd", url=f"{CMU_MOSEI}/language/CMU_MOSEI_TimestampedWordVectors.csd"),
+            File("CMU_MOSEI_COVAREP.csd", url=f"{CMU_MOSEI}/acoustic/CMU_MOSEI_COVAREP.csd"),
+            File("CMU_MOSEI_VisualFacet42.csd", url=f"{CMU_MOSEI}/visual/CMU_MOSEI_VisualFacet42.csd"),
+            File("cmu_mosei_std_folds.py", url="https://raw.githubusercontent.com/A2Zadeh/CMU-MultimodalSDK/master/"
+                 "mmsdk/mmdatasdk/dataset/standard_datasets/CMU_MOSEI/cmu_mosei_std_folds.py"),
+        ],
+        source="CMU-MultimodalSDK recipe mmsdk/mmdatasdk/dataset/standard_datasets/CMU_MOSEI/cmu_mosei.py",
+        manual="The CMU server has answered 'does not exist' since 2024 (CMU-MultiComp-Lab/CMU-MultimodalSDK#12). "
+               "Copy the .csd files from any CMU-MultimodalSDK download you have, and the standard folds file "
+               "cmu_mosei_std_folds.py from the SDK repository (it is parsed, never executed).",
     ),
     "urfunny": Dataset(
         dest="urfunny",

@@ -223,3 +223,11 @@ def test_real_labels_through_datamodule_with_default_folds(tmp_path):
             mid = text[vid][1].mean(1)
             n = int(((mid >= s0) & (mid < s1)).sum())
             assert int(dm.splits[s].tensors["lengths"]["text"][i]) == max(n, 1), sid
+
+
+def test_sdk_python_folds_file_is_parsed_not_executed(tmp_path):
+    (tmp_path / "cmu_x_std_folds.py").write_text(
+        "import os\nos.environ['MMF_EXECUTED'] = '1'\n"
+        "standard_train_fold=['a', 'b']\nstandard_valid_fold=['c']\nstandard_test_fold=['d', '123']\n")
+    assert load_folds(str(tmp_path / "cmu_x_std_folds.py")) == {"train": ["a", "b"], "valid": ["c"], "test": ["d", "123"]}
+    assert "MMF_EXECUTED" not in os.environ

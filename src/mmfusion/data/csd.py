@@ -151,8 +151,23 @@ def steps_in_segment(steps: np.ndarray, start: float, end: float) -> np.ndarray:
     return np.nonzero((mid >= start) & (mid < end))[0]
 
 
+def _sdk_folds(path: Path) -> dict[str, list[str]]:
+    """The SDK's ``cmu_mosi_std_folds.py`` / ``cmu_mosei_std_folds.py``: the three list literals, read with
+    ``ast`` (the file is never executed)."""
+    import ast
+
+    names = {"standard_train_fold": "train", "standard_valid_fold": "valid", "standard_test_fold": "test"}
+    out: dict[str, list[str]] = {}
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            if node.targets[0].id in names:
+                out[names[node.targets[0].id]] = [str(v) for v in ast.literal_eval(node.value)]
+    return out
+
+
 def load_folds(folds: str | Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
-    """Video-level folds: ``"mosi"`` (the packaged standard CMU-MOSI folds), a JSON path, or a mapping."""
+    """Video-level folds: ``"mosi"`` (the packaged standard CMU-MOSI folds), a JSON path, the SDK's
+    ``cmu_*_std_folds.py`` (e.g. MOSEI's), or a mapping."""
     if isinstance(folds, Mapping):
         raw = dict(folds)
         where = "data.folds"
@@ -162,8 +177,9 @@ def load_folds(folds: str | Mapping[str, Sequence[str]]) -> dict[str, list[str]]
     else:
         p = Path(str(folds)).expanduser()
         if not p.is_file():
-            raise DataError(f"{p}: folds file not found (expected JSON with train/valid/test video-id lists)")
-        raw, where = json.loads(p.read_text()), str(p)
+            raise DataError(f"{p}: folds file not found (expected JSON with train/valid/test video-id lists, or "
+                            f"the SDK's cmu_*_std_folds.py)")
+        raw, where = (_sdk_folds(p) if p.suffix == ".py" else json.loads(p.read_text())), str(p)
     out = {}
     for s in SPLITS:
         key = s if s in raw else ("dev" if s == "valid" and "dev" in raw else None)
