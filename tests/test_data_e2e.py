@@ -103,3 +103,12 @@ def test_e2e_digits_learns_beyond_chance(tmp_path):
                         "trainer.max_epochs=8", "trainer.enable_progress_bar=false", "logger=none",
                         "~callbacks.model_summary", "~callbacks.early_stopping", "data.batch_size=32"], tmp_path)
     assert result["test"]["acc"] > 0.6, result["test"]  # chance is 0.1
+
+
+def test_e2e_mosi_tokens_magbert(tmp_path):
+    """data.text=tokens: MMSA text_bert ids reach MAG-BERT (the packaged offline BERT, one layer kept)."""
+    write_mmsa(tmp_path / "aligned_50.pkl", aligned=True)
+    result, objs = _train(["data=mosi", f"data.path={tmp_path / 'aligned_50.pkl'}", "data.text=tokens",
+                           "model=magbert", "model.bert_layers=1", *QUICK], tmp_path)
+    assert "tokens" in objs["datamodule"].splits["train"].tensors
+    assert np.isfinite(result["test"]["MAE"])
