@@ -28,6 +28,8 @@ from mmfusion.attention.basis import GaussianBasis
 from mmfusion.attention.linalg2 import det2, inv2, sqrtm2
 
 _SQRT2PI = math.sqrt(2 * math.pi)
+_ANGLE_NODES_PER_WIDTH = 3.0  # adaptive angles: >= this many nodes per angular width of an RBF
+_KAPPA_MIN = 0.1
 _GL_CACHE: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
 
@@ -160,8 +162,17 @@ class ContinuousSoftmax2d(Function):
         return grad_mu, grad_sigma, None, None
 
 
-def _sparsemax2d_terms(mu: Tensor, sigma: Tensor, centres: Tensor, covs: Tensor, n_angles: int):
-    """Whitened polar reduction of App. A.2 for the truncated paraboloid TP(mu, Sigma)."""
+def _sparsemax2d_terms(mu: Tensor, sigma: Tensor, centres: Tensor, covs: Tensor, n_angles: int,
+                       adaptive: bool = True):
+    """Whitened polar reduction of App. A.2 for the truncated paraboloid TP(mu, Sigma).
+
+    The angle integral is a periodic trapezoid sum over K distinct nodes u_k = 2 pi k / K (never the endpoint
+    twice). ``adaptive=False``: theta_k = u_k (Alg. 4). ``adaptive=True``: per RBF, theta = theta*_j +
+    atan2(kappa_j sin u, cos u), a smooth periodic change of variables (weights d theta / du) that concentrates the
+    nodes around the direction theta*_j of the RBF centre (and its opposite: s~ is pi-periodic) when the RBF
+    subtends a small angle (angular width sigma_perp / |mu~_j|); kappa_j = 1 recovers uniform angles. It keeps
+    the spectral accuracy of the periodic trapezoid for narrow RBFs far from mu (elongated or large supports).
+    """
     dets = det2(sigma).clamp_min(torch.finfo(sigma.dtype).tiny)
     c2 = 2.0 / torch.sqrt(math.pi * dets.sqrt())  # -2 lambda, -lambda = (pi |Sigma|^{1/2})^{-1/2}
     c = c2.sqrt()
@@ -170,7 +181,20 @@ def _sparsemax2d_terms(mu: Tensor, sigma: Tensor, centres: Tensor, covs: Tensor,
     mt = torch.einsum("bij,bnj->bni", rinv, centres[None] - mu[:, None]) / c[:, None, None]  # mu~_j
     prec = c2[:, None, None, None] * (root[:, None] @ inv2(covs)[None] @ root[:, None])  # Sigma~_j^-1
     detp = c2[:, None] ** 2 * dets[:, None] / det2(covs)[None]
-    th = 2 * math.pi * torch.arange(n_angles, dtype=mu.dtype, device=mu.device) / n_angles  # distinct angles
+    u = 2 * math.pi * torch.arange(n_angles, dtype=mu.dtype, device=mu.device) / n_angles  # distinct nodes
+    w = torch.full_like(u, 2 * math.pi / n_angles)
+    if adaptive:
+        rho0 = mt.norm(dim=-1).clamp_min(1e-30)  # (B, N)
+        e = mt / rho0[..., None]
+        # sigma_perp^2 = e_perp^T Sigma~ e_perp = e^T Sigma~^-1 e / |Sigma~^-1|   (2x2 adjugate identity)
+        sperp = torch.sqrt(torch.einsum("bni,bnij,bnj->bn", e, prec, e) / detp)
+        kappa = (_ANGLE_NODES_PER_WIDTH ** -1 * (sperp / rho0) * n_angles / (2 * math.pi)).clamp(_KAPPA_MIN, 1.0)
+        ang0 = torch.atan2(mt[..., 1], mt[..., 0])
+        su, cu = u.sin(), u.cos()
+        th = ang0[..., None] + torch.atan2(kappa[..., None] * su, cu)  # (B, N, K)
+        w = w * kappa[..., None] / (cu * cu + (kappa[..., None] * su) ** 2)
+    else:
+        th = u
     a0, a1 = th.cos(), th.sin()
     p00, p01, p11 = prec[..., 0, 0, None], 0.5 * (prec[..., 0, 1] + prec[..., 1, 0])[..., None], prec[..., 1, 1, None]
     q = p00 * a0 * a0 + 2 * p01 * a0 * a1 + p11 * a1 * a1  # a^T Sigma~^-1 a  (B, N, K)
@@ -180,24 +204,24 @@ def _sparsemax2d_terms(mu: Tensor, sigma: Tensor, centres: Tensor, covs: Tensor,
     # mu~^T P mu~ - (a^T P mu~)^2 / a^T P a = |P| (a x mu~)^2 / a^T P a  (2-D Lagrange identity; no cancellation)
     expo = detp[..., None] * cross * cross / q
     sig2 = 1.0 / q
-    stl = torch.sqrt(sig2 * detp[..., None] / (2 * math.pi)) * torch.exp(-0.5 * expo)  # s~(theta)
+    stl = w * torch.sqrt(sig2 * detp[..., None] / (2 * math.pi)) * torch.exp(-0.5 * expo)  # weight * s~(theta)
     x0, x1, x2, x3 = interval_moments(b / q, sig2.sqrt(), 0.0, 1.0)
-    w = 2 * math.pi / n_angles
-    return dict(c=c, c2=c2, rinv=rinv, stl=stl, x1=x1, x2=x2, x3=x3, w=w, a=torch.stack([a0, a1], -1))
+    return dict(c=c, c2=c2, rinv=rinv, stl=stl, x1=x1, x2=x2, x3=x3, a0=a0, a1=a1)
 
 
 class ContinuousSparsemax2d(Function):
     """2-D truncated paraboloid TP(mu, Sigma) (Alg. 4, App. A.2): r_j = -lambda int s~(theta) (M_1 - M_3) dtheta."""
 
     @staticmethod
-    def forward(ctx, mu: Tensor, sigma: Tensor, centres: Tensor, covs: Tensor, n_angles: int) -> Tensor:
-        t = _sparsemax2d_terms(mu, sigma, centres, covs, n_angles)
-        r = 0.5 * t["c2"][:, None] * t["w"] * (t["stl"] * (t["x1"] - t["x3"])).sum(-1)
-        a = t["a"]
-        aa = torch.stack([a[:, 0] * a[:, 0], a[:, 0] * a[:, 1], a[:, 1] * a[:, 1]], -1)  # (K, 3)
-        t1 = t["w"] * (t["stl"] * t["x1"]).sum(-1)  # int_S psi_j                (B, N)
-        t2 = t["w"] * (t["stl"] * t["x2"]) @ a  # whitened int_S (s) psi_j          (B, N, 2)
-        t3 = t["w"] * (t["stl"] * t["x3"]) @ aa  # whitened int_S (s s^T) psi_j    (B, N, 3)
+    def forward(ctx, mu: Tensor, sigma: Tensor, centres: Tensor, covs: Tensor, n_angles: int,
+                adaptive: bool = True) -> Tensor:
+        t = _sparsemax2d_terms(mu, sigma, centres, covs, n_angles, adaptive)
+        stl, a0, a1 = t["stl"], t["a0"], t["a1"]
+        r = 0.5 * t["c2"][:, None] * (stl * (t["x1"] - t["x3"])).sum(-1)
+        t1 = (stl * t["x1"]).sum(-1)  # int_S psi_j                                (B, N)
+        v2, v3 = stl * t["x2"], stl * t["x3"]
+        t2 = torch.stack([(v2 * a0).sum(-1), (v2 * a1).sum(-1)], -1)  # whitened int_S s psi_j    (B, N, 2)
+        t3 = torch.stack([(v3 * a0 * a0).sum(-1), (v3 * a0 * a1).sum(-1), (v3 * a1 * a1).sum(-1)], -1)  # s s^T
         ctx.save_for_backward(t["c"], t["c2"], t["rinv"], t1, t2, t3)
         return r
 
@@ -212,7 +236,7 @@ class ContinuousSparsemax2d(Function):
         g1 = (g * t1).sum(-1) / 4.0
         m = torch.stack([torch.stack([g3[:, 0] - g1, g3[:, 1]], -1), torch.stack([g3[:, 1], g3[:, 2] - g1], -1)], -2)
         grad_sigma = 0.5 * c2[:, None, None] * (rinv @ m @ rinv)
-        return grad_mu, grad_sigma, None, None, None
+        return grad_mu, grad_sigma, None, None, None, None
 
 
 # --------------------------------------------------------------------------------------------------- API
@@ -224,12 +248,13 @@ def continuous_softmax(mu: Tensor, sigma: Tensor, basis: GaussianBasis) -> Tenso
     return (ContinuousSoftmax1d if basis.dim == 1 else ContinuousSoftmax2d).apply(mu, sigma, c, v)
 
 
-def continuous_sparsemax(mu: Tensor, sigma: Tensor, basis: GaussianBasis, n_angles: int = 100) -> Tensor:
+def continuous_sparsemax(mu: Tensor, sigma: Tensor, basis: GaussianBasis, n_angles: int = 100,
+                         adaptive_angles: bool = True) -> Tensor:
     """r = E_p[psi] for the truncated parabola (1-D) / paraboloid (2-D) TP(mu, sigma); ``n_angles`` = K (2-D)."""
     c, v = _basis(basis, mu)
     if basis.dim == 1:
         return ContinuousSparsemax1d.apply(mu, sigma, c, v)
-    return ContinuousSparsemax2d.apply(mu, sigma, c, v, n_angles)
+    return ContinuousSparsemax2d.apply(mu, sigma, c, v, n_angles, adaptive_angles)
 
 
 def gaussian_density(t: Tensor, mu: Tensor, sigma: Tensor) -> Tensor:
