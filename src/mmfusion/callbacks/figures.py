@@ -1,0 +1,134 @@
+"""Pictures for the loggers: one function to log a matplotlib figure to every attached logger, and a callback
+that collects figures from the model and the plug-ins on a fixed validation batch.
+
+The figure hook (any of them may be absent):
+
+* ``plugin.figures(out, batch) -> {name: Figure}`` on each plug-in (``reg``),
+* ``model.figures(out, batch) -> {name: Figure}`` on the fusion model,
+* built-in renderers: attention maps found in ``out.extras["attention/<pool>"]`` or in the pools' ``last_attention``
+  (:func:`mmfusion.attention.plugin.attention_maps`), and EMMA's importance weights / system energy
+  (``out.extras["emma/alpha"|"emma/beta"|"emma/energy"]``).
+
+Figures go to W&B (``wandb.Image``), TensorBoard (``add_figure``) and, always, ``<run>/figures/<name>_e<epoch>.png``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+
+log = logging.getLogger(__name__)
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def log_figure(trainer: pl.Trainer, name: str, fig: Any, out_dir: str | Path | None = None) -> Path | None:
+    """Log ``fig`` under ``name`` to W&B/TensorBoard loggers and save it as PNG; closes the figure."""
+    plt = _plt()
+    step = int(trainer.global_step)
+    path = None
+    try:
+        if out_dir is not None:
+            safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+            path = Path(out_dir) / f"{safe}_e{trainer.current_epoch:03d}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fig.savefig(path, dpi=80, bbox_inches="tight")
+        for lg in trainer.loggers:
+            kind = type(lg).__name__
+            if kind == "WandbLogger":
+                import wandb
+
+                lg.experiment.log({name: wandb.Image(fig), "trainer/global_step": step})
+            elif kind == "TensorBoardLogger":
+                lg.experiment.add_figure(name, fig, global_step=step, close=False)
+    finally:
+        plt.close(fig)
+    return path
+
+
+def attention_figures(model: torch.nn.Module, out: Any) -> dict[str, Any]:
+    """First sample's attention of every pool: an image for 2-D grids, a curve over time for 1-D."""
+    plt = _plt()
+    maps: dict[str, Any] = {}
+    extras = getattr(out, "extras", {}) or {}
+    for k, v in extras.items():
+        if k.startswith("attention/") and isinstance(v, torch.Tensor):
+            maps[k.split("/", 1)[1]] = (v, None)
+    for n, pool in getattr(model, "pools", {}).items():
+        att = getattr(pool, "last_attention", None)
+        if n not in maps and isinstance(att, torch.Tensor):
+            maps[n] = (att, getattr(pool, "grid_shape", None))
+    figs = {}
+    for n, (att, grid) in maps.items():
+        a = att.detach().float().cpu()[0].reshape(-1)
+        fig, ax = plt.subplots(figsize=(3.2, 3.0))
+        if grid is not None and int(torch.tensor(grid).prod()) == a.numel():
+            im = ax.imshow(a.reshape(*grid).numpy(), cmap="viridis")
+            fig.colorbar(im, ax=ax)
+        else:
+            ax.plot(a.numpy())
+            ax.set_xlabel("position")
+        ax.set_title(f"attention: {n}")
+        figs[f"attention/{n}"] = fig
+    return figs
+
+
+def emma_figures(out: Any, modalities: tuple[str, ...]) -> dict[str, Any]:
+    """EMMA: importance weights alpha/beta per modality (box plots) and the system energy histogram."""
+    extras = getattr(out, "extras", {}) or {}
+    if "emma/alpha" not in extras:
+        return {}
+    plt = _plt()
+    fig, axes = plt.subplots(1, 3, figsize=(9, 2.8))
+    for ax, key in zip(axes[:2], ("alpha", "beta")):
+        v = extras[f"emma/{key}"].detach().float().cpu().numpy()
+        ax.boxplot([v[:, i] for i in range(v.shape[1])], tick_labels=list(modalities)[: v.shape[1]])
+        ax.set_title(key)
+    axes[2].hist(extras["emma/energy"].detach().float().cpu().reshape(-1).numpy(), bins=20)
+    axes[2].set_title("system energy")
+    fig.tight_layout()
+    return {"emma/weights_energy": fig}
+
+
+class FigureLogger(pl.Callback):
+    """Every ``every_n_epochs`` validation epochs, run the model on the first validation batch and log the
+    figures of the hook above (plug-ins', the model's, attention maps, EMMA)."""
+
+    def __init__(self, every_n_epochs: int = 1, out_dir: str | None = None) -> None:
+        self.every_n_epochs = max(1, int(every_n_epochs))
+        self.out_dir = out_dir
+
+    def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
+                                batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        if (batch_idx != 0 or trainer.sanity_checking or not trainer.is_global_zero
+                or trainer.current_epoch % self.every_n_epochs):
+            return
+        net = pl_module.net
+        with torch.no_grad():
+            out = net(batch)
+        figs: dict[str, Any] = {}
+        sources: list[tuple[str, Any]] = [("model", net), *[(f"reg/{n}", p) for n, p in pl_module.plugins.items()]]
+        for prefix, obj in sources:
+            fn = getattr(obj, "figures", None)
+            if callable(fn):
+                got = fn(out, batch) or {}
+                if isinstance(got, Mapping):
+                    figs.update({f"{prefix}/{k}": f for k, f in got.items()})
+        figs.update(attention_figures(net, out))
+        figs.update(emma_figures(out, tuple(net.modalities)))
+        out_dir = self.out_dir or str(Path(trainer.default_root_dir) / "figures")
+        for name, fig in figs.items():
+            log_figure(trainer, f"figures/{name}", fig, out_dir)
