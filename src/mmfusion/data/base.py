@@ -88,6 +88,39 @@ class SeededShuffleSampler(Sampler[int]):
         return iter(torch.randperm(self.n, generator=g).tolist())
 
 
+class ResumableDataLoader(DataLoader):
+    """A training DataLoader whose position in the epoch is checkpointed.
+
+    Lightning saves ``state_dict()`` of stateful train loaders in every checkpoint and calls ``load_state_dict``
+    when it resumes mid-epoch; the next iteration then skips the batches already trained on, so that (with the
+    epoch-seeded sampler) a resumed run sees exactly the batches of an uninterrupted one. Works per rank under
+    DDP (every rank skips its own first ``k`` batches).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._yielded = 0
+        self._skip = 0
+
+    def __iter__(self):
+        it = super().__iter__()
+        skip, self._skip = self._skip, 0
+        self._yielded = 0
+        for _ in range(skip):
+            next(it, None)
+            self._yielded += 1
+        for batch in it:
+            self._yielded += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        return {"batches": int(self._yielded)}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        n = len(self)
+        self._skip = int(state.get("batches", 0)) % n if n else 0
+
+
 def to_tensor(a: np.ndarray | Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
     return a.to(dtype) if isinstance(a, Tensor) else torch.as_tensor(np.ascontiguousarray(a), dtype=dtype)
 
@@ -160,8 +193,12 @@ class MultimodalDataModule(pl.LightningDataModule):
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         self.setup()
         ds = self.splits[split]
-        return DataLoader(
+        # the train loader is resumable mid-epoch; a private generator keeps the loader's base-seed draw off the
+        # global RNG, so checkpointed RNG states alone determine dropout etc. after a resume
+        cls = ResumableDataLoader if shuffle else DataLoader
+        return cls(
             ds,
+            generator=torch.Generator().manual_seed(self.seed),
             batch_size=self.batch_size if shuffle else self.eval_batch_size,
             sampler=SeededShuffleSampler(len(ds), self.seed) if shuffle else None,
             shuffle=False if shuffle else None,
