@@ -6,6 +6,8 @@ Spec grammar (several joined by ``,``):
   ``drop_text+vision``), and flag them in ``batch["corrupt"]``;
 * ``noise_<m>:<std>``: add Gaussian noise of std ``<std>`` x (the modality's per-feature std in the batch) on
   its valid steps;
+* ``missing_<m>[+<m>...]:<rate>`` (or ``missing_all:<rate>``): random missing time steps: each valid step of
+  each named sequence modality is zeroed independently with probability ``<rate>``;
 * ``none``: no corruption.
 
 BERT models take text as token ids: dropping text there replaces every non-special token by ``[UNK]`` when the
@@ -29,6 +31,15 @@ def parse(spec: str | None) -> list[tuple[str, list[str], float]]:
         part = part.strip()
         if part.startswith("drop_"):
             ops.append(("drop", part[5:].split("+"), 0.0))
+        elif part.startswith("missing_"):
+            name, _, level = part[8:].partition(":")
+            try:
+                rate = float(level)
+            except ValueError:
+                raise ConfigError(f"eval.corrupt: bad rate in {part!r}; expected missing_<modality>|all:<rate>") from None
+            if not 0.0 <= rate <= 1.0:
+                raise ConfigError(f"eval.corrupt: missing rate must be in [0, 1], got {part!r}")
+            ops.append(("missing", name.split("+"), rate))
         elif part.startswith("noise_"):
             name, _, level = part[6:].partition(":")
             try:
@@ -36,7 +47,7 @@ def parse(spec: str | None) -> list[tuple[str, list[str], float]]:
             except ValueError:
                 raise ConfigError(f"eval.corrupt: bad noise level in {part!r}; expected noise_<modality>:<std>") from None
         else:
-            raise ConfigError(f"eval.corrupt: unknown corruption {part!r}; expected drop_<m>[+<m>], noise_<m>:<std> or none")
+            raise ConfigError(f"eval.corrupt: unknown corruption {part!r}; expected drop_<m>[+<m>], noise_<m>:<std>, missing_<m>|all:<rate> or none")
     return ops
 
 
@@ -52,6 +63,8 @@ def apply(batch: Batch, spec: str | None, modalities: tuple[str, ...], generator
     corrupt = batch.get("corrupt")
     corrupt = corrupt.clone() if corrupt is not None else torch.zeros(b, len(modalities), dtype=torch.bool, device=device)
     for kind, mods, level in ops:
+        if mods == ["all"]:
+            mods = list(modalities)
         for m in mods:
             if m not in modalities:
                 raise ConfigError(f"eval.corrupt: unknown modality {m!r}; this data has {list(modalities)}")
@@ -64,6 +77,10 @@ def apply(batch: Batch, spec: str | None, modalities: tuple[str, ...], generator
                     ids[~tok["special_mask"].bool()] = int(tok["unk_token_id"][0])
                     tok["input_ids"] = ids
                     out["tokens"] = tok
+            elif kind == "missing":
+                if x.dim() == 3:  # (B, T, D): drop whole steps; utterance-level vectors have no steps
+                    keep = torch.rand(x.shape[:2], generator=generator, device="cpu").to(device) >= level
+                    out["x"][m] = x * keep[..., None].to(x.dtype)
             else:
                 std = x.float().flatten(0, -2).std(0).clamp(min=1e-6)
                 noise = torch.randn(x.shape, generator=generator, device="cpu").to(device) * std * level

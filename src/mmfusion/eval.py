@@ -1,4 +1,5 @@
-"""Evaluation entry point: ``python eval.py ckpt_path=... [split=test] [eval.corrupt=drop_text]``.
+"""Evaluation entry point: ``python eval.py ckpt_path=... [split=test] [eval.corrupt=drop_text]``; with
+``eval.robustness=default`` the whole corruption suite of :mod:`mmfusion.robustness`.
 
 Rebuilds the run from the config stored in the checkpoint (so the same data, model and plug-ins), loads the
 weights, and reports the same metrics as training. ``eval.data`` is merged on top of the stored data config
@@ -66,6 +67,11 @@ def evaluate(cfg: DictConfig, corrupt: str | None = None) -> tuple[dict[str, Any
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="eval.yaml")
 def _hydra_main(cfg: DictConfig) -> None:
     with runtime.task_wrapper(cfg):
+        if (cfg.get("eval") or {}).get("robustness"):  # the corruption suite (mmfusion/robustness.py)
+            from mmfusion import robustness
+
+            robustness.print_table(robustness.evaluate_suite(cfg))
+            return
         result, objs = evaluate(cfg)
         keys = ["loss", *objs["datamodule"].task.summary_keys()]
         print_metrics(f"{result['split'].upper()} split, corruption: {result['corruption'] or 'none'}",
