@@ -3,7 +3,9 @@
 MOSI sizes (aligned 50 steps; text 300 / audio 74 / vision 47 features), batch 32. One step = forward, the
 plug-in's inner steps, task + plug-in loss, backward, clipping, optimiser steps (the contract's order,
 :func:`mmfusion.regularizers.reference_step.training_step`). Targets (issue 3): synergy <= 1.5x, MDM with
-unroll 1 <= 1.5x, MDM time linear in ``unroll`` (we fit ``t = a + b * unroll`` and report R^2).
+unroll 1 <= 1.5x, MDM time linear in ``unroll`` (we fit ``extra = a + b * unroll`` and report R^2). Steps with and
+without the plug-in alternate; on CPU the ratio uses the thread's CPU time (stable on a machine shared with other
+jobs; run with ``OMP_NUM_THREADS=1``), on GPU the synchronised wall time.
 
     python -m mmfusion.bench.plugins --models ef_lstm,tfn --out docs/results/bench_plugins.json
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,7 +25,7 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from mmfusion.bench.core import environment, time_fn
+from mmfusion.bench.core import device_sync, environment
 from mmfusion.contract import FusionModel, ModelInfo, Plugin
 from mmfusion.regularizers.reference_step import training_step
 
@@ -76,17 +79,31 @@ def make_step(model_name: str, reg: str | None, device: str, batch: dict, **over
     return lambda: training_step(model, plugins, batch, l1, task_opt, opts, clip=5.0)
 
 
+def _timed(fn: Callable[[], Any], device: str) -> tuple[float, float]:
+    """(wall ms, CPU ms of this thread) of one call."""
+    device_sync(device)
+    w0, c0 = time.perf_counter(), time.thread_time()
+    fn()
+    device_sync(device)
+    return (time.perf_counter() - w0) * 1e3, (time.thread_time() - c0) * 1e3
+
+
 def paired_times(base: Callable[[], Any], other: Callable[[], Any], repeats: int, warmup: int,
-                 device: str) -> tuple[np.ndarray, np.ndarray]:
-    """Alternate the two steps (base, other, base, ...) so that load drift on a shared machine hits both alike."""
+                 device: str) -> dict[str, np.ndarray]:
+    """Alternate the two steps (base, other, base, ...) so that load drift on a shared machine hits both alike.
+    Returns wall and thread-CPU times; on a CPU shared with other jobs the CPU time is the stable measure."""
     for _ in range(warmup):
         base()
         other()
-    ta, tb = [], []
+    res: dict[str, list[float]] = {"base_wall": [], "base_cpu": [], "wall": [], "cpu": []}
     for _ in range(repeats):
-        ta.append(time_fn(base, warmup=0, repeats=1, device=device)["median_ms"])
-        tb.append(time_fn(other, warmup=0, repeats=1, device=device)["median_ms"])
-    return np.asarray(ta), np.asarray(tb)
+        w, c = _timed(base, device)
+        res["base_wall"].append(w)
+        res["base_cpu"].append(c)
+        w, c = _timed(other, device)
+        res["wall"].append(w)
+        res["cpu"].append(c)
+    return {k: np.asarray(v) for k, v in res.items()}
 
 
 def _as_list(v: Any) -> list[str]:
@@ -111,12 +128,17 @@ def run(args: Any) -> list[dict]:
         configs: list[tuple[str, dict]] = [(r, {}) for r in REGS]
         configs += [("mdm_kl", {"unroll": u}) for u in range(2, max_unroll + 1)]
         for reg, ov in configs:
-            ta, tb = paired_times(base, make_step(model_name, reg, device, batch, **ov), repeats, warmup, device)
+            t = paired_times(base, make_step(model_name, reg, device, batch, **ov), repeats, warmup, device)
             unroll = ov.get("unroll", 1) if reg.startswith("mdm") else None
-            rows.append({"suite": "plugins", "model": model_name, "reg": reg, "unroll": unroll,
+            # the ratio uses thread-CPU time on CPU (robust to other jobs on the machine), wall time on GPU
+            kind = "cpu" if torch.device(device).type == "cpu" else "wall"
+            ta, tb = t[f"base_{kind}"], t[kind]
+            rows.append({"suite": "plugins", "model": model_name, "reg": reg, "unroll": unroll, "timing": kind,
                          "median_ms": float(np.median(tb)), "base_median_ms": float(np.median(ta)),
                          "ratio": float(np.median(tb) / np.median(ta)),
                          "ratio_p25": float(np.percentile(tb / ta, 25)), "ratio_p75": float(np.percentile(tb / ta, 75)),
+                         "wall_median_ms": float(np.median(t["wall"])),
+                         "base_wall_median_ms": float(np.median(t["base_wall"])),
                          "repeats": repeats, "batch": batch_size, "seq_len": seq_len, "device": device})
         # linearity of MDM in unroll: fit the extra time over the paired baseline against unroll
         pts = [(r["unroll"], r["median_ms"] - r["base_median_ms"]) for r in rows
