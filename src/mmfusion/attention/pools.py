@@ -17,11 +17,21 @@ from torch import Tensor, nn
 
 from mmfusion.attention.attflat import ScoreMLP, check_pool_input, masked_softmax
 from mmfusion.attention.basis import GaussianBasis
-from mmfusion.attention.continuous import (continuous_softmax, continuous_sparsemax, gaussian_density,
-                                           paraboloid_density)
+from mmfusion.attention.continuous import (
+    continuous_softmax,
+    continuous_sparsemax,
+    gaussian_density,
+    paraboloid_density,
+)
 from mmfusion.attention.mca import criterion, random_init, region_init, weighted_em
-from mmfusion.attention.moments import (grid_positions, moments_1d, moments_2d, sequence_positions,
-                                        sparsemax_sigma2_1d, sparsemax_sigma_2d)
+from mmfusion.attention.moments import (
+    grid_positions,
+    moments_1d,
+    moments_2d,
+    sequence_positions,
+    sparsemax_sigma2_1d,
+    sparsemax_sigma_2d,
+)
 from mmfusion.attention.value_function import ValueFunction
 from mmfusion.errors import ConfigError
 
