@@ -15,6 +15,7 @@ import lightning.pytorch as pl
 from omegaconf import DictConfig, OmegaConf
 
 from mmfusion.build import build_datamodule, build_module
+from mmfusion.callbacks.resume import continue_wandb_run
 from mmfusion.errors import MMFusionError
 from mmfusion.utils import runtime
 from mmfusion.utils.instantiate import instantiate, instantiate_dict
@@ -33,12 +34,13 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     dm = build_datamodule(cfg)
     module = build_module(cfg, dm)
+    ckpt_path = runtime.resolve_ckpt_path(cfg.get("ckpt_path"), cfg)
+    continue_wandb_run(cfg, ckpt_path)  # resume: same W&B run (id saved next to the checkpoint)
     callbacks = list(instantiate_dict(cfg.get("callbacks")).values())
     loggers = list(instantiate_dict(cfg.get("logger")).values())
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     runtime.log_run_info(trainer, module, cfg)
 
-    ckpt_path = runtime.resolve_ckpt_path(cfg.get("ckpt_path"), cfg)
     if cfg.get("train", True):
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
     ckpt_cb = trainer.checkpoint_callback
@@ -72,7 +74,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
 def _hydra_main(cfg: DictConfig) -> float | None:
     with runtime.task_wrapper(cfg):
         result, _ = train(cfg)
-    return runtime.metric_value(result, cfg.get("optimized_metric"))
+    return runtime.objective(result, cfg)
 
 
 def main() -> None:

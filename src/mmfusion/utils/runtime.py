@@ -26,6 +26,66 @@ if not OmegaConf.has_resolver("mmf_root"):
     OmegaConf.register_new_resolver("mmf_root", lambda: str(ROOT_DIR))
 
 
+# -- sweeps: W&B grouping/tags, Optuna storage (configs/logger/wandb.yaml, configs/hparams_search/) ---------------
+def _hydra_cfg() -> Any:
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.get() if HydraConfig.initialized() else None
+
+
+def sweep_group() -> str | None:
+    """In a multirun: the sweep folder relative to the log dir (e.g. ``multirun/2026-11-21/18-40-00-123``),
+    which groups the sweep's runs in W&B; ``None`` for single runs."""
+    hc = _hydra_cfg()
+    if hc is None or str(hc.mode) != "RunMode.MULTIRUN":
+        return None
+    d = Path(str(hc.sweep.dir))
+    return "/".join(d.parts[-3:])
+
+
+def run_choices() -> dict[str, str]:
+    hc = _hydra_cfg()
+    if hc is None:
+        return {}
+    ch = hc.runtime.choices
+    return {k: str(ch.get(k)) for k in ("model", "reg", "data", "experiment", "hparams_search") if ch.get(k)}
+
+
+def run_tags(user_tags: Any, seed: Any) -> list[str]:
+    """User tags + ``model:<m>``, ``reg:<r>``, ``data:<d>``, ``seed:<s>`` (+ experiment/search when set)."""
+    tags = [str(t) for t in (user_tags or [])]
+    tags += [f"{k}:{v}"[:64] for k, v in run_choices().items() if v not in ("None", "null")]
+    if seed is not None:
+        tags.append(f"seed:{seed}")
+    return tags
+
+
+def run_name(seed: Any) -> str | None:
+    ch = run_choices()
+    if not ch:
+        return None
+    parts = [ch.get("model", ""), ch.get("reg", ""), ch.get("data", "")]
+    name = "-".join(p for p in parts if p) + (f"-s{seed}" if seed is not None else "")
+    hc = _hydra_cfg()
+    if hc is not None and str(hc.mode) == "RunMode.MULTIRUN":
+        name += f"-j{hc.job.num}"
+    return name
+
+
+def sqlite_url(path: str) -> str:
+    """``sqlite:///<absolute path>``, creating the folder (SQLite cannot create it)."""
+    p = Path(path).expanduser().resolve()
+    p.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{p}"
+
+
+for _name, _fn in (("mmf_sweep_group", sweep_group), ("mmf_run_tags", run_tags), ("mmf_run_name", run_name),
+                   ("mmf_sqlite", sqlite_url),
+                   ("mmf_direction", lambda mode: "maximize" if str(mode).startswith("max") else "minimize")):
+    if not OmegaConf.has_resolver(_name):
+        OmegaConf.register_new_resolver(_name, _fn)
+
+
 def quiet_third_party() -> None:
     """Silence known noise (Lightning's adverts, torch pytree deprecation) but nothing of ours."""
     warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
@@ -64,6 +124,8 @@ def task_wrapper(cfg: DictConfig) -> Iterator[None]:
         if err is None:
             raise
         print(f"error: {err}", file=sys.stderr)
+        if sweep_group() is not None:
+            raise  # multirun: the launcher records this job as failed; the sweep (Optuna trials) goes on
         raise SystemExit(2) from None
     finally:
         if "wandb" in sys.modules:
@@ -74,11 +136,14 @@ def task_wrapper(cfg: DictConfig) -> Iterator[None]:
 
 
 def resolve_ckpt_path(ckpt: str | None, cfg: DictConfig) -> str | None:
-    """``ckpt_path=last`` -> the newest ``last.ckpt`` under this run's output folder (resume)."""
+    """``ckpt_path=last`` -> the newest ``last*.ckpt`` under this run's output folder (resume); ``auto`` -> the
+    same if there is one, else start from scratch (re-submitted cluster jobs)."""
     if ckpt in (None, "", "null"):
         return None
-    if ckpt == "last":
+    if ckpt in ("last", "auto"):
         cands = sorted(Path(cfg.paths.output_dir).glob("**/last*.ckpt"), key=lambda p: p.stat().st_mtime)
+        if not cands and ckpt == "auto":
+            return None
         if not cands:
             raise MMFusionError(f"ckpt_path=last: no last.ckpt under {cfg.paths.output_dir}; set hydra.run.dir to the run to resume")
         return str(cands[-1])
@@ -100,6 +165,25 @@ def log_run_info(trainer: Any, module: Any, cfg: DictConfig) -> None:
             from mmfusion.build import to_container
 
             lg.log_hyperparams({**to_container(cfg), "model/params/total": n})
+
+
+def objective(result: dict[str, Any], cfg: DictConfig) -> float | None:
+    """What a sweeper optimises: ``optimized_metric``; a non-finite value (diverged run, NaN correlation) becomes
+    the worst value for the sweep's direction (``+inf`` when minimising, ``-inf`` when maximising), because
+    Optuna 2.10 cannot record a NaN objective (the Hydra plugin then crashes the study)."""
+    import math
+
+    value = metric_value(result, cfg.get("optimized_metric"))
+    if value is None or math.isfinite(value):
+        return value
+    hc = _hydra_cfg()
+    direction = str(getattr(getattr(hc, "sweeper", None), "direction", None) or "")
+    if not direction:
+        mode = str(((cfg.get("data") or {}).get("task") or {}).get("mode", "min"))
+        direction = "maximize" if mode.startswith("max") else "minimize"
+    worst = float("-inf") if "max" in direction else float("inf")
+    log.warning("optimized_metric %s = %s: reporting %s to the sweeper", cfg.get("optimized_metric"), value, worst)
+    return worst
 
 
 def metric_value(result: dict[str, Any], name: str | None) -> float | None:
