@@ -89,6 +89,13 @@ def run_one(data: str, model: str, reg: str, seed: int, epochs: int, corrupt: st
         shutil.rmtree(out_dir, ignore_errors=True)
 
 
+def finished(runs_path: Path) -> set[tuple]:
+    if not runs_path.is_file():
+        return set()
+    rows = [json.loads(line) for line in runs_path.read_text().splitlines() if line.strip()]
+    return {(r["data"], r["model"], r["reg"], r["seed"], r["epochs"]) for r in rows}
+
+
 def welch_p(a: list[float], b: list[float]) -> float | None:
     if len(a) < 2 or len(b) < 2:
         return None
@@ -163,16 +170,16 @@ def main(argv: list[str] | None = None) -> None:
             for data in args.datas.split(","):
                 for model in args.models.split(","):
                     for reg in args.regs.split(","):
-                        if (data, model, reg, seed, args.epochs) in done:
-                            continue
+                        if (data, model, reg, seed, args.epochs) in done | finished(runs_path):
+                            continue  # also skips runs finished meanwhile by a parallel worker
                         try:
                             r = run_one(data, model, reg, seed, args.epochs, args.corrupt)
                         except Exception as e:  # noqa: BLE001 - report, skip, retry on the next invocation
                             print(f"FAILED {data} {model} {reg} seed={seed}: {e!r}"[:500], flush=True)
                             continue
-                        runs.append(r)
                         with runs_path.open("a") as f:
                             f.write(json.dumps(r) + "\n")
+                        runs = [json.loads(line) for line in runs_path.read_text().splitlines() if line.strip()]
                         print(f"{data} {model} {reg} seed={seed}: MAE {r['clean']['MAE']:.3f} "
                               f"({args.corrupt} {r[args.corrupt]['MAE']:.3f}) in {r['seconds']:.0f}s", flush=True)
                         agg = aggregate(runs, args.corrupt)
