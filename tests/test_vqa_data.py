@@ -158,3 +158,20 @@ def test_easyvqa_real_data_layout() -> None:
     assert not tr & va and len(tr | va) == 200
     kw = dm.model_kwargs()
     assert kw["image_encoder"] == "cnn" and kw["output_dim"] == 13
+
+
+def test_extract_grid_features_says_when_torchvision_is_missing(monkeypatch, tmp_path) -> None:
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "extract_grid_features.py"
+    spec = importlib.util.spec_from_file_location("extract_grid_features", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    monkeypatch.setitem(sys.modules, "torchvision", None)  # import torchvision -> ImportError
+    with pytest.raises(SystemExit) as e:
+        mod.main(["--images", str(tmp_path), "--out", str(tmp_path / "f.h5")])
+    msg = str(e.value)
+    assert msg.startswith(mod.TORCHVISION_MESSAGE) and "\n" not in msg and "mmfusion[vision]" in msg
+    assert mod.image_id(Path("COCO_val2014_000000000042.jpg")) == 42

@@ -1,8 +1,9 @@
 """``data=easyvqa``: the easy-VQA set of the ``easy-vqa`` package (offline, shipped inside the package).
 
 64x64 RGB images of one coloured shape; 38,575 training and 9,673 test questions over 4,000 / 1,000 images;
-13 answers (yes/no, 3 shapes, 8 colours). Images are returned as pixels ``(B, 3, 64, 64)`` in [0, 1] for MCAN's
-end-to-end :class:`~mmfusion.models.grid_cnn.GridCNN`; questions go through MCAN's tokeniser (max 14 tokens).
+13 answers (yes/no, 3 shapes, 8 colours). Images are returned as pixels ``(B, 3, S, S)`` in [0, 1] (S =
+``image_size``: 64, or 32/16 by block averaging, to save CPU) for MCAN's end-to-end
+:class:`~mmfusion.models.grid_cnn.GridCNN`; questions go through MCAN's tokeniser (max 14 tokens).
 The target is the one-hot soft score of the single answer, so the VQA accuracy is the plain accuracy.
 
 Validation is carved from the training *images* (``valid_fraction``, seeded), so that no image is shared
@@ -43,8 +44,10 @@ def answer_type(answer: str) -> str:
     return "yes/no" if answer in ("yes", "no") else "shape" if answer in SHAPES else "color"
 
 
-def load_split(root: Path, split: str, max_images: int | None) -> tuple[list[str], list[str], np.ndarray, np.ndarray]:
-    """Questions, answers, per-question image row, images (N_img, 3, 64, 64) uint8."""
+def load_split(root: Path, split: str, max_images: int | None,
+               image_size: int = 64) -> tuple[list[str], list[str], np.ndarray, np.ndarray]:
+    """Questions, answers, per-question image row, images (N_img, 3, S, S) uint8 (S = ``image_size``: 64, or a
+    divisor of 64 by block averaging)."""
     from PIL import Image
 
     qfile = root / split / "questions.json"
@@ -55,7 +58,10 @@ def load_split(root: Path, split: str, max_images: int | None) -> tuple[list[str
     if max_images is not None:
         ids = ids[: int(max_images)]
     row_of = {iid: i for i, iid in enumerate(ids)}
-    images = np.empty((len(ids), 3, 64, 64), dtype=np.uint8)
+    if image_size < 1 or 64 % image_size:
+        raise ConfigError(f"data.image_size must divide 64, got {image_size}")
+    f = 64 // image_size
+    images = np.empty((len(ids), 3, image_size, image_size), dtype=np.uint8)
     for iid, i in row_of.items():
         p = root / split / "images" / f"{iid}.png"
         if not p.is_file():
@@ -64,7 +70,8 @@ def load_split(root: Path, split: str, max_images: int | None) -> tuple[list[str
             a = np.asarray(im.convert("RGB"))
         if a.shape != (64, 64, 3):
             raise DataError(f"easyvqa: {p} has shape {a.shape}, expected (64, 64, 3)")
-        images[i] = a.transpose(2, 0, 1)
+        a = a.reshape(image_size, f, image_size, f, 3).mean(axis=(1, 3)) if f > 1 else a
+        images[i] = np.round(a).astype(np.uint8).transpose(2, 0, 1)
     rows = [r for r in rows if int(r[2]) in row_of]
     return ([str(r[0]) for r in rows], [str(r[1]) for r in rows],
             np.asarray([row_of[int(r[2])] for r in rows], dtype=np.int64), images)
@@ -114,6 +121,7 @@ class EasyVQADataModule(MultimodalDataModule):
         max_tokens: int = 14,
         max_train_images: int | None = None,
         max_test_images: int | None = None,
+        image_size: int = 64,
         root: str | None = None,
         task: VQATask | None = None,
         **loader: Any,
@@ -124,6 +132,7 @@ class EasyVQADataModule(MultimodalDataModule):
         self.valid_fraction, self.split_seed, self.max_tokens = valid_fraction, split_seed, max_tokens
         self.max_train_images, self.max_test_images = max_train_images, max_test_images
         self.root = Path(root) if root else None
+        self.image_size = int(image_size)
         self.answers: list[str] = []
         self.token_vocab: dict[str, int] = {}
 
@@ -136,8 +145,8 @@ class EasyVQADataModule(MultimodalDataModule):
         ans_ix = {a: i for i, a in enumerate(self.answers)}
         self.task.set_answers(len(self.answers), [answer_type(a) for a in self.answers])
 
-        tr_q, tr_a, tr_rows, tr_img = load_split(root, "train", self.max_train_images)
-        te_q, te_a, te_rows, te_img = load_split(root, "test", self.max_test_images)
+        tr_q, tr_a, tr_rows, tr_img = load_split(root, "train", self.max_train_images, self.image_size)
+        te_q, te_a, te_rows, te_img = load_split(root, "test", self.max_test_images, self.image_size)
         unknown = sorted(set(tr_a + te_a) - set(ans_ix))
         if unknown:
             raise DataError(f"easyvqa: answers {unknown[:5]} are not in {afile}")
@@ -165,10 +174,11 @@ class EasyVQADataModule(MultimodalDataModule):
 
     def model_kwargs(self) -> dict[str, Any]:
         kw = super().model_kwargs()
-        kw.update(vocab_size=len(self.token_vocab), pretrained_emb=None, image_encoder="cnn", image_size=(64, 64))
+        kw.update(vocab_size=len(self.token_vocab), pretrained_emb=None, image_encoder="cnn",
+                  image_size=(self.image_size, self.image_size))
         return kw
 
     def info(self) -> dict[str, Any]:
         d = super().info()
-        d.update(image_size=(64, 64), num_answers=len(self.answers))
+        d.update(image_size=(self.image_size, self.image_size), num_answers=len(self.answers))
         return d
