@@ -196,7 +196,11 @@ class FusionModule(pl.LightningModule):
         idx_np = to_numpy(idx).astype(np.int64)
         _, first = np.unique(idx_np, return_index=True)
         metrics = self.task.metrics(to_numpy(pred)[first], to_numpy(y)[first])
-        self.last_metrics[stage] = metrics
+        # the split's loss on the deduplicated predictions too (the logged `<stage>/loss` is a mean of per-rank
+        # batch means, which under DDP counts the sampler's padding repeats); reported in metrics.json, not logged
+        keep = torch.as_tensor(first, device=pred.device)
+        loss = float(self.task.loss(pred[keep], y[keep]))
+        self.last_metrics[stage] = {**metrics, "loss": loss}
         return metrics
 
     def on_validation_epoch_end(self) -> None:
