@@ -294,7 +294,8 @@ def run_suite(module: Any, datamodule: Any, suite: Mapping[str, Any], drop_mode:
         log.info("%-22s %s", cond["name"], "  ".join(f"{k}={metrics[k]:.4f}" for k in keys if k in metrics))
     curv = curves(rows, keys)
     primary = task.monitor.split("/", 1)[-1]
-    result = {"split": split, "drop_mode": drop_mode, "primary_metric": primary, "rows": rows, "curves": curv}
+    result = {"split": split, "drop_mode": drop_mode, "primary_metric": primary, "keys": keys, "rows": rows,
+              "curves": curv}
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -365,7 +366,7 @@ def print_table(result: Mapping[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    keys = list(result["rows"][0]["metrics"])
+    keys = [k for k in result.get("keys", []) if k in result["rows"][0]["metrics"]][:6] or list(result["rows"][0]["metrics"])
     t = Table(title=f"Robustness ({result['split']} split, drop_mode={result['drop_mode']})")
     for k in ["condition", *keys]:
         t.add_column(k, justify="left" if k == "condition" else "right")
