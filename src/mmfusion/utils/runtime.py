@@ -62,7 +62,7 @@ def run_tags(user_tags: Any, seed: Any) -> list[str]:
 
 def run_name(seed: Any) -> str | None:
     ch = run_choices()
-    if not ch:
+    if "model" not in ch:  # e.g. eval.py: W&B picks a name
         return None
     parts = [ch.get("model", ""), ch.get("reg", ""), ch.get("data", "")]
     name = "-".join(p for p in parts if p) + (f"-s{seed}" if seed is not None else "")
