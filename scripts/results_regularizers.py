@@ -4,9 +4,10 @@ Every run trains with the real configs (in-process Hydra compose), selects the c
 tests it twice: on clean data and with ``drop_text`` (the text features zeroed at test time only). Each finished
 run is appended to ``<out>/regularizers_runs.jsonl`` (re-running skips finished runs), and the aggregate is
 written to ``<out>/regularizers.json`` and ``<out>/regularizers.md`` (mean +- std over seeds; Welch t-test of
-each regulariser against ``reg=none`` on the same model/data/test condition).
+each regulariser against ``reg=none`` on the same model/data/test condition); only runs with ``--epochs`` enter the
+aggregate.
 
-    nice -n 10 python scripts/results_regularizers.py --seeds 0,1,2,3,4 --epochs 6
+    nice -n 10 python scripts/results_regularizers.py --seeds 0,1,2,3,4 --epochs 3
     python scripts/results_regularizers.py --aggregate-only
 """
 
@@ -44,7 +45,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--models", default="ef_lstm,tfn")
     p.add_argument("--datas", default="synthetic,mosi_utterance")
     p.add_argument("--seeds", default="0,1,2,3,4")
-    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--corrupt", default="drop_text")
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "results")
     p.add_argument("--aggregate-only", action="store_true")
@@ -182,10 +183,10 @@ def main(argv: list[str] | None = None) -> None:
                         runs = [json.loads(line) for line in runs_path.read_text().splitlines() if line.strip()]
                         print(f"{data} {model} {reg} seed={seed}: MAE {r['clean']['MAE']:.3f} "
                               f"({args.corrupt} {r[args.corrupt]['MAE']:.3f}) in {r['seconds']:.0f}s", flush=True)
-                        agg = aggregate(runs, args.corrupt)
+                        agg = aggregate([r for r in runs if r["epochs"] == args.epochs], args.corrupt)
                         (args.out / "regularizers.json").write_text(json.dumps(agg, indent=1))
                         (args.out / "regularizers.md").write_text(markdown(agg))
-    agg = aggregate(runs, args.corrupt)
+    agg = aggregate([r for r in runs if r["epochs"] == args.epochs], args.corrupt)
     (args.out / "regularizers.json").write_text(json.dumps(agg, indent=1))
     (args.out / "regularizers.md").write_text(markdown(agg))
     print(markdown(agg))
