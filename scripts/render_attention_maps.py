@@ -55,7 +55,7 @@ def pool_kind(pool: torch.nn.Module) -> str:
             "MCAPool": "mca"}.get(name, "discrete")
 
 
-def with_kind(net, kind: str, mca_select: bool):
+def with_kind(net, kind: str, mca_select: bool, mca_lam: float | None = None):
     """Swap the image pool for ``kind`` keeping the trained scorer/merge weights."""
     old = net.pools["image"]
     if kind == "discrete":
@@ -63,6 +63,8 @@ def with_kind(net, kind: str, mca_select: bool):
         new.load_state_dict({k: v for k, v in old.state_dict().items() if k in new.state_dict()}, strict=False)
     else:
         kw = {"select_k": True} if (kind == "mca" and mca_select) else {}
+        if kind == "mca" and mca_lam is not None:
+            kw["lam"] = mca_lam
         new = ContinuousAttention(KINDS[kind], pool_kwargs=kw).build_pool(old)
     net.pools["image"] = new.eval()
     return net
@@ -148,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--question", default=None, help="replace the question text of the sample")
     p.add_argument("--kinds", nargs="+", default=None, choices=["discrete", *KINDS])
     p.add_argument("--mca-select", action="store_true", help="MCA panel = test-MCA (K chosen by Eq. 5.20)")
+    p.add_argument("--mca-lam", type=float, default=None, help="lambda of Eq. 5.20 for test-MCA (default: config)")
     p.add_argument("--image", default=None, help="background image (for grid-feature data)")
     p.add_argument("--out", default="docs/figures/attention")
     p.add_argument("--wandb-project", default=None)
@@ -163,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
                 kinds = args.kinds or [pool_kind(net.pools["image"])]
                 for kind in kinds:
                     if args.kinds:
-                        with_kind(net, kind, args.mca_select)
+                        with_kind(net, kind, args.mca_select, args.mca_lam)
                     batch = sample(dm, args.split, index, args.question)
                     with torch.no_grad():
                         pred = net(batch).prediction[0]
@@ -179,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
                 ax.set_title(f"{TITLES[kind]}\nanswer: {ans}", fontsize=9)
             q = args.question or question_text(loaded[0][2], figs[0][2]) or f"question #{index}"
             fig.suptitle(q, fontsize=10)
-            fig.tight_layout()
+            fig.tight_layout(rect=(0, 0, 1, 0.9))
             path = out / f"attention_{args.split}_{index}.png"
             fig.savefig(path, dpi=120)
             plt.close(fig)
