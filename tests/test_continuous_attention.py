@@ -422,3 +422,16 @@ def test_plugin_replaces_image_pool_and_keeps_weights(kind: str) -> None:
     both = _Toy()
     ContinuousAttention(kind=kind, pools="all").attach(both, ModelInfo(("image",), {}, 12))
     assert both.pools["question"].grid_shape is None and both.pools["question"](torch.randn(2, 5, 8)).shape == (2, 12)
+
+
+@pytest.mark.parametrize("cls", POOLS)
+def test_density_fit_stays_float32_under_autocast(cls) -> None:
+    """Under bf16 autocast the moments / EM / transform run in float32 (notes sect. 5 item 6)."""
+    torch.manual_seed(0)
+    pool = cls(16, 16, 8, dropout=0.0, grid_shape=(14, 14)).eval()
+    x = torch.randn(2, 196, 16)
+    ref = pool(x, None)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = pool(x, None)
+    assert pool.last_params["sigma"].dtype == torch.float32
+    assert torch.isfinite(y).all() and torch.allclose(y.float(), ref, atol=0.1, rtol=0.05)
