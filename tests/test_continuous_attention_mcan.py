@@ -45,3 +45,34 @@ def test_mcan_easyvqa_with_continuous_attention(make_cfg, reg, cls, extra) -> No
     out.prediction.sum().backward()
     g = pool.mlp.net[0].weight.grad
     assert g is not None and torch.isfinite(g).all() and float(g.abs().sum()) > 0
+
+
+@pytest.mark.slow
+def test_mcan_vqa2_grid_fixture_with_continuous_sparsemax(make_cfg, tmp_path) -> None:
+    """VQA-v2 official-format fixtures with deep-spin grid features (4x4): the plug-in runs on them too; with
+    bottom-up boxes it refuses with a clear error (no grid to attend over)."""
+    from .vqa_fixtures import write_vqa_fixture
+
+    args = write_vqa_fixture(tmp_path / "vqa", layout="grid")
+    data = [f"data.{k}={v}" for k, v in args.items() if k != "feature_dirs"]
+    data += [f"data.feature_dirs=[{','.join(args['feature_dirs'])}]", "data.min_answer_count=2",
+             "data.valid_fraction=0.25", "data.batch_size=8", "data.eval_batch_size=8"]
+    small = [o for o in TINY if not o.startswith(("data.", "model.cnn")) and o != "data=easyvqa"]
+    cfg = make_cfg(small + ["data=vqa2", *data, "reg=cont_sparsemax", "reg.cont_sparsemax.pool_kwargs.num_basis=16"],
+                   fast=False)
+    result, objs = train(cfg)
+    pool = objs["module"].net.pools["image"]
+    assert isinstance(pool, ContinuousSparsemaxPool) and pool.grid_shape == (4, 4)
+    assert math.isfinite(result["test"]["loss"])
+
+
+def test_plugin_refuses_box_features() -> None:
+    from mmfusion.attention.attflat import AttFlat
+    from mmfusion.attention.plugin import ContinuousAttention
+    from mmfusion.contract import FusionModel, ModelInfo
+    from mmfusion.errors import ConfigError
+
+    model = FusionModel()
+    model.pools["image"] = AttFlat(8, 8, 8, grid_shape=None)
+    with pytest.raises(ConfigError, match="grid features"):
+        ContinuousAttention("softmax").attach(model, ModelInfo(("image",), {}, 8))

@@ -22,20 +22,23 @@ _KINDS = {"softmax": ContinuousSoftmaxPool, "sparsemax": ContinuousSparsemaxPool
 class ContinuousAttention(Plugin):
     """Replace discrete attention pools by continuous ones.
 
-    kind: 'softmax' | 'sparsemax' | 'mca'. pools: names in ``model.pools`` to replace, or 'all'. pool_kwargs:
-    passed to the pool (num_basis, basis_var, ridge, n_angles, k, n_iter, select_k, lam, ...).
+    kind: 'softmax' | 'sparsemax' | 'mca'. pools: names in ``model.pools`` to replace, or 'all'. grid_pools:
+    pools that must be 2-D grids (the image: continuous attention over bottom-up *boxes* has no meaning, the thesis
+    uses grid features). pool_kwargs: passed to the pool (num_basis, basis_var, ridge, n_angles, k, n_iter,
+    select_k, lam, ...).
     """
 
     training_only = False
 
     def __init__(self, kind: str = "softmax", pools: list[str] | str = ("image",),
-                 pool_kwargs: dict[str, Any] | None = None) -> None:
+                 pool_kwargs: dict[str, Any] | None = None, grid_pools: list[str] | tuple[str, ...] = ("image",)) -> None:
         super().__init__()
         if kind not in _KINDS:
             raise ConfigError(f"reg: ContinuousAttention kind must be one of {list(_KINDS)}, got {kind!r}")
         self.kind = kind
         self.pool_names = pools if isinstance(pools, str) else list(pools)
         self.pool_kwargs = dict(pool_kwargs or {})
+        self.grid_pools = list(grid_pools)
         self.replaced: list[str] = []
         self._model: FusionModel | None = None
 
@@ -64,6 +67,10 @@ class ContinuousAttention(Plugin):
             raise ConfigError(f"reg: model {type(model).__name__} has attention pools {list(model.pools)}; "
                               f"cannot replace {missing or names} (set reg.<name>.pools)")
         for n in names:
+            if n in self.grid_pools and getattr(model.pools[n], "grid_shape", None) is None:
+                raise ConfigError(f"reg: continuous attention on pool {n!r} needs grid features (grid_shape), but the "
+                                  f"model's {n!r} pool has grid_shape=None (bottom-up boxes?); use grid features, "
+                                  f"e.g. data.layout=grid")
             new = self.build_pool(model.pools[n])
             p = next(model.pools[n].parameters(), None)
             if p is not None:
