@@ -435,3 +435,17 @@ def test_density_fit_stays_float32_under_autocast(cls) -> None:
         y = pool(x, None)
     assert pool.last_params["sigma"].dtype == torch.float32
     assert torch.isfinite(y).all() and torch.allclose(y.float(), ref, atol=0.1, rtol=0.05)
+
+
+def test_mca_train_random_k_uses_the_global_rng() -> None:
+    pool = MCAPool(6, 8, 4, dropout=0.0, grid_shape=(14, 14), k=4, train_random_k=True).train()
+    x = torch.randn(2, 196, 6)
+    torch.manual_seed(3)
+    a = pool(x, None)
+    ks = {pool.last_params["pi"].shape[1]}
+    torch.manual_seed(3)
+    assert torch.allclose(pool(x, None), a)  # reproducible from the seed
+    for _ in range(12):
+        pool(x, None)
+        ks.add(pool.last_params["pi"].shape[1])
+    assert ks <= {1, 2, 3, 4} and len(ks) > 1

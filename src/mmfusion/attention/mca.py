@@ -5,7 +5,9 @@ batched over examples with a fixed number of iterations; region-based initialisa
 test-time choice of K by C(K) = -2 sum_l w_l log p(t_l) + lambda K (Eq. 5.20). Works in d = 1 or 2 with
 (..., d, d) covariances; positions are the cell centres (same as moments and G).
 Covariances use an eigenvalue floor (the ML estimate under Sigma >= floor I), which keeps every EM step monotone;
-the reference's additive 1e-6 jitter does not (notes sect. 4, 5).
+the reference's additive 1e-6 jitter does not (notes sect. 4, 5). Other differences from the reference code: exactly
+``n_iter`` EM steps (its ``while i <= n_iter`` loop runs n_iter + 1), pi_k = N_k renormalised (identical when the
+weights sum to 1), cell-centre positions instead of linspace(1/h, 1 - 1/h, h), a private generator for random inits.
 """
 
 from __future__ import annotations

@@ -167,12 +167,13 @@ class MCAPool(ContinuousPool):
     ``select_k=True`` enables test-MCA in eval mode: candidates K=1 (moment matching) and K = 2..k_max with
     ``n_inits`` random inits each (a private generator seeded with ``seed``; the global RNG is untouched),
     ``eval_iter`` EM steps, per-example argmin of Eq. 5.20 with penalty ``lam``; ``k_histogram`` counts the
-    selected K (index K-1).
+    selected K (index K-1). ``train_random_k=True`` is the ICCV-W code's training mode instead of K-MCA: per batch
+    K ~ U{1..k} (K = 1: moment matching), random init (global RNG, so ``seed`` makes runs reproducible).
     """
 
     def __init__(self, *args, k: int = 2, n_iter: int = 5, init: str = "region", select_k: bool = False,
                  k_max: int = 5, n_inits: int = 3, lam: float = 5.0, eval_iter: int = 10, seed: int = 222,
-                 **kwargs) -> None:
+                 train_random_k: bool = False, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         if k < 1 or k_max < 1 or n_iter < 0 or n_inits < 1:
             raise ConfigError(f"MCAPool: need k>=1, k_max>=1, n_iter>=0, n_inits>=1; got k={k}, k_max={k_max}, "
@@ -181,17 +182,19 @@ class MCAPool(ContinuousPool):
             raise ConfigError(f"MCAPool: init must be 'region' or 'random', got {init!r}")
         self.k, self.n_iter, self.init, self.select_k = k, n_iter, init, select_k
         self.k_max, self.n_inits, self.lam, self.eval_iter, self.seed = k_max, n_inits, lam, eval_iter, seed
+        self.train_random_k = train_random_k
         self.register_buffer("k_histogram", torch.zeros(max(k_max, k), dtype=torch.long), persistent=False)
         self._gen = torch.Generator().manual_seed(seed)
 
-    def fit(self, p: Tensor, x: Tensor, k: int, n_iter: int, init: str) -> tuple[Tensor, Tensor, Tensor]:
+    def fit(self, p: Tensor, x: Tensor, k: int, n_iter: int, init: str,
+            generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:
         mu1, v1 = self.unimodal(p, x)
         if k == 1:
             return torch.ones_like(p[:, :1]), mu1[:, None], v1[:, None]
         if init == "region":
             pi, mu, sigma = region_init(x, p, k, self.grid_shape, self.var_floor)
         else:
-            pi, mu, sigma = random_init(p.shape[0], k, x.shape[-1], self._gen, p)
+            pi, mu, sigma = random_init(p.shape[0], k, x.shape[-1], generator, p)
         return weighted_em(x, p, pi, mu, sigma, n_iter, self.var_floor)
 
     def select(self, p: Tensor, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -199,7 +202,8 @@ class MCAPool(ContinuousPool):
         self._gen.manual_seed(self.seed)  # the same inits at every call (the reference draws them once)
         b, d, kmax = p.shape[0], x.shape[-1], self.k_max
         cands = [self.fit(p, x, 1, 0, "region")]
-        cands += [self.fit(p, x, k, self.eval_iter, "random") for k in range(2, kmax + 1) for _ in range(self.n_inits)]
+        cands += [self.fit(p, x, k, self.eval_iter, "random", self._gen)
+                  for k in range(2, kmax + 1) for _ in range(self.n_inits)]
         crit = torch.stack([criterion(x, p, *c, self.lam) for c in cands], -1)  # (B, C)
         best = crit.argmin(-1)
         eye = torch.eye(d, dtype=p.dtype, device=p.device)
@@ -217,6 +221,9 @@ class MCAPool(ContinuousPool):
     def fit_and_transform(self, p: Tensor, x: Tensor):
         if self.select_k and not self.training:
             pi, mu, sigma = self.select(p, x)
+        elif self.train_random_k and self.training:
+            k = int(torch.randint(1, self.k + 1, ()).item())
+            pi, mu, sigma = self.fit(p, x, k, self.n_iter, "random")
         else:
             pi, mu, sigma = self.fit(p, x, self.k, self.n_iter, self.init)
         b, k = pi.shape
