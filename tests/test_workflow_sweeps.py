@@ -61,9 +61,8 @@ def test_joblib_grid_wandb_groups_tags_and_table(tmp_path):
 def _fake_run(d: Path, model: str, reg: str, seed: int, lr: str, metrics: dict) -> None:
     (d / ".hydra").mkdir(parents=True)
     (d / ".hydra" / "hydra.yaml").write_text(
-        "hydra:\n  runtime:\n    choices:\n      model: %s\n      reg: %s\n      data: mosi\n"
-        "  overrides:\n    task: [model=%s, reg=%s, seed=%d, optim.lr=%s, data.n_train=10]\n"
-        % (model, reg, model, reg, seed, lr))
+        f"hydra:\n  runtime:\n    choices:\n      model: {model}\n      reg: {reg}\n      data: mosi\n"
+        f"  overrides:\n    task: [model={model}, reg={reg}, seed={seed}, optim.lr={lr}, data.n_train=10]\n")
     (d / ".hydra" / "config.yaml").write_text(f"seed: {seed}\n")
     (d / "metrics.json").write_text(json.dumps({"test": metrics, "val": metrics}))
 
@@ -94,6 +93,15 @@ def test_make_table_groups_and_published(tmp_path):
     md, records = make_table.render(rows, cols, pub)
     assert "published: Shankar (synergy) Tab. 2" in md and "mfn (MFN)" in md
     assert make_table.main([str(tmp_path / "nope")]) == 2
+
+
+def test_make_table_vqa_columns(tmp_path):
+    for i, seed in enumerate((1, 2)):
+        _fake_run(tmp_path / str(i), "mcan", "cont_softmax", seed, "0.001",
+                  {"vqa_acc": 60.0 + seed, "vqa_acc_yesno": 80.0 + seed, "vqa_acc_number": 40.0, "loss": 1.0})
+    rows, cols, _ = make_table.aggregate(make_table.collect_folder(tmp_path, "test"))
+    assert [c[0] for c in cols] == ["VQA acc", "VQA number", "VQA yesno"]
+    assert rows[0]["stats"]["VQA acc"][:2] == pytest.approx((61.5, np.std([61.0, 62.0], ddof=1)))
 
 
 @pytest.mark.slow

@@ -15,6 +15,7 @@ import logging
 import os
 import random
 import signal
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +94,9 @@ class StepCheckpoint(ModelCheckpoint):
     CHECKPOINT_NAME_LAST = "last-step"
 
     def __init__(self, dirpath: str, every_n_train_steps: int = 100) -> None:
+        # Lightning warns that a manual-optimisation step checkpoint holds the state AFTER the step: that is what
+        # an exact resume needs (weights after step k + the loader positioned at batch k + 1)
+        warnings.filterwarnings("ignore", message=".*no pre-optimization state was saved.*")
         super().__init__(dirpath=dirpath, every_n_train_steps=every_n_train_steps, save_top_k=0, save_last=True,
                          monitor=None)
 
