@@ -43,30 +43,37 @@ def _final_state(path):
 
 
 @pytest.mark.slow
-def test_resume_after_kill_equals_uninterrupted(make_cfg, tmp_path):
+@pytest.mark.parametrize("reg,steps_per_batch", [("none", 1), ("mdm_kl", 2)])
+def test_resume_after_kill_equals_uninterrupted(make_cfg, tmp_path, reg, steps_per_batch):
+    """``mdm_kl``: the plug-in's critic has its own Adam (one inner step per batch, so Lightning counts two
+    optimiser steps per batch), a moving average and random negatives: all must resume exactly too."""
+    k = steps_per_batch
+    args = [*TINY, f"reg={reg}", f"callbacks.step_checkpoint.every_n_train_steps={3 * k}"]
     # uninterrupted reference, in-process
-    cfg = make_cfg(TINY, fast=False)
+    cfg = make_cfg(args, fast=False)
     cfg.paths.output_dir = str(tmp_path / "ref")
     ref, _ = train(cfg)
-    # killed at global step 8 (epoch 1 done at 8... step 7 = epoch 1, batch 3): the newest checkpoint is step 6
+    # killed when batch 8 starts (epoch 1, third batch): the newest checkpoint is after batch 6 (mid-epoch 1)
     run = tmp_path / "killed"
-    proc = run_cli(["train.py", *TINY, f"hydra.run.dir={run}",
+    proc = run_cli(["train.py", *args, f"hydra.run.dir={run}",
                     "+callbacks.preempt._target_=mmfusion.callbacks.resume.SimulatedPreemption",
-                    "+callbacks.preempt.at_step=7"])
+                    f"+callbacks.preempt.at_step={7 * k}"])
     assert proc.returncode == -9, proc.stderr[-2000:]  # SIGKILL: no clean shutdown
     ck = torch.load(run / "checkpoints" / "last-step.ckpt", map_location="cpu", weights_only=False)
-    assert ck["global_step"] == 6 and ck["epoch"] == 1  # mid-epoch (epoch 1, 2 of 4 batches done)
+    assert ck["global_step"] == 6 * k and ck["epoch"] == 1  # mid-epoch (epoch 1, 2 of 4 batches done)
+    assert len(ck["optimizer_states"]) == (2 if reg == "mdm_kl" else 1)
     assert not (run / "metrics.json").exists()
     # resume in-process from the same folder
-    cfg = make_cfg([*TINY, "ckpt_path=last"], fast=False)
+    cfg = make_cfg([*args, "ckpt_path=last"], fast=False)
     cfg.paths.output_dir = str(run)
     res, _ = train(cfg)
     sd_ref, opt_ref, step_ref, ep_ref = _final_state(tmp_path / "ref" / "checkpoints" / "last.ckpt")
     sd_res, opt_res, step_res, ep_res = _final_state(run / "checkpoints" / "last.ckpt")
-    assert (step_res, ep_res) == (step_ref, ep_ref) == (12, 2)
+    assert (step_res, ep_res) == (step_ref, ep_ref) == (12 * k, 2)
     assert sd_ref.keys() == sd_res.keys()
-    for k in sd_ref:
-        assert torch.equal(sd_ref[k], sd_res[k]), k
+    for name in sd_ref:
+        assert torch.equal(sd_ref[name], sd_res[name]), name
+    assert len(opt_ref) == len(opt_res)
     for a, b in zip(opt_ref, opt_res):
         for pid in a["state"]:
             for name, t in a["state"][pid].items():
