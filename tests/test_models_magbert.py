@@ -102,7 +102,7 @@ def test_alignment_without_word_index_uses_special_tokens() -> None:
 def mag_model():
     torch.manual_seed(0)
     return MAGBERT(input_dims={"text": 768, "audio": 5, "vision": 20}, output_dim=1, beta_shift=1.0,
-                   mag_dropout=0.1)
+                   mag_dropout=0.1, pooling="cls")
 
 
 def batch_for(tokenizer, dims: dict[str, int], t: int = 1) -> dict:
@@ -129,11 +129,24 @@ def test_magbert_contract(tokenizer, dims) -> None:
 
 def test_magbert_every_parameter_gets_a_gradient(tokenizer, mag_model) -> None:
     model = mag_model.train()
+    assert model.bert.pooler is not None
     model.zero_grad()
     out = model(batch_for(tokenizer, {"text": 768, "audio": 5, "vision": 20}))
     ((out.prediction.squeeze(-1) - torch.tensor([2.0, -2.0, 0.5])) ** 2).mean().backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
     assert not missing, f"parameters without a gradient: {missing}"
+
+
+def test_magbert_mean_pooling_drops_the_pooler(tokenizer) -> None:
+    dims = {"text": 8, "audio": 5, "vision": 20}
+    model = MAGBERT(input_dims=dims, bert_layers=1)  # packaged MiniLM: mean pooling by default
+    assert model.pooling == "mean" and model.bert.pooler is None
+    model.train()
+    out = model(batch_for(tokenizer, dims))
+    ((out.prediction.squeeze(-1) - torch.tensor([2.0, -2.0, 0.5])) ** 2).mean().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+    with pytest.raises(ConfigError, match="pooling"):
+        MAGBERT(input_dims=dims, bert_layers=1, pooling="max")
 
 
 def test_magbert_beta_zero_ignores_audio_visual(tokenizer) -> None:

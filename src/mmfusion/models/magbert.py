@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from torch.optim.lr_scheduler import LambdaLR
 
 from mmfusion.contract import Batch, Encoded, FusionModel
-from mmfusion.data.tokens import align_to_tokens, resolve_pretrained
+from mmfusion.data.tokens import PACKAGED, align_to_tokens, resolve_pretrained
 from mmfusion.errors import ConfigError, DataError
 from mmfusion.models.common import lengths_of
 
@@ -109,6 +109,7 @@ class MAGBERT(FusionModel):
         bert_layers: int | None = None,
         bert_lr: float | None = 1e-5,
         trim_padding: bool = True,
+        pooling: str | None = None,
     ) -> None:
         super().__init__()
         from transformers import BertModel
@@ -132,6 +133,13 @@ class MAGBERT(FusionModel):
                               f"got {injection_layer}")
         if text_modality not in input_dims:
             raise ConfigError(f"model.text_modality={text_modality!r} is not a data modality {list(input_dims)}")
+        if pooling is None:  # the packaged sentence-embedding MiniLM was trained with mean pooling
+            pooling = "mean" if pretrained is None or str(pretrained).lower() in PACKAGED else "cls"
+        if pooling not in ("cls", "mean"):
+            raise ConfigError(f"model.pooling must be 'cls' (BERT pooler, the paper) or 'mean'; got {pooling!r}")
+        self.pooling = pooling
+        if pooling == "mean":
+            self.bert.pooler = None  # unused: no untrained parameters
         cfg = self.bert.config
         hidden = int(cfg.hidden_size)
         self.text_modality, self.injection_layer = text_modality, int(injection_layer)
@@ -178,7 +186,7 @@ class MAGBERT(FusionModel):
             feats[m] = f.to(h.dtype)
             pw = valid.to(h.dtype)[..., None]
             unimodal[m] = (self.mag.proj[m](feats[m]) * pw).sum(1) / pw.sum(1).clamp(min=1.0)
-        return Encoded(unimodal=unimodal, state={"hidden": h, "feats": feats, "mask": mask})
+        return Encoded(unimodal=unimodal, state={"hidden": h, "feats": feats, "mask": mask, "attention_mask": am})
 
     def fuse(self, unimodal: dict[str, Tensor], state: dict[str, Any], batch: Batch) -> Tensor:
         h, feats = state["hidden"], dict(state["feats"])
@@ -190,7 +198,10 @@ class MAGBERT(FusionModel):
                 feats[m] = feats[m] * scales[m].reshape(-1, 1, 1).to(h.dtype)
         h = self.mag(h, feats)
         h = self._layers(h, state["mask"], self.injection_layer, len(self.bert.encoder.layer))
-        return self.bert.pooler(h)
+        if self.pooling == "cls":
+            return self.bert.pooler(h)
+        w = state["attention_mask"].to(h.dtype)[..., None]
+        return (h * w).sum(1) / w.sum(1).clamp(min=1.0)
 
     def param_groups(self, lr: float, weight_decay: float) -> list[dict[str, Any]]:
         """BERT at ``bert_lr`` (default: ``lr``), MAG + head at ``lr``; no weight decay on biases / LayerNorm."""
