@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
+from mmfusion.metrics.vqa import vqa_accuracy
 from mmfusion.train import train
 
-from .conftest import compose_cfg
+from .conftest import ROOT, compose_cfg
 from .vqa_fixtures import write_vqa_fixture
 
 TINY_MCAN = ["model=mcan", "model.word_dim=16", "model.hidden=32", "model.heads=4", "model.ff=64", "model.layers=1",
@@ -37,6 +41,18 @@ def test_mcan_learns_vqa2_fixture(tmp_path) -> None:
     assert result["selection"].startswith("val/vqa_acc")
     assert result["test"]["vqa_acc"] >= 75.0, result["test"]
     assert result["test"]["vqa_acc_yesno"] >= 75.0, result["test"]
+    # the official results file of the selected checkpoint scores what the task metric reported
+    spec = importlib.util.spec_from_file_location("vqa_results", ROOT / "scripts" / "vqa_results.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "results.json"
+    assert mod.main(["--ckpt", result["best_ckpt"], "--split", "test", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    assert rows and set(rows[0]) == {"question_id", "answer"}
+    anns = {a["question_id"]: a for a in json.loads(Path(cfg.data.val_annotations).read_text())["annotations"]}
+    official = vqa_accuracy(rows, [anns[r["question_id"]] for r in rows])
+    assert official["overall"] == pytest.approx(result["test"]["vqa_acc"], abs=0.006)
+    assert official["perAnswerType"]["yes/no"] == pytest.approx(result["test"]["vqa_acc_yesno"], abs=0.006)
 
 
 @pytest.mark.slow

@@ -337,6 +337,7 @@ class VQA2DataModule(MultimodalDataModule):
         self.token_vocab: dict[str, int] = {}
         self.pretrained_emb: np.ndarray | None = None
         self.store: FeatureStore | None = None
+        self.annotations: dict[int, dict[str, Any]] = {}  # val2014 annotations by question id (valid + test)
 
     # -- building -----------------------------------------------------------------------------------------------
     def _answers(self, anns: dict[str, list[dict[str, Any]]]) -> list[str]:
@@ -408,6 +409,7 @@ class VQA2DataModule(MultimodalDataModule):
                      int(keep.sum()), len(keep))
             train = {k: np.concatenate([train[k], vg[k][keep]]) for k in train}
         val = arrays("val", qs["val"], anns["val"])
+        self.annotations = {int(a["question_id"]): a for a in anns["val"]}
 
         # valid / test: disjoint sets of val images (seeded), so no image is seen by both
         images = np.unique(val["image"])
@@ -447,6 +449,13 @@ class VQA2DataModule(MultimodalDataModule):
             raise DataError(f"vqa2: {len(prediction)} predictions for {len(ds)} questions of split {split!r}")
         answers = [self.answers[i] for i in np.asarray(prediction).argmax(1)]
         return write_results(path, ds.question_ids.tolist(), answers)
+
+    def split_annotations(self, split: str) -> list[dict[str, Any]]:
+        """The official annotations of the questions of ``split`` (``valid`` or ``test``), for ``vqa_accuracy``."""
+        self.setup()
+        if split not in ("valid", "test"):
+            raise ConfigError(f"vqa2: annotations are kept for the valid/test splits, not {split!r}")
+        return [self.annotations[int(q)] for q in self.splits[split].question_ids]
 
 
 def _as_list(v: str | Sequence[str] | None) -> list[str]:
