@@ -45,3 +45,15 @@ def test_model_x_plugin_training_step(model, reg):
         if plug0:  # plug-ins with their own networks update them in the same step
             plug1 = [p for p in module.plugins.parameters() if p.requires_grad]
             assert any(not torch.equal(a, b) for a, b in zip(plug0, plug1)), f"{reg}'s networks did not move"
+
+
+@pytest.mark.parametrize("reg", ["cont_softmax", "cont_sparsemax", "mca"])
+def test_one_d_continuous_attention_replaces_ef_lstm_time_pool(reg):
+    """EF-LSTM with attention pooling: the 1-D continuous plug-ins replace pools["time"] and train."""
+    torch.manual_seed(0)
+    extra = ["data.seq_len=12", "data.min_len=6", "model.pooling=attention", f"reg.{reg}.pools=[time]"]
+    module, batch, opts = build_step("ef_lstm", [reg], "mosi", 8, extra=extra)
+    assert type(module.net.pools["time"]).__name__ != "DiscreteAttentionPool"
+    loss, _, _ = module.optimization_step(batch, opts, lambda l: l.backward())
+    assert math.isfinite(float(loss))
+    assert all(p.grad is None or torch.isfinite(p.grad).all() for p in module.net.parameters())

@@ -9,6 +9,10 @@ masked time-mean of the projected sequence. A linear map of a concatenation is a
 so the model is still early fusion; ``proj_dim: null`` removes the projections (then plug-ins that need
 gradients into the encoders have nothing to train). Sequences are packed by their true lengths, so the final
 state never reads padding (the MMSA ``.squeeze()``/padding pitfalls do not apply).
+
+``pooling: attention`` (an option, not in the original) replaces the final state by a discrete attention pool
+over the LSTM outputs (``pools["time"]``), which the 1-D continuous-attention plug-ins can replace
+(``reg=cont_softmax reg.cont_softmax.pools=[time]``).
 """
 
 from __future__ import annotations
@@ -16,8 +20,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from mmfusion.attention.discrete import DiscreteAttentionPool
 from mmfusion.contract import Batch, Encoded, FusionModel
-from mmfusion.models.common import lengths_of, masked_mean, run_lstm
+from mmfusion.errors import ConfigError
+from mmfusion.models.common import length_mask, lengths_of, masked_mean, run_lstm
 
 
 class EFLSTM(FusionModel):
@@ -31,8 +37,12 @@ class EFLSTM(FusionModel):
         num_layers: int = 1,
         dropout: float = 0.5,
         input_dropout: float = 0.0,
+        pooling: str = "last",
     ) -> None:
         super().__init__()
+        if pooling not in ("last", "attention"):
+            raise ConfigError(f"model.pooling must be 'last' or 'attention', got {pooling!r}")
+        self.pooling = pooling
         self.modalities = tuple(input_dims)
         self.proj = nn.ModuleDict(
             {m: (nn.Linear(d, proj_dim) if proj_dim else nn.Identity()) for m, d in input_dims.items()}
@@ -44,6 +54,8 @@ class EFLSTM(FusionModel):
             dropout=dropout if num_layers > 1 else 0.0,
         )
         self.fused_dim = hidden
+        if pooling == "attention":
+            self.pools["time"] = DiscreteAttentionPool(hidden, out_dim=hidden)
         self.head = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, output_dim))
 
     def encode(self, batch: Batch) -> Encoded:
@@ -68,5 +80,7 @@ class EFLSTM(FusionModel):
         x = self.input_dropout(torch.cat(parts, dim=-1))
         # aligned modalities share a length; take the longest true length per sample
         lengths = torch.stack([state["lengths"][m] for m in self.modalities]).amax(0)
-        _, last = run_lstm(self.lstm, x, lengths)
+        outputs, last = run_lstm(self.lstm, x, lengths)
+        if self.pooling == "attention":
+            return self.pools["time"](outputs, length_mask(lengths, outputs.shape[1]))
         return last
