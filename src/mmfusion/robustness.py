@@ -359,6 +359,7 @@ def evaluate_suite(cfg: DictConfig) -> dict[str, Any]:
                        out_dir=cfg.paths.output_dir, loggers=loggers)
     result["ckpt_path"] = str(cfg.ckpt_path)
     result["suite"] = suite
+    save_json(Path(cfg.paths.output_dir) / "robustness.json", result)  # with the checkpoint and the suite
     return result
 
 
