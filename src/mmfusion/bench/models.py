@@ -5,8 +5,9 @@ for MOSI / MOSEI); MAG-BERT gets 50 word pieces instead of text features. Sizes:
 (notes §1). One step = forward + L1 loss + backward + AdamW step; samples/s = batch / median step time. Peak
 memory: each configuration runs in a fresh subprocess; ``peak_rss_mb`` is its peak resident set, and
 ``step_rss_mb`` the growth caused by the training steps (CUDA: peak allocated). With CUDA, a bf16-autocast row is
-added. Side by side: the MMSA implementations of TFN (``torch.bmm`` fusion) and MFN (``LSTMCell`` loop with every
-network evaluated per step), and MFN's step time against the sequence length (linear fit, R^2).
+added. Side by side (steps interleaved in one process, so machine-load drift hits both): the MMSA implementations of
+TFN (``torch.bmm`` fusion) and MFN (``LSTMCell`` loop with every network evaluated per step); MFN's step time
+against the sequence length (linear fit, R^2).
 
     python -m mmfusion.bench.models --out docs/results/bench_models.json   (or scripts/benchmark.py --suite models)
 """
@@ -193,6 +194,38 @@ def measure(name: str, data: str, batch_size: int, impl: str, device: str, bf16:
     return row
 
 
+def measure_pair(name: str, data: str, batch_size: int, device: str, seq_len: int, repeats: int,
+                 warmup: int) -> dict[str, Any]:
+    """Ours vs the MMSA implementation, steps interleaved in one process (load drift hits both equally)."""
+    steps = {}
+    for impl in ("ours", "mmsa"):
+        torch.manual_seed(0)
+        model = build(name, data, impl).to(device).train()
+        batch = make_batch(SHAPES[data], batch_size, seq_len, device)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+        def step(model=model, batch=batch, opt=opt) -> None:
+            opt.zero_grad(set_to_none=True)
+            out = model(batch)
+            pred = out.prediction if hasattr(out, "prediction") else out
+            F.l1_loss(pred.reshape(-1), batch["y"]).backward()
+            opt.step()
+
+        steps[impl] = step
+    times: dict[str, list[float]] = {"ours": [], "mmsa": []}
+    for r in range(warmup + repeats):
+        for impl in ("ours", "mmsa") if r % 2 == 0 else ("mmsa", "ours"):
+            t = time_fn(steps[impl], warmup=0, repeats=1, device=device)["median_ms"]
+            if r >= warmup:
+                times[impl].append(t)
+    med = {k: float(np.median(v)) for k, v in times.items()}
+    return {"model": name, "impl": "ours vs mmsa (interleaved)", "data": data, "batch": batch_size,
+            "seq_len": seq_len, "device": device, "step_ms_ours": round(med["ours"], 2),
+            "step_ms_mmsa": round(med["mmsa"], 2), "min_ms_ours": round(min(times["ours"]), 2),
+            "min_ms_mmsa": round(min(times["mmsa"]), 2), "speedup_median": round(med["mmsa"] / med["ours"], 3),
+            "speedup_min": round(min(times["mmsa"]) / min(times["ours"]), 3)}
+
+
 def _child(spec: dict[str, Any]) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "mmfusion.bench.models", "--one", json.dumps(spec)]
     res = subprocess.run(cmd, capture_output=True, text=True)
@@ -221,20 +254,21 @@ def run(args: Any) -> list[dict]:
             for b in batches:
                 specs = [dict(base, name=name, data=data, batch_size=b)]
                 if name in ("tfn", "mfn"):
-                    specs.append(dict(base, name=name, data=data, batch_size=b, impl="mmsa"))
+                    specs.append(dict(base, name=name, data=data, batch_size=b, impl="pair"))
                 if device == "cuda":
                     specs.append(dict(base, name=name, data=data, batch_size=b, bf16=True))
                 for s in specs:
                     rows.append(_child(s))
                     print(json.dumps(rows[-1]), flush=True)
     if "mfn" in models:
+        lens = [25, 50, 100, 200]
+        pts = [_child(dict(base, name="mfn", data="mosi", batch_size=32, seq_len=t, impl="pair")) for t in lens]
+        ok = [p for p in pts if "step_ms_ours" in p]
         for impl in ("ours", "mmsa"):
-            lens = [25, 50, 100, 200]
-            pts = [_child(dict(base, name="mfn", data="mosi", batch_size=32, seq_len=t, impl=impl)) for t in lens]
-            ok = [p for p in pts if "step_ms" in p]
-            fit = linear_fit([p["seq_len"] for p in ok], [p["step_ms"] for p in ok]) if len(ok) > 2 else {}
+            ys = [p[f"step_ms_{impl}"] for p in ok]
+            fit = linear_fit([p["seq_len"] for p in ok], ys) if len(ok) > 2 else {}
             rows.append({"model": "mfn", "impl": impl, "scaling": "step_ms vs seq_len", "device": device,
-                         "points": {p["seq_len"]: p["step_ms"] for p in ok}, **fit})
+                         "points": {p["seq_len"]: p[f"step_ms_{impl}"] for p in ok}, **fit})
             print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -251,6 +285,10 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     if a.one:
         s = json.loads(a.one)
+        if s["impl"] == "pair":
+            print(json.dumps(measure_pair(s["name"], s["data"], s["batch_size"], s["device"], s["seq_len"],
+                                          s["repeats"], s["warmup"])))
+            return
         print(json.dumps(measure(s["name"], s["data"], s["batch_size"], s["impl"], s["device"], s["bf16"],
                                  s["seq_len"], s["repeats"], s["warmup"], s.get("compile", False))))
         return
