@@ -69,6 +69,7 @@ def test_tokenize_word_index_and_alignment(tokenizer) -> None:
     tok = tokenize(["the film was unwatchable", "good"], tokenizer, max_tokens=12)
     ids, wi = tok["input_ids"], tok["word_index"]
     assert ids.shape == wi.shape == tok["attention_mask"].shape == tok["token_type_ids"].shape == (2, 12)
+    assert torch.equal(tok["special_mask"], wi < 0) and (tok["unk_token_id"] == tokenizer.unk_token_id).all()
     assert ids[0, 0] == tokenizer.cls_token_id and wi[0, 0] == -1
     n0 = int(tok["attention_mask"][0].sum())
     assert ids[0, n0 - 1] == tokenizer.sep_token_id and wi[0, n0 - 1] == -1
@@ -121,6 +122,13 @@ def test_magbert_contract(tokenizer, dims) -> None:
     assert set(out.unimodal) == set(dims)
     for m, z in out.unimodal.items():
         assert z.shape == (3, model.unimodal_dims[m])
+    # eval.corrupt=drop_text: words -> [UNK], special tokens kept; the model still runs
+    from mmfusion.corruption import apply
+
+    b = batch_for(tokenizer, dims, t=6)
+    dropped = apply(b, "drop_text", tuple(dims))
+    assert (dropped["tokens"]["input_ids"][~b["tokens"]["special_mask"]] == b["tokens"]["unk_token_id"][0]).all()
+    assert model(dropped).prediction.shape == (3, 2)
     with pytest.raises(DataError, match="tokens"):
         model({"x": {m: torch.randn(2, 1, d) for m, d in dims.items()}})
     with pytest.raises(ConfigError, match="injection_layer"):

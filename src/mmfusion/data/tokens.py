@@ -1,7 +1,7 @@
 """Word-piece tokens for BERT models (MAG-BERT): transcripts -> ``batch["tokens"]``.
 
-``batch["tokens"] = {input_ids, attention_mask, token_type_ids, word_index}`` (all (N, L) long, right-padded to
-``max_tokens``). ``word_index[n, k]`` is the index of the word that word piece ``k`` belongs to (-1 for
+``batch["tokens"] = {input_ids, attention_mask, token_type_ids, word_index, special_mask, unk_token_id}`` ((N, L),
+right-padded to ``max_tokens``; ``special_mask`` bool; ``unk_token_id`` (N,), used by ``eval.corrupt=drop_text``). ``word_index[n, k]`` is the index of the word that word piece ``k`` belongs to (-1 for
 [CLS]/[SEP]/padding): models gather a modality's features at that index, which repeats a word's features for
 each of its pieces and gives zeros for the special tokens (MAG-BERT ``multimodal_driver.py::convert_to_features``).
 With utterance-level features (T = 1) every word maps to the utterance vector.
@@ -77,7 +77,10 @@ def tokenize(transcripts: Sequence[str], tokenizer: Any, max_tokens: int = 50) -
     return {"input_ids": torch.as_tensor(enc["input_ids"], dtype=torch.long),
             "attention_mask": torch.as_tensor(enc["attention_mask"], dtype=torch.long),
             "token_type_ids": torch.as_tensor(enc["token_type_ids"], dtype=torch.long),
-            "word_index": word_index}
+            "word_index": word_index,
+            # for eval.corrupt=drop_text (mmfusion.corruption): [CLS]/[SEP]/[PAD] stay, words become [UNK]
+            "special_mask": word_index < 0,
+            "unk_token_id": torch.full((len(words),), int(tokenizer.unk_token_id), dtype=torch.long)}
 
 
 def add_tokens(datamodule: Any, splits: Mapping[str, Any] | None = None) -> None:

@@ -171,7 +171,7 @@ class MAGBERT(FusionModel):
         am = tok["attention_mask"]
         if self.trim_padding:  # drop the columns that are padding for the whole batch
             keep = int(am.sum(1).max())
-            tok = {k: v[:, :keep] for k, v in tok.items()}
+            tok = {k: (v[:, :keep] if v.dim() == 2 else v) for k, v in tok.items()}
             am = tok["attention_mask"]
         h = self.bert.embeddings(input_ids=tok["input_ids"], token_type_ids=tok.get("token_type_ids"))
         mask = _extended_mask(self.bert, am, h)
