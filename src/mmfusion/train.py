@@ -6,17 +6,15 @@
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
 import hydra
 import lightning.pytorch as pl
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from mmfusion.build import build_datamodule, build_module
 from mmfusion.callbacks.resume import continue_wandb_run
-from mmfusion.errors import MMFusionError
 from mmfusion.utils import runtime
 from mmfusion.utils.instantiate import instantiate, instantiate_dict
 from mmfusion.utils.report import print_metrics, save_json
