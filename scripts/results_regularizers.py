@@ -63,7 +63,10 @@ def run_one(data: str, model: str, reg: str, seed: int, epochs: int, corrupt: st
 
     torch.set_num_threads(1)
     out_dir = Path(tempfile.mkdtemp(prefix="mmf_reg_"))
-    overrides = [f"data={data}", f"model={model}", f"reg={reg}", f"seed={seed}", f"trainer.max_epochs={epochs}",
+    # "mdm_kl@weight=0" = reg=mdm_kl with reg.mdm_kl.weight=0 (controls, e.g. the RNG-stream effect of a plug-in)
+    reg_name, _, reg_kv = reg.partition("@")
+    reg_overrides = [f"reg.{reg_name}.{kv}" for kv in reg_kv.split(",") if kv]
+    overrides = [f"data={data}", f"model={model}", f"reg={reg_name}", *reg_overrides, f"seed={seed}", f"trainer.max_epochs={epochs}",
                  "logger=none", "trainer.enable_progress_bar=false", "~callbacks.model_summary",
                  *DATA_OVERRIDES.get(data, []), *MODEL_OVERRIDES.get(model, [])]
     GlobalHydra.instance().clear()
@@ -110,8 +113,11 @@ def aggregate(runs: list[dict], corrupt: str) -> dict[str, Any]:
     for r in runs:
         groups.setdefault((r["data"], r["model"], r["reg"]), []).append(r)
     table = []
-    for (data, model, reg), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], REGS.index(kv[0][2])
-                                                                          if kv[0][2] in REGS else 99)):
+    def order(key: tuple) -> tuple:
+        name = key[2].partition("@")[0]
+        return key[0], key[1], REGS.index(name) if name in REGS else 99, key[2]
+
+    for (data, model, reg), rs in sorted(groups.items(), key=lambda kv: order(kv[0])):
         row: dict[str, Any] = {"data": data, "model": model, "reg": reg, "seeds": sorted(r["seed"] for r in rs)}
         base = groups.get((data, model, "none"), [])
         for cond in ("clean", corrupt):
