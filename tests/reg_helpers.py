@@ -43,3 +43,26 @@ def redundant_batch(n: int = 64, seed: int = 0, shared: float = 0.8) -> Batch:
 def attach(plugin: Plugin, model: FusionModel) -> list[torch.optim.Optimizer]:
     plugin.attach(model, ModelInfo(model.modalities, model.unimodal_dims, model.fused_dim))
     return plugin.configure_optimizers()
+
+
+class DropoutFusion(TinyFusion):
+    """TinyFusion with dropout on the fused vector: its masks come from the global RNG stream."""
+
+    def fuse(self, unimodal: dict[str, Tensor], state: dict, batch: Batch) -> Tensor:
+        return nn.functional.dropout(super().fuse(unimodal, state, batch), 0.3, self.training)
+
+
+def train_steps(plugin: Plugin | None, steps: int = 4, seed: int = 0) -> dict[str, Tensor]:
+    """Model parameters after ``steps`` reference training steps with (or without) ``plugin``."""
+    import torch.nn.functional as F
+
+    from mmfusion.regularizers.reference_step import training_step
+
+    torch.manual_seed(seed)
+    model, batch = DropoutFusion(), redundant_batch()
+    opts = attach(plugin, model) if plugin is not None else []
+    task_opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    plugins = {"p": plugin} if plugin is not None else {}
+    for _ in range(steps):
+        training_step(model, plugins, batch, lambda p, y: F.l1_loss(p.squeeze(-1), y), task_opt, {"p": opts})
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}

@@ -191,3 +191,14 @@ def plugin_info(net):  # noqa: ANN001, ANN201
     from mmfusion.contract import ModelInfo
 
     return ModelInfo(net.modalities, dict(net.unimodal_dims), int(net.fused_dim))
+
+
+def test_zero_beta_plugin_leaves_training_bit_identical() -> None:
+    """The C-network's init runs under a forked RNG and nothing else is random: with beta = 0 the task model trains
+    exactly as without the plug-in (same dropout masks), while the KL critic still trains."""
+    from .reg_helpers import train_steps
+
+    base = train_steps(None)
+    assert all(torch.equal(base[k], v) for k, v in train_steps(Synergy(divergence="kl", beta=0.0)).items())
+    moved = train_steps(Synergy(divergence="mmd", beta=1.0))
+    assert any(not torch.equal(base[k], moved[k]) for k in base)

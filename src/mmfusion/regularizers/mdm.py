@@ -15,6 +15,10 @@ dependence of raw inputs is fixed by the data; W1 is scale-dependent, so without
 raise it by inflating their outputs); negatives are fresh in-batch per-modality derangements instead of a fixed
 "negative dataset" (same distribution, no second encoder pass, no fixed points); MLP critic 2x256 LeakyReLU,
 Adam lr 1e-4, unroll 1, lambda 0.1 and a linear warm-up of lambda over the first critic steps.
+
+Randomness is private (``seed``): the critic is initialised under a forked RNG and the negatives are drawn from
+the plug-in's own generator (saved in checkpoints), so adding the plug-in does not change the task model's random
+stream (dropout masks); with ``weight=0`` training is bit-identical to ``reg=none``.
 """
 
 from __future__ import annotations
@@ -59,7 +63,7 @@ class MDM(Plugin):
                  layers: int = 2, lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.999),
                  weight_decay: float = 0.0, normalize: str = "layernorm", spectral_norm: bool | None = None,
                  gp_weight: float = 0.0, ema_decay: float = 0.99, n_negatives: int = 1, warmup_steps: int = 0,
-                 critic_grad_clip: float | None = 10.0, diagnostic_seed: int = 0) -> None:
+                 critic_grad_clip: float | None = 10.0, diagnostic_seed: int = 0, seed: int = 0) -> None:
         super().__init__()
         if measure not in MEASURE_ALIASES:
             raise ConfigError(f"reg.mdm measure must be one of {sorted(MEASURE_ALIASES)}; got {measure!r}")
@@ -71,7 +75,10 @@ class MDM(Plugin):
         self.weight, self.unroll, self.lr = float(weight), int(unroll), float(lr)
         self.betas, self.weight_decay = tuple(betas), float(weight_decay)
         self.warmup_steps, self.critic_grad_clip = int(warmup_steps), critic_grad_clip
-        self.diagnostic_seed = diagnostic_seed
+        self.diagnostic_seed, self.seed = diagnostic_seed, seed
+        # private RNG for the negatives / gradient-penalty interpolates: the plug-in never draws from the global
+        # stream, so the task model sees the same dropout masks with and without it (state kept in checkpoints)
+        self.rng = torch.Generator().manual_seed(seed)
         self._estimator_kw = dict(measure=self.measure, hidden=hidden, layers=layers, normalize=normalize,
                                   spectral_norm=spectral_norm, gp_weight=gp_weight, ema_decay=ema_decay,
                                   n_negatives=n_negatives)
@@ -85,8 +92,16 @@ class MDM(Plugin):
         if len(info.modalities) < 2:
             raise ConfigError(f"reg.mdm needs >= 2 modalities, the model has {list(info.modalities)}")
         self.modalities = tuple(info.modalities)
-        self.estimator = DependencyEstimator([info.unimodal_dims[m] for m in self.modalities],
-                                             **self._estimator_kw)  # type: ignore[arg-type]
+        with torch.random.fork_rng(devices=[]):  # the critic's init leaves the global RNG untouched
+            torch.manual_seed(self.seed)
+            self.estimator = DependencyEstimator([info.unimodal_dims[m] for m in self.modalities],
+                                                 **self._estimator_kw)  # type: ignore[arg-type]
+
+    def get_extra_state(self) -> Tensor:
+        return self.rng.get_state()  # a uint8 tensor: checkpoints stay weights_only-loadable
+
+    def set_extra_state(self, state: Tensor) -> None:
+        self.rng.set_state(state.cpu())
 
     def _est(self) -> DependencyEstimator:
         if self.estimator is None:
@@ -112,7 +127,7 @@ class MDM(Plugin):
         logs: dict[str, Tensor | float] = {}
         for _ in range(self.unroll):
             opt.zero_grad(set_to_none=True)
-            loss, b = est.critic_loss(views)
+            loss, b = est.critic_loss(views, self.rng)
             backward(loss)
             if self.critic_grad_clip:
                 torch.nn.utils.clip_grad_norm_(est.parameters(), self.critic_grad_clip)
@@ -133,7 +148,7 @@ class MDM(Plugin):
         """``-lambda * MDM`` with the critic frozen (no gradient reaches the critic from the task loss)."""
         est = self._est()
         with frozen(est):
-            b = est(self.views(out, detach=False))
+            b = est(self.views(out, detach=False), self.rng)
         w = self.current_weight() if stage == "train" else self.weight
         return PluginLoss(value=-w * b.objective, logs={"mdm": b.estimate.detach(), "lambda": w})
 

@@ -24,6 +24,7 @@ ablation is a sweep over these switches):
 The C-network ({Q_i, G_i}) has its own AdamW optimiser and learning rate and is stepped in ``after_backward`` on the
 gradients of the same backward as the task model (cooperative terms); the KL critics have a separate optimiser and
 ascend in ``inner_step`` on detached representations. Training-time only: nothing here runs at inference.
+All of its randomness (network init, projections) is seeded by ``seed`` and leaves the global RNG untouched.
 """
 
 from __future__ import annotations
@@ -118,18 +119,25 @@ class Synergy(Plugin):
         def proj(out_dim: int, in_dim: int) -> Tensor:  # JL projection, entries N(0, 1/out_dim)
             return torch.randn(out_dim, in_dim, generator=g) / math.sqrt(out_dim)
 
-        self.cnet["Q"] = nn.ModuleDict({m: mlp(sum(dims[o] for o in mods if o != m), self.q_hidden, self.q_layers,
-                                               dims[m]) for m in mods})
-        self.cnet["G"] = InvertibleNet(k, self.inn_layers, groups=len(mods))
+        with torch.random.fork_rng(devices=[]):  # the C-network's init leaves the global RNG untouched
+            torch.manual_seed(self.seed)
+            self._build(mods, dims, fdim)
         for m in mods:
             self.register_buffer(f"R_uni_{m}", proj(k, dims[m]))
             self.register_buffer(f"R_fus_{m}", proj(k, fdim))
-        if self.divergence == "kl":
-            self.critics.update({m: mlp(k, self.critic_hidden, self.critic_layers, 1) for m in mods})
         for name, d in [*((m, dims[m]) for m in mods), ("fused", fdim)]:
             kd = min(self.kurt_dim, d)
             self.register_buffer(f"P_kurt_{name}", proj(kd, d))
-            self.kurtosis[name] = EMAKurtosis(kd, **self.kurt_kw)  # type: ignore[arg-type]
+
+    def _build(self, mods: tuple[str, ...], dims: dict[str, int], fdim: int) -> None:
+        k = self.proj_dim
+        self.cnet["Q"] = nn.ModuleDict({m: mlp(sum(dims[o] for o in mods if o != m), self.q_hidden, self.q_layers,
+                                               dims[m]) for m in mods})
+        self.cnet["G"] = InvertibleNet(k, self.inn_layers, groups=len(mods))
+        if self.divergence == "kl":
+            self.critics.update({m: mlp(k, self.critic_hidden, self.critic_layers, 1) for m in mods})
+        for name, d in [*((m, dims[m]) for m in mods), ("fused", fdim)]:
+            self.kurtosis[name] = EMAKurtosis(min(self.kurt_dim, d), **self.kurt_kw)  # type: ignore[arg-type]
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         if not self.modalities:
