@@ -176,11 +176,11 @@ def _mlp(seq: torch.nn.Sequential, x: torch.Tensor) -> torch.Tensor:
     return seq[3](torch.relu(seq[0](x)))
 
 
-@pytest.mark.parametrize("window", [2, 3])
-def test_mfn_memory_update_equals_hand_computed_steps(window: int) -> None:
+@pytest.mark.parametrize("window,lstm", [(2, "loop"), (3, "loop"), (2, "fused")])
+def test_mfn_memory_update_equals_hand_computed_steps(window: int, lstm: str) -> None:
     torch.manual_seed(0)
     dims = {"text": 3, "audio": 2, "vision": 2}
-    model = MFN(input_dims=dims, window=window, attn_dropout=0.0, mem_dropout=0.0, gamma1_dropout=0.0,
+    model = MFN(input_dims=dims, window=window, lstm=lstm, attn_dropout=0.0, mem_dropout=0.0, gamma1_dropout=0.0,
                 gamma2_dropout=0.0, out_dropout=0.0, **{k: v for k, v in MFN_SMALL.items()}).double().eval()
     b, t = 2, 3
     batch = make_batch(dims, b=b, t=t, seed=3)

@@ -12,10 +12,11 @@ Learning"); released code ``pliang279/MFN/test_mosi.py``, MMSA ``models/singleTa
 * Output (Sect. 3.4): ``[h_T^m for m; u_T]`` -> Linear + ReLU -> Dropout -> Linear. Each D_* is a 2-layer MLP
   (Linear -> ReLU -> Dropout -> Linear) of configurable width/dropout.
 
-Cost: the LSTMs do not read the memory, so they run as whole-sequence (packed, cuDNN-able) ``nn.LSTM`` calls; the
-cell states are recovered exactly from the hidden states (gates recomputed for all steps in one matmul, then a
-2-op elementwise scan ``c_t = f_t c_{t-1} + i_t g_t``); the attention, ``D_u`` and the c^-part of the gate
-networks run for all steps at once. Only ``u_{t-1} -> (g1, g2) -> u_t`` is a per-step loop: one matmul for both
+Cost: the LSTMs do not read the memory, so they run before it. ``lstm: loop`` (default, fastest on CPU): input
+projections of all steps in one matmul per modality, then one ``addmm`` per modality and step. ``lstm: fused``
+(for GPUs): whole-sequence packed cuDNN ``nn.LSTM`` calls, with the cell states recovered exactly from the hidden
+states (gates recomputed for all steps in one matmul, then a 2-op scan ``c_t = f_t c_{t-1} + i_t g_t``). The
+attention, ``D_u`` and the c^-part of the gate networks run for all steps at once. Only ``u_{t-1} -> (g1, g2) -> u_t`` is a per-step loop: one matmul for both
 gates plus a few elementwise ops, batched over samples, no per-step allocation beyond its outputs.
 ``compile: true`` wraps that loop in ``torch.compile``. Padding: LSTM states and the memory stop at each
 sample's true length (the released code reads padding). Sequences must be word-aligned (same T per modality).
@@ -31,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmfusion.contract import Batch, Encoded, FusionModel
-from mmfusion.errors import DataError
+from mmfusion.errors import ConfigError, DataError
 from mmfusion.models.common import length_mask, lengths_of, run_lstm
 from mmfusion.models.subnets import as_sequence, per_modality
 
@@ -50,6 +51,32 @@ def lstm_cell_states(lstm: nn.LSTM, x: Tensor, h: Tensor, valid: Tensor) -> tupl
     ig = torch.sigmoid(i) * torch.tanh(g) * v
     f = torch.where(v, torch.sigmoid(f), torch.ones_like(f))
     return f, ig
+
+
+def lstm_loop(lstms: list[nn.LSTM], xs: list[Tensor], valids: list[Tensor]) -> tuple[list[Tensor], Tensor]:
+    """Several 1-layer LSTMs stepped together: input projections for all steps in one matmul each, then per step
+    one ``addmm`` on the recurrent weights per modality. Padded steps carry (h, c). Returns the last valid hidden
+    state per modality and the concatenated cell states (B, T, sum h)."""
+    b, t = xs[0].shape[:2]
+    # unbind once: per-step views whose backward is one stack (indexing [step] would build a full-size zero
+    # gradient per step, O(T^2) memory traffic)
+    proj = [F.linear(x, l.weight_ih_l0, l.bias_ih_l0 + l.bias_hh_l0).unbind(1) for l, x in zip(lstms, xs)]
+    w_hh = [l.weight_hh_l0.t() for l in lstms]
+    hs = [x.new_zeros(b, l.hidden_size) for l, x in zip(lstms, xs)]
+    cs = [x.new_zeros(b, l.hidden_size) for l, x in zip(lstms, xs)]
+    masks = None if all(bool(v.all()) for v in valids) else [v[..., None].unbind(1) for v in valids]
+    cells = []
+    for step in range(t):
+        for k in range(len(lstms)):
+            i, f, g, o = torch.addmm(proj[k][step], hs[k], w_hh[k]).chunk(4, dim=1)
+            c = torch.addcmul(torch.sigmoid(f) * cs[k], torch.sigmoid(i), torch.tanh(g))
+            h = torch.sigmoid(o) * torch.tanh(c)
+            if masks is not None:
+                c = torch.where(masks[k][step], c, cs[k])
+                h = torch.where(masks[k][step], h, hs[k])
+            hs[k], cs[k] = h, c
+        cells.append(torch.cat(cs, dim=1))
+    return hs, torch.stack(cells, dim=1)
 
 
 def cell_scan(f: Tensor, ig: Tensor) -> Tensor:
@@ -73,8 +100,11 @@ def memory_scan(
     weights on ``u_{t-1}`` (None-equivalent zeros when the gates do not see the memory).
     """
     u = torch.zeros_like(chat[0])
-    for t in range(pre.shape[0]):
-        a = torch.relu(torch.addmm(pre[t], u, w_mem.t()) if w_mem is not None else pre[t])
+    pre_t, chat_t = pre.unbind(0), chat.unbind(0)  # one stack in backward, not a zero-filled gradient per step
+    valid_t = valid.unbind(0) if valid is not None else None
+    w_t = w_mem.t() if w_mem is not None else None
+    for t in range(len(pre_t)):
+        a = torch.relu(torch.addmm(pre_t[t], u, w_t) if w_t is not None else pre_t[t])
         a1, a2 = a[:, :split], a[:, split:]
         if p1 > 0:
             a1 = F.dropout(a1, p1, training)
@@ -82,8 +112,8 @@ def memory_scan(
             a2 = F.dropout(a2, p2, training)
         g1 = torch.sigmoid(g1_out(a1))
         g2 = torch.sigmoid(g2_out(a2))
-        new = torch.addcmul(g1 * u, g2, chat[t])
-        u = new if valid is None else torch.where(valid[t], new, u)
+        new = torch.addcmul(g1 * u, g2, chat_t[t])
+        u = new if valid_t is None else torch.where(valid_t[t], new, u)
     return u
 
 
@@ -107,12 +137,16 @@ class MFN(FusionModel):
         out_hidden: int = 64,
         out_dropout: float = 0.5,
         gates_see_memory: bool = True,
+        lstm: str = "loop",
         compile: bool = False,
     ) -> None:
         super().__init__()
         self.modalities = tuple(input_dims)
         hid = {m: int(h) for m, h in per_modality(hidden, self.modalities, "hidden").items()}
         self.unimodal_dims = hid
+        if lstm not in ("loop", "fused"):
+            raise ConfigError(f"model.lstm must be 'loop' or 'fused'; got {lstm!r}")
+        self.lstm_impl = lstm
         self.lstms = nn.ModuleDict({m: nn.LSTM(input_dims[m], hid[m], batch_first=True) for m in self.modalities})
         self.state_dim = sum(hid.values())
         self.window, self.mem_dim = int(window), int(mem_dim)
@@ -135,18 +169,20 @@ class MFN(FusionModel):
         if len(set(steps.values())) != 1:
             raise DataError(f"MFN needs word-aligned sequences (the same T for every modality); got T = {steps}")
         t = next(iter(steps.values()))
-        unimodal, fs, igs, valids = {}, [], [], []
-        for m in self.modalities:
-            lens = lengths_of(batch, m, xs[m])
-            valid = length_mask(lens, t)
-            h_seq, h_last = run_lstm(self.lstms[m], xs[m], lens)
+        lens = {m: lengths_of(batch, m, xs[m]) for m in self.modalities}
+        valids = [length_mask(lens[m], t) for m in self.modalities]
+        valid_any = torch.stack(valids).any(0)
+        if self.lstm_impl == "loop":
+            hs, cells = lstm_loop([self.lstms[m] for m in self.modalities], [xs[m] for m in self.modalities], valids)
+            return Encoded(unimodal=dict(zip(self.modalities, hs)), state={"cells": cells, "valid": valid_any})
+        unimodal, fs, igs = {}, [], []
+        for m, valid in zip(self.modalities, valids):
+            h_seq, h_last = run_lstm(self.lstms[m], xs[m], lens[m])
             f, ig = lstm_cell_states(self.lstms[m], xs[m], h_seq, valid)
             unimodal[m] = h_last
             fs.append(f)
             igs.append(ig)
-            valids.append(valid)
         cells = cell_scan(torch.cat(fs, -1), torch.cat(igs, -1))  # (B, T, sum h)
-        valid_any = torch.stack(valids).any(0)
         return Encoded(unimodal=unimodal, state={"cells": cells, "valid": valid_any})
 
     # -- DMAN + multi-view gated memory ---------------------------------------------------------------------------
