@@ -51,3 +51,24 @@ def run_cli(args: list[str], cwd: Path = ROOT, timeout: int = 600, env: dict | N
     """Run ``python <args>`` from the repo root with the test's environment."""
     e = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true", **(env or {})}
     return subprocess.run([sys.executable, *args], cwd=cwd, env=e, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(autouse=True)
+def _cpu_time_log(request):
+    """With MMF_TEST_CPU_LOG=<file>, append each test's wall and CPU seconds (own + child processes): on a shared
+    machine CPU time is the honest estimate of what the suite costs on 2 free cores."""
+    path = os.environ.get("MMF_TEST_CPU_LOG")
+    if not path:
+        yield
+        return
+    import resource
+    import time
+
+    def cpu() -> float:
+        s, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime
+
+    t0, c0 = time.perf_counter(), cpu()
+    yield
+    with open(path, "a") as f:
+        f.write(f"{request.node.nodeid}\t{time.perf_counter() - t0:.2f}\t{cpu() - c0:.2f}\n")
