@@ -15,8 +15,8 @@ install: ## create .venv, install torch (pinned, first), then mmfusion[dev]
 	$(BIN)/pip install "$(TORCH)"
 	$(BIN)/pip install -e ".[dev]"
 
-test: ## run the whole test suite (what CI runs)
-	$(BIN)/python -m pytest -q --timeout=900
+test: ## run the whole test suite (what CI runs): 2 workers, one torch thread each, a file per worker
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 WANDB_MODE=offline $(BIN)/python -m pytest -q -n 2 --dist loadfile --timeout=900
 
 test-fast: ## skip the tests marked slow
 	$(BIN)/python -m pytest -q -m "not slow"
