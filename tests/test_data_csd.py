@@ -231,3 +231,17 @@ def test_sdk_python_folds_file_is_parsed_not_executed(tmp_path):
         "standard_train_fold=['a', 'b']\nstandard_valid_fold=['c']\nstandard_test_fold=['d', '123']\n")
     assert load_folds(str(tmp_path / "cmu_x_std_folds.py")) == {"train": ["a", "b"], "valid": ["c"], "test": ["d", "123"]}
     assert "MMF_EXECUTED" not in os.environ
+
+
+def test_packaged_mosei_folds_are_the_standard_ones():
+    """The packaged CMU-MOSEI folds: the SDK's cmu_mosei_std_folds.py lists (2,249/300/678 videos), disjoint."""
+    folds = load_folds("mosei")
+    assert {s: len(v) for s, v in folds.items()} == {"train": 2249, "valid": 300, "test": 678}
+    assert all(len(set(v)) == len(v) for v in folds.values())
+    tr, va, te = (set(folds[s]) for s in ("train", "valid", "test"))
+    assert not (tr & va or tr & te or va & te)
+    assert len(tr | va | te) == 3227
+    # spot checks against the SDK file: first/last ids of each list, numeric ids kept as strings
+    assert folds["train"][0] == "hh04W3xXa5s" and folds["train"][3] == "81406"
+    assert folds["valid"][0] == "188343" and folds["valid"][-1] == "Vuay0mVKkik"
+    assert folds["test"][0] == "7l3BNtSE0xc" and folds["test"][-1] == "vR90Pdx9wxs"

@@ -17,8 +17,9 @@ Alignment (the SDK recipe ``process_mosi.py``: ``align(words, collapse=avg)`` th
    ``keep: first`` is the alternative) and are RIGHT-padded with true lengths.
 
 Features are sanitised before averaging (NaN/+-inf -> 0: COVAREP contains -inf, CMU-MultimodalSDK#72), so one
-bad frame never poisons a word. Splits come from video-level folds: the standard CMU-MOSI folds ship in
-``mmfusion/resources/folds/mosi_std_folds.json``; a JSON file with ``train/valid/test`` video lists replaces them.
+bad frame never poisons a word. Splits come from video-level folds: the standard CMU-MOSI and CMU-MOSEI folds ship
+in ``mmfusion/resources/folds/{mosi,mosei}_std_folds.json`` (``folds: mosi`` / ``mosei``, copied from the SDK's
+``cmu_*_std_folds.py``); a JSON file with ``train/valid/test`` video lists, or the SDK's ``.py`` file, replaces them.
 
 The aligned tensors are cached as ONE HDF5 file ``<cache_dir>/csd_<key>.h5``; ``key`` hashes the inputs' paths,
 sizes and modification times plus every alignment option and the folds, so a changed input never reads a
@@ -166,14 +167,14 @@ def _sdk_folds(path: Path) -> dict[str, list[str]]:
 
 
 def load_folds(folds: str | Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
-    """Video-level folds: ``"mosi"`` (the packaged standard CMU-MOSI folds), a JSON path, the SDK's
-    ``cmu_*_std_folds.py`` (e.g. MOSEI's), or a mapping."""
+    """Video-level folds: ``"mosi"`` / ``"mosei"`` (the packaged standard CMU-MOSI / CMU-MOSEI folds), a JSON
+    path, the SDK's ``cmu_*_std_folds.py``, or a mapping."""
     if isinstance(folds, Mapping):
         raw = dict(folds)
         where = "data.folds"
-    elif str(folds) == "mosi":
-        raw = json.loads(resources.files("mmfusion.resources").joinpath("folds/mosi_std_folds.json").read_text())
-        where = "mosi_std_folds.json"
+    elif str(folds) in ("mosi", "mosei"):
+        where = f"{folds}_std_folds.json"
+        raw = json.loads(resources.files("mmfusion.resources").joinpath(f"folds/{where}").read_text())
     else:
         p = Path(str(folds)).expanduser()
         if not p.is_file():
@@ -326,9 +327,10 @@ def read_cache(path: Path, key: str) -> tuple[dict[str, dict[str, Any]], dict[st
 class CSDDataModule(MultimodalDataModule):
     """``data=mosi_csd``: modalities from ``.csd`` files aligned to words and to the labelled segments.
 
-    sequences: ``{modality: path.csd}`` (order = modality order). labels: the label ``.csd``. folds: ``mosi`` or a
-    JSON path. reference: the word-level modality (``null`` = unaligned). label_column: which label column
-    (MOSEI "All Labels": 0 = sentiment). cache_dir: where the aligned HDF5 goes (``null`` = no cache).
+    sequences: ``{modality: path.csd}`` (order = modality order). labels: the label ``.csd``. folds: ``mosi``,
+    ``mosei`` or a JSON / SDK ``.py`` path. reference: the word-level modality (``null`` = unaligned).
+    label_column: which label column (MOSEI "All Labels": 0 = sentiment). cache_dir: where the aligned HDF5
+    goes (``null`` = no cache).
     """
 
     def __init__(
