@@ -29,7 +29,7 @@ SMALL = {
     "lfn": ["model.hidden=16", "model.text_hidden=32", "model.text_out=16"],
     "mfn": ["model.hidden={text:32,audio:16,vision:16}", "model.mem_dim=32"],
     "ef_lstm": ["model.hidden=64", "model.proj_dim=32"],
-    "magbert": ["model.bert_layers=2", "+data.max_tokens=24"],
+    "magbert": ["model.bert_layers=2", "data.max_tokens=24"],
 }
 SYNTH = ["data.n_train=512", "data.n_valid=128", "data.n_test=256", "data.seq_len=12", "data.min_len=4",
          "data.dims={text:32,audio:16,vision:16}"]
@@ -40,8 +40,6 @@ def cell(model: str, reg: str, data: str, epochs: int, out_dir: Path) -> dict:
           "trainer.enable_progress_bar=false", "trainer.accelerator=cpu", f"paths.output_dir={out_dir}"]
     ov += SMALL[model] + (SYNTH if data == "synthetic" else [])
     ov += ["experiment=emma_pipeline"] if reg == "emma" else [f"reg={reg}"]
-    if data != "synthetic":
-        ov = [o.replace("+data.max_tokens", "data.max_tokens") for o in ov]
     t0 = time.time()
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):

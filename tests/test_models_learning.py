@@ -29,7 +29,7 @@ SMALL = {
             "model.mem_hidden=32", "model.gamma1_hidden=32", "model.gamma2_hidden=32", "model.out_hidden=32",
             "optim.lr=3e-3"],
     "ef_lstm": ["model.hidden=64", "model.proj_dim=32", "model.dropout=0.1", "optim.lr=3e-3"],
-    "magbert": ["model.bert_layers=2", "model.bert_lr=1e-4", "optim.lr=1e-3", "+data.max_tokens=24",
+    "magbert": ["model.bert_layers=2", "model.bert_lr=1e-4", "optim.lr=1e-3", "data.max_tokens=24",
                 "+optim.scheduler._target_=mmfusion.models.magbert.linear_warmup_schedule",
                 "+optim.scheduler._partial_=true", "optim.scheduler_interval=step"],
 }
