@@ -18,7 +18,6 @@ reg), labelled with their source; the papers do not state their Acc-2 convention
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import sys
@@ -28,6 +27,8 @@ from typing import Any
 
 import numpy as np
 import yaml
+
+from mmfusion.utils.report import write_csv
 
 HERE = Path(__file__).resolve().parent
 SENTIMENT = [("Acc-7", "Mult_acc_7", 100), ("Acc-2 has0", "Has0_acc_2", 100), ("Acc-2 non0", "Non0_acc_2", 100),
@@ -188,16 +189,6 @@ def render(rows, cols, published=None) -> tuple[str, list[dict[str, Any]]]:
                         "reg": p["reg"], "Acc-7 mean": v["Acc_7"], "Acc-2 (paper) mean": v["Acc_2"],
                         "MAE mean": v["MAE"], "Corr mean": v["Corr"]})
     return "\n".join(lines) + "\n", records
-
-
-def write_csv(path: Path, records: list[dict[str, Any]]) -> None:
-    keys: list[str] = []
-    for r in records:
-        keys += [k for k in r if k not in keys]
-    with path.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        w.writerows(records)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -51,13 +51,13 @@ def evaluate(cfg: DictConfig, corrupt: str | None = None) -> tuple[dict[str, Any
     trainer: pl.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=[], devices=1)
     split = cfg.get("split", "test")
     if split == "test":
-        raw = trainer.test(module, datamodule=dm, ckpt_path=cfg.ckpt_path, verbose=False)[0]
-        metrics = {"loss": float(raw["test/loss"]), **module.last_metrics.get("test", {})}
+        trainer.test(module, datamodule=dm, ckpt_path=cfg.ckpt_path, verbose=False)
+        metrics = dict(module.last_metrics.get("test", {}))  # float64, whole deduplicated split, with its loss
     elif split == "valid":
         if corrupt:
             raise MMFusionError("eval.corrupt is applied on split=test only")
-        raw = trainer.validate(module, datamodule=dm, ckpt_path=cfg.ckpt_path, verbose=False)[0]
-        metrics = {"loss": float(raw["val/loss"]), **module.last_metrics.get("val", {})}
+        trainer.validate(module, datamodule=dm, ckpt_path=cfg.ckpt_path, verbose=False)
+        metrics = dict(module.last_metrics.get("val", {}))
     else:
         raise MMFusionError(f"split must be 'test' or 'valid', got {split!r}")
     result = {"ckpt_path": str(cfg.ckpt_path), "split": split, "corruption": corrupt, "metrics": metrics}

@@ -28,7 +28,6 @@ over the range; for the clean model it equals the clean score), so different lev
 
 from __future__ import annotations
 
-import csv
 import itertools
 import logging
 import math
@@ -38,12 +37,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from lightning.pytorch.utilities import move_data_to_device
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from mmfusion import corruption
 from mmfusion.errors import ConfigError
-from mmfusion.utils.report import save_json
+from mmfusion.utils.report import save_json, write_csv
 
 log = logging.getLogger(__name__)
 
@@ -146,14 +146,6 @@ def unk_text(batch: Mapping[str, Any], unk_id: int) -> dict[str, Any]:
     return out
 
 
-def _to(obj: Any, device: torch.device) -> Any:
-    if isinstance(obj, Tensor):
-        return obj.to(device)
-    if isinstance(obj, Mapping):
-        return {k: _to(v, device) for k, v in obj.items()}
-    return obj
-
-
 # -- evaluation --------------------------------------------------------------------------------------------------
 @torch.no_grad()
 def evaluate_condition(module: Any, loader: Any, cond: Mapping[str, Any], drop_mode: str, seed: int,
@@ -177,7 +169,7 @@ def evaluate_condition(module: Any, loader: Any, cond: Mapping[str, Any], drop_m
     preds, ys = [], []
     try:
         for batch_idx, batch in enumerate(loader):
-            batch = _to(batch, device)
+            batch = move_data_to_device(batch, device)
             if cond["kind"] == "drop" and "text" in cond["mods"] and drop_mode != "representation":
                 if drop_mode == "unk":
                     if "tokens" not in batch:
@@ -256,16 +248,6 @@ def plot_curves(curv: dict[str, dict[str, Any]], key: str, out_dir: Path, title:
         plt.close(fig)
         paths.append(path)
     return paths
-
-
-def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    keys: list[str] = []
-    for r in rows:
-        keys += [k for k in r if k not in keys]
-    with path.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        w.writerows(rows)
 
 
 def run_suite(module: Any, datamodule: Any, suite: Mapping[str, Any], drop_mode: str = "input",

@@ -52,11 +52,11 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
             log.warning("no best checkpoint (no validation ran?): testing the final weights")
     if cfg.get("test", True):
         which = best or (ckpt_path if not cfg.get("train", True) else None)
-        val = trainer.validate(module, datamodule=dm, ckpt_path=which, verbose=False)[0]
-        test = trainer.test(module, datamodule=dm, ckpt_path=which, verbose=False)[0]
-        # exact float64 metrics of the whole split (the logged copies are float32)
-        result["val"] = {"loss": float(val["val/loss"]), **module.last_metrics.get("val", {})}
-        result["test"] = {"loss": float(test["test/loss"]), **module.last_metrics.get("test", {})}
+        trainer.validate(module, datamodule=dm, ckpt_path=which, verbose=False)
+        trainer.test(module, datamodule=dm, ckpt_path=which, verbose=False)
+        # exact float64 metrics and loss of the whole deduplicated split (the logged copies are float32)
+        result["val"] = dict(module.last_metrics.get("val", {}))
+        result["test"] = dict(module.last_metrics.get("test", {}))
         result["test_corruption"] = module.test_corruption
         if trainer.is_global_zero:
             keys = ["loss", *dm.task.summary_keys()]

@@ -10,6 +10,24 @@ import numpy as np
 import torch
 
 
+def random_sentiment_batch(batch: int, seq_len: int, device: str = "cpu", seed: int = 0,
+                           dims: dict[str, int] | None = None) -> dict[str, Any]:
+    """A random right-padded batch in the contract's layout (MOSI aligned dims by default), true lengths in
+    [seq_len/2, seq_len], for benchmarks that build models directly."""
+    from mmfusion.data.synthetic import MOSI_DIMS
+
+    dims = dims or MOSI_DIMS
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(seq_len // 2, seq_len + 1, (batch,), generator=g)
+    x = {}
+    for m, d in dims.items():
+        v = torch.randn(batch, seq_len, d, generator=g)
+        v[torch.arange(seq_len)[None, :] >= lengths[:, None]] = 0.0
+        x[m] = v.to(device)
+    return {"x": x, "lengths": {m: lengths.to(device) for m in dims},
+            "y": torch.randn(batch, generator=g).to(device), "index": torch.arange(batch, device=device)}
+
+
 def device_sync(device: torch.device | str) -> None:
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()

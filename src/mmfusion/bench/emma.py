@@ -25,28 +25,16 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from mmfusion.bench.core import environment
+from mmfusion.bench.core import environment, random_sentiment_batch
 from mmfusion.contract import FusionModel
+from mmfusion.data.synthetic import MOSI_DIMS
 from mmfusion.emma.attention import AttentionStep
 from mmfusion.emma.composition import Composition
 from mmfusion.emma.dae import TiedDAE, fit_dae
 from mmfusion.emma.gate import EMMAGate
 
 ROOT = Path(__file__).resolve().parents[3]
-MOSI_DIMS = {"text": 300, "audio": 74, "vision": 47}
 N_TRAIN = 1284
-
-
-def make_batch(batch: int, seq_len: int, seed: int = 0) -> dict[str, Any]:
-    g = torch.Generator().manual_seed(seed)
-    lengths = torch.randint(seq_len // 2, seq_len + 1, (batch,), generator=g)
-    x = {}
-    for m, d in MOSI_DIMS.items():
-        v = torch.randn(batch, seq_len, d, generator=g)
-        v[torch.arange(seq_len)[None, :] >= lengths[:, None]] = 0.0
-        x[m] = v
-    return {"x": x, "lengths": {m: lengths for m in MOSI_DIMS}, "y": torch.randn(batch, generator=g),
-            "index": torch.arange(batch)}
 
 
 def make_model(name: str) -> FusionModel:
@@ -64,7 +52,7 @@ def make_gate(model: FusionModel, hidden_ratio: float = 2.0) -> EMMAGate:
 def overhead(name: str, batch: int, seq_len: int, repeats: int, warmup: int) -> dict[str, Any]:
     torch.manual_seed(0)
     model = make_model(name)
-    b = make_batch(batch, seq_len)
+    b = random_sentiment_batch(batch, seq_len)
     gate = make_gate(model).eval()
 
     def fwd(with_gate: bool) -> None:

@@ -25,25 +25,13 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from mmfusion.bench.core import device_sync, environment
+from mmfusion.bench.core import device_sync, environment, random_sentiment_batch
 from mmfusion.contract import FusionModel, ModelInfo, Plugin
+from mmfusion.data.synthetic import MOSI_DIMS
 from mmfusion.regularizers.reference_step import training_step
 
 ROOT = Path(__file__).resolve().parents[3]
-MOSI_DIMS = {"text": 300, "audio": 74, "vision": 47}
 REGS = ("synergy_mmd", "synergy_kl", "mdm_kl", "mdm_f", "mdm_wasserstein")
-
-
-def make_batch(batch: int, seq_len: int, device: str, seed: int = 0) -> dict[str, Any]:
-    g = torch.Generator().manual_seed(seed)
-    lengths = torch.randint(seq_len // 2, seq_len + 1, (batch,), generator=g)
-    x = {}
-    for m, d in MOSI_DIMS.items():
-        v = torch.randn(batch, seq_len, d, generator=g)
-        v[torch.arange(seq_len)[None, :] >= lengths[:, None]] = 0.0
-        x[m] = v.to(device)
-    return {"x": x, "lengths": {m: lengths.to(device) for m in MOSI_DIMS}, "y": torch.randn(batch, generator=g).to(device),
-            "index": torch.arange(batch, device=device)}
 
 
 def make_model(name: str, device: str) -> FusionModel:
@@ -121,7 +109,7 @@ def run(args: Any) -> list[dict]:
     batch_size = int(getattr(args, "batch_size", None) or (getattr(args, "batch_sizes", None) or [32])[0])
     seq_len = int(getattr(args, "seq_len", 50))
     max_unroll = int(getattr(args, "max_unroll", 4))
-    batch = make_batch(batch_size, seq_len, device)
+    batch = random_sentiment_batch(batch_size, seq_len, device)
     rows: list[dict] = []
     for model_name in models:
         base = make_step(model_name, None, device, batch)

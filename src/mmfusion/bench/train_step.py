@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from lightning.pytorch.utilities import move_data_to_device
 from omegaconf import open_dict
 
 from mmfusion.bench.core import peak_memory_mb, reset_peak, time_fn
@@ -48,14 +49,8 @@ def build_step(model: str, regs: list[str], shape: str, batch_size: int, device:
     module = build_module(cfg, dm).to(device)
     module.train()
     opts, _ = module.configure_optimizers()
-    batch = _to(dm.splits["train"].__getitems__(list(range(batch_size))), device)
+    batch = move_data_to_device(dm.splits["train"].__getitems__(list(range(batch_size))), device)
     return module, batch, opts
-
-
-def _to(b: Any, device: str) -> Any:
-    if isinstance(b, dict):
-        return {k: _to(v, device) for k, v in b.items()}
-    return b.to(device) if isinstance(b, torch.Tensor) else b
 
 
 def time_train_step(module, batch, opts, *, device: str = "cpu", warmup: int = 3, repeats: int = 10,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 from pathlib import Path
@@ -24,6 +25,17 @@ def metrics_table(title: str, metrics: dict[str, float], keys: list[str] | None 
 
 def print_metrics(title: str, metrics: dict[str, float], keys: list[str] | None = None) -> None:
     Console().print(metrics_table(title, metrics, keys))
+
+
+def write_csv(path: str | Path, rows: list[dict[str, Any]]) -> None:
+    """Rows of dicts as CSV; the header is the union of their keys in first-seen order."""
+    keys: list[str] = []
+    for r in rows:
+        keys += [k for k in r if k not in keys]
+    with Path(path).open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
 
 
 def save_json(path: str | Path, obj: Any) -> None:
