@@ -50,7 +50,7 @@ def main() -> None:
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(rows, indent=1))
-    lines = ["CMU-MOSI utterance features (bc-LSTM split), test, mean +- std over seeds " + a.seeds, "",
+    lines = ["CMU-MOSI utterance features (bc-LSTM split), test, mean +- std (population, ddof=0) over seeds " + a.seeds, "",
              "| model | " + " | ".join(KEYS) + " |", "|---|" + "---|" * len(KEYS)]
     for m in a.models.split(","):
         r = [x["test"] for x in rows if x["model"] == m]
