@@ -157,6 +157,22 @@ def test_magbert_mean_pooling_drops_the_pooler(tokenizer) -> None:
         MAGBERT(input_dims=dims, bert_layers=1, pooling="max")
 
 
+def test_magbert_is_built_in_train_mode_with_bert_dropout(tokenizer) -> None:
+    """HF ``from_pretrained`` returns eval mode and Lightning keeps modes at fit start: BERT must be set to train,
+    or its dropout (p = 0.1) is silently off while fine-tuning."""
+    dims = {"text": 8, "audio": 5, "vision": 20}
+    model = MAGBERT(input_dims=dims, bert_layers=1)
+    assert all(m.training for m in model.modules())
+    assert model.bert.config.hidden_dropout_prob > 0
+    b = batch_for(tokenizer, dims)
+    torch.manual_seed(0)
+    p1 = model(b).prediction
+    torch.manual_seed(1)
+    assert not torch.allclose(model(b).prediction, p1)  # stochastic: dropout is active
+    model.eval()
+    torch.testing.assert_close(model(b).prediction, model(b).prediction)
+
+
 def test_magbert_beta_zero_ignores_audio_visual(tokenizer) -> None:
     dims = {"text": 8, "audio": 5, "vision": 20}
     model = MAGBERT(input_dims=dims, beta_shift=0.0, bert_layers=1).eval()

@@ -122,6 +122,9 @@ class MAGBERT(FusionModel):
         except OSError as e:
             raise ConfigError(f"model.pretrained={pretrained!r}: BERT weights not found locally; give a local folder "
                               f"or set model.allow_download=true") from e
+        # ``from_pretrained`` returns the model in eval mode, and Lightning keeps each module's mode at fit start:
+        # without this, BERT's dropout (hidden and attention, p = 0.1) would be off while fine-tuning.
+        self.bert.train()
         n_layers = len(self.bert.encoder.layer)
         if bert_layers is not None:
             if not 1 <= bert_layers <= n_layers:
