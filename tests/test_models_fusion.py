@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from mmfusion.contract import FusionOutput
 from mmfusion.errors import ConfigError, DataError
 from mmfusion.models.lfn import LFN, LowRankFusion
 from mmfusion.models.mfn import MFN
-from mmfusion.models.subnets import SubNet
+from mmfusion.models.subnets import PostFusionMLP, SubNet, apply_keep, dropout_keep, dropout_scale
 from mmfusion.models.tfn import TFN, tensor_fusion
 
 DIMS = {"mosi": {"text": 768, "audio": 5, "vision": 20}, "mosei": {"text": 768, "audio": 74, "vision": 35}}
@@ -104,6 +105,47 @@ def test_tfn_fusion_equals_explicit_outer_product() -> None:
     assert torch.all(fused.reshape(3, 3, 4, 5)[:, 0, 0, 0] == 1)
     torch.testing.assert_close(fused.reshape(3, 3, 4, 5)[:, 1:, 0, 0], za)
     torch.testing.assert_close(fused.reshape(3, 3, 4, 5)[:, 1:, 1:, 0], za[:, :, None] * zv[:, None, :])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("p", [0.5, 0.4, 0.123, 0.9])
+@pytest.mark.parametrize("shape", [(3, 7), (5, 70_001)])  # one partial chunk; several chunks + a remainder
+def test_dropout_keep_is_torch_dropout(p: float, shape: tuple[int, int], dtype: torch.dtype) -> None:
+    x = torch.randn(shape, dtype=dtype)
+    torch.manual_seed(11)
+    ref, ref_next = F.dropout(x, p, training=True), torch.rand(4)
+    torch.manual_seed(11)
+    keep = dropout_keep(x.numel(), p)
+    out, out_next = apply_keep(x, keep, dropout_scale(p, dtype)), torch.rand(4)
+    assert torch.equal(out.view(-1).view(torch.int8), ref.view(-1).view(torch.int8))  # bit for bit (signed zeros)
+    assert torch.equal(out_next, ref_next)  # same generator draws consumed
+    assert torch.equal(keep.view(shape), ref != 0) and dropout_scale(p, dtype) == pytest.approx(1 / (1 - p))
+    inplace = x.clone()
+    apply_keep(inplace, keep, dropout_scale(p, dtype), out=inplace)
+    assert torch.equal(inplace, ref)
+
+
+def test_post_fusion_fast_path_equals_dropout_then_linear() -> None:
+    """Training on CPU the head takes the dropout_noise + _DropoutLinear path: outputs, every gradient and the
+    generator state must be those of the plain nn.Sequential (Dropout -> Linear -> ...)."""
+    torch.manual_seed(0)
+    head = PostFusionMLP(3 * 4 * 5 * 7, 8, 2, 0.3).train()
+    x = torch.randn(6, 3 * 4 * 5 * 7, dtype=torch.float32, requires_grad=True)
+    w = torch.randn(6, 2)
+    assert head._fast_path(x)
+    results = []
+    for forward in (head.net, head):
+        head.zero_grad(set_to_none=True)
+        x.grad = None
+        torch.manual_seed(3)
+        y = forward(x)
+        (y * w).sum().backward()
+        results.append((y, x.grad, *(q.grad for q in head.parameters()), torch.rand(3)))
+    for ref, got in zip(*results):
+        assert torch.equal(got, ref)
+    head.eval()  # eval: no dropout, plain path
+    assert not head._fast_path(x)
+    torch.testing.assert_close(head(x), head.net(x))
 
 
 def test_tfn_output_range() -> None:

@@ -60,20 +60,27 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
 
 
 class MMSATFN(nn.Module):
-    """MMSA ``TFN.forward`` fusion: two ``torch.bmm`` outer products on top of our (identical) sub-networks."""
+    """MMSA ``TFN.forward``: fusion by two ``torch.bmm`` outer products, post-fusion ``nn.Dropout`` -> 3 ``nn.Linear``
+    with ReLU (MMSA's own layers, not our :class:`PostFusionMLP`), on our sub-networks (the same layers as MMSA's
+    ``SubNet`` / ``TextSubNet``). The output is left linear, as ours is at these sizes (no ``output_range``)."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
-        self.m = model
+        self.encoders = model.encoders
+        net = model.head.net  # same shapes and initial values as ours
+        self.post_fusion_dropout = nn.Dropout(net[0].p)
+        self.post_fusion_layer_1, self.post_fusion_layer_2, self.post_fusion_layer_3 = net[1], net[3], net[5]
 
     def forward(self, batch: dict) -> Tensor:
-        z = self.m.encoders(batch)
+        z = self.encoders(batch)
         b = z["text"].shape[0]
         one = z["text"].new_ones(b, 1)
         a, v, t = (torch.cat([one, z[k]], 1) for k in ("audio", "vision", "text"))
         f = torch.bmm(a.unsqueeze(2), v.unsqueeze(1)).view(b, -1, 1)
         f = torch.bmm(f, t.unsqueeze(1)).view(b, -1)
-        return self.m.head(f)
+        y = F.relu(self.post_fusion_layer_1(self.post_fusion_dropout(f)), inplace=True)
+        y = F.relu(self.post_fusion_layer_2(y), inplace=True)
+        return self.post_fusion_layer_3(y)
 
 
 class MMSAMFN(nn.Module):
