@@ -33,7 +33,7 @@ SMALL = {
                 "+optim.scheduler._target_=mmfusion.models.magbert.linear_warmup_schedule",
                 "+optim.scheduler._partial_=true", "optim.scheduler_interval=step"],
 }
-EPOCHS = {"tfn": 8, "lfn": 8, "mfn": 8, "ef_lstm": 8, "magbert": 3}
+EPOCHS = {"tfn": 8, "lfn": 8, "mfn": 8, "ef_lstm": 8, "magbert": 4}  # MAG-BERT: BERT dropout on since dc751f2
 
 
 def run(overrides: list[str], tmp_path: Path) -> dict:
