@@ -14,6 +14,8 @@ from scipy import integrate
 from mmfusion.attention.attflat import AttFlat
 from mmfusion.attention.basis import GaussianBasis
 from mmfusion.attention.continuous import (
+    _adaptive_angles,
+    _whiten,
     continuous_softmax,
     continuous_sparsemax,
     interval_moments,
@@ -32,9 +34,16 @@ F64 = torch.float64
 POOLS = (ContinuousSoftmaxPool, ContinuousSparsemaxPool, MCAPool)
 
 
-def _maps(n: int, scale: float, seed: int) -> torch.Tensor:
+def _maps(n: int, scale: float, seed: int, line: str | None = None) -> torch.Tensor:
+    """Softmax of N(0, scale^2) logits on 14x14; ``line`` = "row" / "diagonal": +8 on row 5 / the diagonal
+    (line-shaped, near-rank-1 attention as in scripts/attention_quadrature_accuracy.py)."""
     g = torch.Generator().manual_seed(seed)
-    return (torch.randn(n, 196, generator=g, dtype=F64) * scale).softmax(-1)
+    logits = torch.randn(n, 14, 14, generator=g, dtype=F64) * scale
+    if line == "row":
+        logits[:, 5] += 8
+    elif line == "diagonal":
+        logits += 8 * torch.eye(14, dtype=F64)
+    return logits.reshape(n, 196).softmax(-1)
 
 
 def _ellipse_integral(fun, mu: np.ndarray, sigma: np.ndarray, rad2: float) -> float:
@@ -69,15 +78,16 @@ def _tp_times_rbf(mu, sigma, centre, var):
 # ------------------------------------------------------------------------------------------ forward vs scipy
 
 
-@pytest.mark.parametrize("scale,seed", [(1.0, 0), (3.0, 1)])
-def test_sparsemax_2d_forward_matches_scipy(scale: float, seed: int) -> None:
+@pytest.mark.parametrize("scale,seed,line", [(1.0, 0, None), (3.0, 1, None), (1.0, 2, "row"), (1.0, 7, "diagonal")])
+def test_sparsemax_2d_forward_matches_scipy(scale: float, seed: int, line: str | None) -> None:
     basis = GaussianBasis.grid_2d(100)
     pos = grid_positions(14, 14, F64)
-    mu, v = moments_2d(_maps(4, scale, seed), pos)
+    mu, v = moments_2d(_maps(4, scale, seed, line), pos)
     sigma = sparsemax_sigma_2d(v)
     r100 = continuous_sparsemax(mu, sigma, basis, 100)
+    r200 = continuous_sparsemax(mu, sigma, basis, 200)
     r400 = continuous_sparsemax(mu, sigma, basis, 400)
-    r_ref = continuous_sparsemax(mu, sigma, basis, 1600)
+    r_ref = continuous_sparsemax(mu, sigma, basis, 1600, adaptive_angles=False)
     # pick, per example, the RBF where K=100 is least accurate (against K=1600) and the largest one
     for b in range(2):
         js = {int((r100[b] - r_ref[b]).abs().argmax()), int(r_ref[b].argmax())}
@@ -87,9 +97,30 @@ def test_sparsemax_2d_forward_matches_scipy(scale: float, seed: int) -> None:
             scale_b = float(r_ref[b].max())
             assert abs(float(r100[b, j]) - brute) / scale_b < 1e-4
             assert abs(float(r400[b, j]) - brute) / scale_b < 1e-8
-    # over all RBFs and examples: K = 100 within 1e-4 of the converged sum, K = 400 to ~machine precision
+    # over all RBFs and examples: K = 100 within 1e-4 of the converged sum, then spectral convergence
     rel = lambda r: float(((r - r_ref).abs().amax(-1) / r_ref.amax(-1)).max())  # noqa: E731
-    assert rel(r100) < 1e-4 and rel(r400) < 1e-10
+    assert rel(r100) < 1e-4 and rel(r200) < 1e-8 and rel(r400) < 1e-10
+
+
+def test_adaptive_angles_are_a_change_of_variables() -> None:
+    """The per-RBF node rule is a quadrature of the circle: distinct nodes, positive weights, and
+    sum_k w_k exp(i m theta_k) -> 2 pi [m = 0] spectrally (a smooth periodic bijection theta(u) with weights
+    theta'(u_k) 2 pi / K), also for mu exactly on an RBF centre (one-hot at cell (3, 3) = RBF centre (0.25, 0.25))."""
+    basis = GaussianBasis.grid_2d(100)
+    p = torch.cat([_maps(3, 1.0, 4, "row"), _maps(3, 1.0, 5, "diagonal"), _maps(2, 20.0, 6)])
+    p = torch.cat([p, torch.nn.functional.one_hot(torch.tensor([3 * 14 + 3]), 196).to(F64) + 1e-12])
+    mu, v = moments_2d(p / p.sum(-1, keepdim=True), grid_positions(14, 14, F64))
+    sigma = sparsemax_sigma_2d(v)
+    for k, tol in ((100, 1e-5), (200, 1e-12)):
+        a0, a1, w = _adaptive_angles(*_whiten(mu, sigma, basis.centres, basis.variances)[3:], k)
+        assert float((a0 * a0 + a1 * a1 - 1).abs().max()) < 1e-12
+        theta = torch.atan2(a1, a0)
+        gaps = torch.remainder(theta.diff(dim=-1, append=theta[..., :1]), 2 * math.pi)
+        assert float(gaps.min()) > 1e-4 and float(gaps.sum(-1).max()) < 2 * math.pi + 1e-9 and bool((w > 0).all())
+        for m in range(4):
+            cm, sm = (w * torch.cos(m * theta)).sum(-1), (w * torch.sin(m * theta)).sum(-1)
+            assert float((cm - (2 * math.pi if m == 0 else 0.0)).abs().max()) < tol and float(sm.abs().max()) < tol
+    assert bool(torch.isfinite(continuous_sparsemax(mu, sigma, basis)).all())
 
 
 def test_uniform_angles_are_less_accurate_but_distinct() -> None:
