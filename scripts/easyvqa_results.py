@@ -47,8 +47,8 @@ def run_one(reg: str, seed: int, run_root: Path, extra: list[str]) -> dict:
 def table(rows: list[dict]) -> tuple[str, dict]:
     keys = ["vqa_acc", "vqa_acc_yesno", "vqa_acc_shape", "vqa_acc_color"]
     summary: dict[str, dict] = {}
-    lines = ["| reg | seeds | " + " | ".join(f"test {k}" for k in keys) + " | wall time / run |",
-             "|---|---|" + "---|" * len(keys) + "---|"]
+    lines = ["| reg | seeds | " + " | ".join(f"test {k}" for k in keys) + " | test vqa_acc per seed | wall time / run |",
+             "|---|---|" + "---|" * len(keys) + "---|---|"]
     for reg in REGS:
         ok = [r for r in rows if r["reg"] == reg and r.get("test")]
         if not ok:
@@ -62,12 +62,14 @@ def table(rows: list[dict]) -> tuple[str, dict]:
         wall = np.mean([r["wall_s"] for r in ok]) / 60
         s["wall_min"] = float(wall)
         summary[reg] = s
-        lines.append(f"| {reg} | {len(ok)} | " + " | ".join(cells) + f" | {wall:.0f} min |")
+        per_seed = ", ".join(f"{r['seed']}: {r['test']['vqa_acc']:.2f}" for r in ok)
+        lines.append(f"| {reg} | {len(ok)} | " + " | ".join(cells) + f" | {per_seed} | {wall:.0f} min |")
     return "\n".join(lines) + "\n", summary
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--table-only", action="store_true", help="rewrite easyvqa.{md,json} from the jsonl, run nothing")
     ap.add_argument("--regs", nargs="+", default=list(REGS))
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--jobs", type=int, default=1)
@@ -78,6 +80,12 @@ def main(argv: list[str] | None = None) -> int:
     run_root = Path(args.run_root)
     run_root.mkdir(parents=True, exist_ok=True)
     jl = OUT / "easyvqa_runs.jsonl"
+    if args.table_only:
+        md, summary = table([json.loads(line) for line in jl.read_text().splitlines()])
+        (OUT / "easyvqa.md").write_text(md)
+        (OUT / "easyvqa.json").write_text(json.dumps(summary, indent=1))
+        print(md)
+        return 0
     done = {(r["reg"], r["seed"]) for r in map(json.loads, jl.read_text().splitlines())} if jl.is_file() else set()
     todo = [(s, r) for s in args.seeds for r in args.regs if (r, s) not in done]  # seed-major: all regs first
 
