@@ -17,10 +17,8 @@ import time
 import traceback
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
-
 from mmfusion.train import train
-from mmfusion.utils.runtime import CONFIG_DIR
+from mmfusion.utils.runtime import compose_train_cfg
 
 MODELS = ["ef_lstm", "tfn", "lfn", "mfn", "magbert"]
 REGS = ["none", "synergy_mmd", "synergy_kl", "mdm_kl", "mdm_f", "mdm_wasserstein", "emma"]
@@ -37,14 +35,12 @@ SYNTH = ["data.n_train=512", "data.n_valid=128", "data.n_test=256", "data.seq_le
 
 def cell(model: str, reg: str, data: str, epochs: int, out_dir: Path) -> dict:
     ov = [f"model={model}", f"data={data}", f"trainer.max_epochs={epochs}", "logger=none",
-          "trainer.enable_progress_bar=false", "trainer.accelerator=cpu", f"paths.output_dir={out_dir}"]
+          "trainer.enable_progress_bar=false", "trainer.accelerator=cpu"]
     ov += SMALL[model] + (SYNTH if data == "synthetic" else [])
     ov += ["experiment=emma_pipeline"] if reg == "emma" else [f"reg={reg}"]
     t0 = time.time()
     try:
-        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-            cfg = compose("train.yaml", overrides=ov)
-        result, _ = train(cfg)
+        result, _ = train(compose_train_cfg(ov, out_dir))
         test = result.get("test") or result.get("finetune", {}).get("test") or {}
         if not test and isinstance(result, dict):  # stage pipelines may nest their final result
             for v in result.values():

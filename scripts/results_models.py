@@ -15,10 +15,9 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from hydra import compose, initialize_config_dir
 
 from mmfusion.train import train
-from mmfusion.utils.runtime import CONFIG_DIR
+from mmfusion.utils.runtime import compose_train_cfg
 
 KEYS = ["Has0_acc_2", "Has0_F1_score", "Non0_acc_2", "Mult_acc_7", "MAE", "Corr"]
 
@@ -35,15 +34,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for m in a.models.split(","):
             for s in a.seeds.split(","):
-                ov = [f"experiment=mosi_{m}", f"seed={s}", "logger=none", "trainer.enable_progress_bar=false",
-                      f"paths.output_dir={tmp}/{m}_{s}"]
+                ov = [f"experiment=mosi_{m}", f"seed={s}", "logger=none", "trainer.enable_progress_bar=false"]
                 ov += [o for o in a.extra.split(",") if o]
                 if m == "magbert":
                     ov += [o for o in a.magbert_extra.split(",") if o]
-                with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-                    cfg = compose("train.yaml", overrides=ov)
-                result, _ = train(cfg)
-                rows.append({"model": m, "seed": int(s), "overrides": ov[:2] + ov[5:], "val": result["val"],
+                result, _ = train(compose_train_cfg(ov, f"{tmp}/{m}_{s}"))
+                rows.append({"model": m, "seed": int(s), "overrides": ov[:2] + ov[4:], "val": result["val"],
                              "test": result["test"]})
                 print(json.dumps({"model": m, "seed": s, **{k: round(result["test"][k], 4) for k in KEYS}}),
                       flush=True)

@@ -54,12 +54,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def run_one(data: str, model: str, reg: str, seed: int, epochs: int, corrupt: str) -> dict[str, Any]:
     import torch
-    from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
 
     from mmfusion.train import train
+    from mmfusion.utils.runtime import compose_train_cfg
 
     torch.set_num_threads(1)
     out_dir = Path(tempfile.mkdtemp(prefix="mmf_reg_"))
@@ -69,14 +67,8 @@ def run_one(data: str, model: str, reg: str, seed: int, epochs: int, corrupt: st
     overrides = [f"data={data}", f"model={model}", f"reg={reg_name}", *reg_overrides, f"seed={seed}", f"trainer.max_epochs={epochs}",
                  "logger=none", "trainer.enable_progress_bar=false", "~callbacks.model_summary",
                  *DATA_OVERRIDES.get(data, []), *MODEL_OVERRIDES.get(model, [])]
-    GlobalHydra.instance().clear()
     try:
-        with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-            cfg = compose(config_name="train.yaml", overrides=overrides, return_hydra_config=True)
-        HydraConfig().set_config(cfg)
-        with open_dict(cfg):
-            cfg.paths.output_dir = str(out_dir)
-            cfg.paths.log_dir = str(out_dir)
+        cfg = compose_train_cfg(overrides, out_dir)
         t0 = time.perf_counter()
         result, objs = train(cfg)
         trainer, module, dm = objs["trainer"], objs["module"], objs["datamodule"]

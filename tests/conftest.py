@@ -8,12 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
-import mmfusion.utils.runtime  # noqa: F401  (registers the config resolvers before any compose)
+from mmfusion.utils.runtime import compose_train_cfg  # also registers the config resolvers
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = ROOT / "configs"
@@ -28,14 +26,7 @@ FAST = [
 
 
 def compose_cfg(overrides: list[str], tmp_path: Path, config_name: str = "train.yaml") -> DictConfig:
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
-    HydraConfig().set_config(cfg)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(tmp_path)
-        cfg.paths.log_dir = str(tmp_path)
-    return cfg
+    return compose_train_cfg(overrides, tmp_path, config_name)
 
 
 @pytest.fixture

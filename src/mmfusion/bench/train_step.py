@@ -7,14 +7,12 @@ import contextlib
 from typing import Any
 
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from lightning.pytorch.utilities import move_data_to_device
 from omegaconf import open_dict
 
 from mmfusion.bench.core import peak_memory_mb, reset_peak, time_fn
 from mmfusion.build import build_datamodule, build_module
-from mmfusion.utils.runtime import CONFIG_DIR
+from mmfusion.utils.runtime import compose_train_cfg
 
 # sequence length and feature sizes of the common releases (MulT/CMU aligned GloVe and MMSA BERT variants)
 SHAPES: dict[str, dict[str, Any]] = {
@@ -23,13 +21,6 @@ SHAPES: dict[str, dict[str, Any]] = {
     "mosi_bert": {"seq_len": 50, "dims": {"text": 768, "audio": 5, "vision": 20}},
     "mosei_bert": {"seq_len": 50, "dims": {"text": 768, "audio": 74, "vision": 35}},
 }
-
-
-def compose_cfg(overrides: list[str]):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(config_name="train.yaml", overrides=overrides)
-    return cfg
 
 
 def build_step(model: str, regs: list[str], shape: str, batch_size: int, device: str = "cpu",
@@ -42,7 +33,7 @@ def build_step(model: str, regs: list[str], shape: str, batch_size: int, device:
                  "data.n_test=8", f"data.seq_len={sh['seq_len']}", f"data.min_len={sh['seq_len']}",
                  f"data.dims={{{dims}}}", f"data.batch_size={batch_size}", "optim.scheduler=null",
                  "logger=none", *(extra or [])]
-    cfg = compose_cfg(overrides)
+    cfg = compose_train_cfg(overrides)
     with open_dict(cfg):
         cfg.paths.output_dir = "/tmp/mmfusion-bench"
     dm = build_datamodule(cfg)

@@ -26,6 +26,27 @@ if not OmegaConf.has_resolver("mmf_root"):
     OmegaConf.register_new_resolver("mmf_root", lambda: str(ROOT_DIR))
 
 
+def compose_train_cfg(overrides: list[str], output_dir: str | Path | None = None,
+                      config_name: str = "train.yaml") -> DictConfig:
+    """``configs/<config_name>`` composed with ``overrides`` outside the CLI, as ``train.py`` sees it: the Hydra
+    config is included and registered (run names, tags and ``${hydra:...}`` resolve), and with ``output_dir`` the
+    run's ``paths.output_dir`` and ``paths.log_dir`` point there. For scripts, benchmarks and tests."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name=config_name, overrides=list(overrides), return_hydra_config=True)
+    HydraConfig().set_config(cfg)
+    if output_dir is not None:
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(output_dir)
+            cfg.paths.log_dir = str(output_dir)
+    return cfg
+
+
 # -- sweeps: W&B grouping/tags, Optuna storage (configs/logger/wandb.yaml, configs/hparams_search/) ---------------
 def _hydra_cfg() -> Any:
     from hydra.core.hydra_config import HydraConfig
