@@ -38,14 +38,9 @@ TITLES = {"discrete": "discrete", "cont_softmax": "continuous softmax", "cont_sp
 
 
 def load(ckpt: str):
-    from mmfusion.build import build_datamodule, build_module
-    from mmfusion.eval import load_run_config
+    from mmfusion.eval import load_trained
 
-    cfg = load_run_config(ckpt)
-    dm = build_datamodule(cfg)
-    module = build_module(cfg, dm)
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
-    module.load_state_dict(state, strict=False)
+    module, dm = load_trained(ckpt, strict=False)
     return module.net.eval(), dm
 
 

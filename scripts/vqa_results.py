@@ -19,10 +19,9 @@ import torch
 
 
 def main(argv: list[str] | None = None) -> int:
-    from mmfusion.build import build_datamodule, build_module
     from mmfusion.data.vqa2 import VQA2DataModule
     from mmfusion.errors import MMFusionError
-    from mmfusion.eval import load_run_config
+    from mmfusion.eval import load_trained
     from mmfusion.metrics.vqa import vqa_accuracy
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -31,13 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True, help="results JSON file to write")
     args = ap.parse_args(argv)
     try:
-        cfg = load_run_config(args.ckpt)
-        dm = build_datamodule(cfg)
+        module, dm = load_trained(args.ckpt)
         if not isinstance(dm, VQA2DataModule):
             raise MMFusionError(f"{args.ckpt}: trained on {type(dm).__name__}; vqa_results needs data=vqa2")
-        module = build_module(cfg, dm)
-        state = torch.load(args.ckpt, map_location="cpu", weights_only=False)["state_dict"]
-        module.load_state_dict(state)
     except MMFusionError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -27,14 +27,28 @@ log = logging.getLogger(__name__)
 CONFIG_DIR = runtime.CONFIG_DIR
 
 
-def load_run_config(ckpt_path: str) -> DictConfig:
+def read_checkpoint(ckpt_path: str | Path) -> tuple[dict[str, Any], DictConfig]:
+    """The checkpoint (read once) and the run config stored in it (``mmfusion_cfg``)."""
     path = Path(ckpt_path)
     if not path.is_file():
         raise MMFusionError(f"ckpt_path: file not found: {ckpt_path}")
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
     if "mmfusion_cfg" not in ckpt:
         raise MMFusionError(f"{ckpt_path}: not an mmfusion checkpoint (no 'mmfusion_cfg' key)")
-    return OmegaConf.create(ckpt["mmfusion_cfg"])
+    return ckpt, OmegaConf.create(ckpt["mmfusion_cfg"])
+
+
+def load_run_config(ckpt_path: str) -> DictConfig:
+    return read_checkpoint(ckpt_path)[1]
+
+
+def load_trained(ckpt_path: str | Path, strict: bool = True) -> tuple[Any, Any]:
+    """(module with the checkpoint's weights, datamodule), both rebuilt from the config stored in the checkpoint."""
+    ckpt, cfg = read_checkpoint(ckpt_path)
+    dm = build_datamodule(cfg)
+    module = build_module(cfg, dm)
+    module.load_state_dict(ckpt["state_dict"], strict=strict)
+    return module, dm
 
 
 def evaluate(cfg: DictConfig, corrupt: str | None = None) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -321,18 +321,17 @@ def evaluate_suite(cfg: DictConfig) -> dict[str, Any]:
     import lightning.pytorch as pl
 
     from mmfusion.build import build_datamodule, build_module
-    from mmfusion.eval import load_run_config
+    from mmfusion.eval import read_checkpoint
     from mmfusion.utils.instantiate import instantiate_dict
 
     ev = cfg.get("eval") or {}
     suite = load_suite(ev.get("robustness"))
-    run_cfg = load_run_config(cfg.ckpt_path)
+    ck, run_cfg = read_checkpoint(cfg.ckpt_path)
     run_cfg.data = OmegaConf.merge(run_cfg.data, ev.get("data") or {})
     run_cfg.eval = {"corrupt": None}
     pl.seed_everything(int(cfg.get("seed", 1234)), workers=True, verbose=False)
     dm = build_datamodule(run_cfg)
     module = build_module(run_cfg, dm)
-    ck = torch.load(cfg.ckpt_path, map_location="cpu", weights_only=False)
     module.load_state_dict(ck["state_dict"])
     module.to(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     loggers = list(instantiate_dict(cfg.get("logger")).values())
