@@ -37,14 +37,8 @@ def maps(kind: str, g: torch.Generator) -> torch.Tensor:
 
 
 def _at_angles(mu, sigma, basis, a0, a1):
-    from mmfusion.attention.linalg2 import det2, inv2, sqrtm2
-
-    dets = det2(sigma)
-    c2 = 2.0 / torch.sqrt(math.pi * dets.sqrt())
-    root = sqrtm2(sigma)
-    mt = torch.einsum("bij,bnj->bni", inv2(root), basis.centres[None] - mu[:, None]) / c2.sqrt()[:, None, None]
-    prec = c2[:, None, None, None] * (root[:, None] @ inv2(basis.variances)[None] @ root[:, None])
-    detp = c2[:, None] ** 2 * dets[:, None] / det2(basis.variances)[None]
+    """The 2-D sparsemax integrand summed at the given angles with unit weights (the reference code's rule)."""
+    _, c2, _, mt, prec, detp = C._whiten(mu, sigma, basis.centres, basis.variances)
     q = prec[..., 0, 0, None] * a0 * a0 + 2 * prec[..., 0, 1, None] * a0 * a1 + prec[..., 1, 1, None] * a1 * a1
     pm = torch.einsum("bnij,bnj->bni", prec, mt)
     b = pm[..., 0, None] * a0 + pm[..., 1, None] * a1

@@ -67,6 +67,14 @@ def table(rows: list[dict]) -> tuple[str, dict]:
     return "\n".join(lines) + "\n", summary
 
 
+def write_table(jl: Path) -> str:
+    """easyvqa.{md,json} from every run in the jsonl; returns the Markdown."""
+    md, summary = table([json.loads(line) for line in jl.read_text().splitlines()])
+    (OUT / "easyvqa.md").write_text(md)
+    (OUT / "easyvqa.json").write_text(json.dumps(summary, indent=1))
+    return md
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--table-only", action="store_true", help="rewrite easyvqa.{md,json} from the jsonl, run nothing")
@@ -81,10 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     run_root.mkdir(parents=True, exist_ok=True)
     jl = OUT / "easyvqa_runs.jsonl"
     if args.table_only:
-        md, summary = table([json.loads(line) for line in jl.read_text().splitlines()])
-        (OUT / "easyvqa.md").write_text(md)
-        (OUT / "easyvqa.json").write_text(json.dumps(summary, indent=1))
-        print(md)
+        print(write_table(jl))
         return 0
     done = {(r["reg"], r["seed"]) for r in map(json.loads, jl.read_text().splitlines())} if jl.is_file() else set()
     todo = [(s, r) for s in args.seeds for r in args.regs if (r, s) not in done]  # seed-major: all regs first
@@ -94,10 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         row = run_one(reg, seed, run_root, args.extra)
         with jl.open("a") as f:
             f.write(json.dumps(row) + "\n")
-        rows = [json.loads(line) for line in jl.read_text().splitlines()]
-        md, summary = table(rows)
-        (OUT / "easyvqa.md").write_text(md)
-        (OUT / "easyvqa.json").write_text(json.dumps(summary, indent=1))
+        write_table(jl)
         print(f"{reg} seed {seed}: rc={row['returncode']} {row.get('test', {}).get('vqa_acc')} "
               f"({row['wall_s']:.0f}s)", flush=True)
 
