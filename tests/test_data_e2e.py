@@ -11,19 +11,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import open_dict
 
 try:
     from .data_fixtures import mnist_fixture, write_csd_dataset, write_mmsa, write_mult, write_urfunny
 except ImportError:  # tests/ is not a package
     from data_fixtures import mnist_fixture, write_csd_dataset, write_mmsa, write_mult, write_urfunny
 
-import mmfusion.utils.runtime  # noqa: F401  (registers the ${mmf_root:} resolver)
 from mmfusion.errors import DataError
 from mmfusion.train import train
+from mmfusion.utils.runtime import compose_train_cfg
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = ["trainer.max_epochs=1", "trainer.enable_progress_bar=false", "logger=none", "~callbacks.model_summary",
@@ -33,13 +30,7 @@ pytestmark = pytest.mark.slow
 
 
 def _train(overrides, tmp_path):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose(config_name="train.yaml", overrides=overrides, return_hydra_config=True)
-    HydraConfig().set_config(cfg)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(tmp_path / "run")
-        cfg.paths.log_dir = str(tmp_path / "run")
+    cfg = compose_train_cfg(overrides, tmp_path / "run")
     try:
         result, objs = train(cfg)
     finally:

@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from mmfusion.utils.runtime import CONFIG_DIR
+from mmfusion.utils.runtime import compose_train_cfg
 
 DIMS = {"text": 100, "audio": 73, "vision": 100}
 EXPERIMENTS = [f"{d}_{m}" for d in ("mosi", "mosei") for m in ("tfn", "lfn", "mfn", "ef_lstm", "magbert")]
 
 
-def _compose(overrides: list[str], hydra: bool = False):
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose("train.yaml", overrides=[*overrides, "paths.output_dir=/tmp/unused"], return_hydra_config=hydra)
+def _compose(overrides: list[str]):
+    return compose_train_cfg([*overrides, "paths.output_dir=/tmp/unused"])
 
 
 @pytest.mark.parametrize("exp", [e for e in EXPERIMENTS if not e.endswith("magbert")])
@@ -37,7 +35,7 @@ def test_magbert_experiments_wire_the_tokenizer_and_schedule() -> None:
 
 
 def test_synergy_grid_is_a_plain_basic_sweep() -> None:
-    cfg = _compose(["hparams_search=synergy_grid", "experiment=mosi_tfn"], hydra=True)
+    cfg = _compose(["hparams_search=synergy_grid", "experiment=mosi_tfn"])
     params = OmegaConf.to_container(cfg.hydra.sweeper.params)
     grid = [str(v).split(",") for v in params.values()]
     assert sorted(params) == ["data.batch_size", "optim.lr"]

@@ -12,10 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
 
 from mmfusion.train import train
-from mmfusion.utils.runtime import CONFIG_DIR
+from mmfusion.utils.runtime import compose_train_cfg
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mosi"
 
@@ -37,10 +36,8 @@ EPOCHS = {"tfn": 8, "lfn": 8, "mfn": 8, "ef_lstm": 8, "magbert": 4}  # MAG-BERT:
 
 
 def run(overrides: list[str], tmp_path: Path) -> dict:
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("train.yaml", overrides=[*overrides, f"paths.output_dir={tmp_path}", "logger=none",
-                                               "trainer.enable_progress_bar=false", "trainer.accelerator=cpu",
-                                               "callbacks.early_stopping.patience=100"])
+    cfg = compose_train_cfg([*overrides, "logger=none", "trainer.enable_progress_bar=false", "trainer.accelerator=cpu",
+                             "callbacks.early_stopping.patience=100"], tmp_path)
     result, objs = train(cfg)
     return result | {"datamodule": objs["datamodule"]}
 
