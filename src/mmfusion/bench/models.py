@@ -19,6 +19,7 @@ import json
 import resource
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -168,11 +169,9 @@ def build(name: str, data: str, impl: str = "ours", compile_mfn: bool = False) -
     raise ValueError(name)
 
 
-def measure(name: str, data: str, batch_size: int, impl: str, device: str, bf16: bool, seq_len: int,
-            repeats: int, warmup: int, compile_mfn: bool = False) -> dict[str, Any]:
-    torch.manual_seed(0)
-    model = build(name, data, impl, compile_mfn).to(device).train()
-    batch = make_batch(SHAPES[data], batch_size, seq_len, device, tokens=name == "magbert")
+def train_step(model: nn.Module, batch: dict, device: str, bf16: bool = False) -> Callable[[], None]:
+    """One benchmark step, the same for every implementation: forward (optionally under bf16 autocast), L1 loss,
+    backward, AdamW (defaults, lr 1e-4) step."""
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
     def step() -> None:
@@ -183,6 +182,15 @@ def measure(name: str, data: str, batch_size: int, impl: str, device: str, bf16:
         F.l1_loss(pred.float().reshape(-1), batch["y"]).backward()
         opt.step()
 
+    return step
+
+
+def measure(name: str, data: str, batch_size: int, impl: str, device: str, bf16: bool, seq_len: int,
+            repeats: int, warmup: int, compile_mfn: bool = False) -> dict[str, Any]:
+    torch.manual_seed(0)
+    model = build(name, data, impl, compile_mfn).to(device).train()
+    batch = make_batch(SHAPES[data], batch_size, seq_len, device, tokens=name == "magbert")
+    step = train_step(model, batch, device, bf16)
     step()
     device_sync(device)
     reset_peak(device)
@@ -208,17 +216,7 @@ def measure_pair(name: str, data: str, batch_size: int, device: str, seq_len: in
     for impl in ("ours", "mmsa"):
         torch.manual_seed(0)
         model = build(name, data, impl).to(device).train()
-        batch = make_batch(SHAPES[data], batch_size, seq_len, device)
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-
-        def step(model=model, batch=batch, opt=opt) -> None:
-            opt.zero_grad(set_to_none=True)
-            out = model(batch)
-            pred = out.prediction if hasattr(out, "prediction") else out
-            F.l1_loss(pred.reshape(-1), batch["y"]).backward()
-            opt.step()
-
-        steps[impl] = step
+        steps[impl] = train_step(model, make_batch(SHAPES[data], batch_size, seq_len, device), device)
     times: dict[str, list[float]] = {"ours": [], "mmsa": []}
     for r in range(warmup + repeats):
         for impl in ("ours", "mmsa") if r % 2 == 0 else ("mmsa", "ours"):
