@@ -126,7 +126,7 @@ def test_dropout_keep_is_torch_dropout(p: float, shape: tuple[int, int], dtype: 
 
 
 def test_post_fusion_fast_path_equals_dropout_then_linear() -> None:
-    """Training on CPU the head takes the dropout_noise + _DropoutLinear path: outputs, every gradient and the
+    """Training on CPU the head takes the dropout_keep + _DropoutLinear path: outputs, every gradient and the
     generator state must be those of the plain nn.Sequential (Dropout -> Linear -> ...)."""
     torch.manual_seed(0)
     head = PostFusionMLP(3 * 4 * 5 * 7, 8, 2, 0.3).train()
