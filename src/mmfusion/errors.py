@@ -12,3 +12,9 @@ class DataError(MMFusionError):
 
 class ConfigError(MMFusionError):
     """A config value is invalid."""
+
+
+class DivergenceError(MMFusionError):
+    """Training diverged: a non-finite training loss or validation metric. The message names the step, the value
+    and the likely cause (learning rate, NaN/inf in the data). Entry points print it on one line and exit 2; in a
+    multirun sweep the job (Optuna trial) is recorded as failed and the sweep goes on."""
