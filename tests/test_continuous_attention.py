@@ -342,6 +342,31 @@ def test_test_time_k_selection_and_histogram() -> None:
     assert torch.equal(g, torch.random.get_rng_state())  # private generator: the global RNG is untouched
 
 
+def test_k_selection_at_moderate_lambda_finds_two_blobs() -> None:
+    """Eq. 5.20 at lambda = 0.6 (thesis-style penalty on unit-mass weights): two separated blobs -> K = 2, one blob
+    -> K = 1, in the same batch (test-MCA, K_max = 5, 3 random inits, 20 EM iterations as Table 6.3).
+
+    Measured on these maps: the best K = 2 fit improves -2 sum w log p by 1.83 over K = 1 for the two blobs and by
+    0.015 for one blob; K = 4, 5 improve the two-blob fit by at most 0.48 over K = 2 for 2-3 more components, so
+    every lambda in (0.18, 1.83) separates the two cases."""
+    pos, two = _two_blobs()
+    d = pos - torch.tensor([0.5, 0.45], dtype=F64)
+    one = torch.exp(-0.5 * (d**2).sum(-1) / 0.01)
+    p = torch.stack([two, one / one.sum()])
+    pool = MCAPool(4, 4, 4, grid_shape=(14, 14), select_k=True, lam=0.6, k_max=5, n_inits=3, eval_iter=20,
+                   compute_dtype="float64").eval()
+    _, params = pool.fit_and_transform(p, pos[None].expand(2, -1, -1))
+    assert pool.k_histogram.tolist() == [1, 1, 0, 0, 0]
+    active = (params["pi"] > 1e-3).sum(-1).tolist()
+    assert active == [2, 1]
+    order = params["mu"][0, :2, 0].argsort()
+    assert torch.allclose(params["mu"][0, :2][order], torch.tensor([[0.25, 0.3], [0.75, 0.7]], dtype=F64), atol=0.02)
+    pool.reset_histogram()
+    pool.lam = 5.0  # the reference code's penalty: too large for unit-mass weights (notes sect. 4), K = 1 both
+    pool.fit_and_transform(p, pos[None].expand(2, -1, -1))
+    assert pool.k_histogram.tolist() == [2, 0, 0, 0, 0]
+
+
 # ------------------------------------------------------------------------------------------ degenerate input
 
 
@@ -480,3 +505,25 @@ def test_mca_train_random_k_uses_the_global_rng() -> None:
         pool(x, None)
         ks.add(pool.last_params["pi"].shape[1])
     assert ks <= {1, 2, 3, 4} and len(ks) > 1
+
+
+def test_test_mca_config_trains_continuous_softmax_and_selects_k_at_evaluation() -> None:
+    """experiment=easyvqa_test_mca (thesis' test-MCA): training computes exactly 2-D continuous softmax (K = 1),
+    evaluation chooses K in 1..5 with 20 EM iterations; EM defaults of reg=mca follow Table 6.3 (2 for 2-MCA)."""
+    from hydra.utils import instantiate
+
+    from mmfusion.utils.runtime import compose_train_cfg
+
+    cfg = compose_train_cfg(["experiment=easyvqa_test_mca"])
+    kw = cfg.reg.mca.pool_kwargs
+    assert (kw.k, kw.select_k, kw.k_max, kw.n_inits, kw.eval_iter) == (1, True, 5, 3, 20)
+    assert compose_train_cfg(["reg=mca"]).reg.mca.pool_kwargs.n_iter == 2
+    plugin = instantiate(cfg.reg.mca)
+    torch.manual_seed(0)
+    mca = MCAPool(8, 8, 6, dropout=0.0, grid_shape=(14, 14), **plugin.pool_kwargs)
+    soft = ContinuousSoftmaxPool(8, 8, 6, dropout=0.0, grid_shape=(14, 14))
+    soft.load_state_dict(mca.state_dict())
+    x = torch.randn(3, 196, 8)
+    torch.testing.assert_close(mca.train()(x), soft.train()(x))  # training: unimodal continuous softmax
+    mca.eval()(x)
+    assert int(mca.k_histogram.sum()) == 3  # evaluation: test-MCA chose a K for each example

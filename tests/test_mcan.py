@@ -69,7 +69,14 @@ def test_mhatt_equals_masked_scaled_dot_product() -> None:
     ref = torch.nn.functional.scaled_dot_product_attention(Q, K, V, attn_mask=valid[:, None, None, :])
     ref = att.linear_merge(ref.transpose(1, 2).reshape(2, 3, 16))
     torch.testing.assert_close(out, ref, atol=1e-6, rtol=1e-5)
-    assert Q.shape[-1] == 16 // 4 and math.isclose(1 / math.sqrt(4), 0.5)
+    # the scale is 1/sqrt(d_head) = 1/2 (MCAN), written out by hand; 1/sqrt(d_model) = 1/4 gives another output
+    def by_hand(scale: float) -> torch.Tensor:
+        s = (Q @ K.transpose(-1, -2)) * scale
+        a = torch.softmax(s.masked_fill(~valid[:, None, None, :], float("-inf")), -1)
+        return att.linear_merge((a @ V).transpose(1, 2).reshape(2, 3, 16))
+
+    torch.testing.assert_close(out, by_hand(1 / math.sqrt(16 // 4)), atol=1e-6, rtol=1e-5)
+    assert not torch.allclose(out, by_hand(1 / math.sqrt(16)), atol=1e-4)
 
 
 def test_padding_does_not_change_the_prediction() -> None:

@@ -12,6 +12,7 @@ from mmfusion.metrics.vqa import (
     accuracy_of_count,
     normalize_answer,
     official_accuracy,
+    official_targets,
     prep_ans,
     process_digit_article,
     process_punctuation,
@@ -96,3 +97,50 @@ def test_soft_accuracy_reads_the_argmax_score() -> None:
     np.testing.assert_allclose(soft_accuracy(pred, target), [1.0, 0.6])
     with pytest.raises(DataError):
         soft_accuracy(pred[:, :2], target)
+
+
+ADVERSARIAL = [
+    ["Two"] * 10,  # unanimous, un-normalised: the vocabulary's "2" scores 0 officially
+    ["two"] * 5 + ["2"] * 5,  # disagreeing: everything normalised, "2" scores 1
+    ["Yes"] * 10,  # unanimous capitalised: "yes" scores 0
+    [" yes\n"] * 10,  # white space always stripped: "yes" scores 1
+    ["a dog"] * 3 + ["the dog"] * 2 + ["cat"] * 5,  # articles dropped only because humans disagree
+    ["t-shirt"] * 4 + ["t shirt"] * 6,
+    ["1,000"] * 2 + ["1000"] * 3 + ["many"] * 5,
+    ["red"] * 3 + ["blue"] * 7,
+    ["none"] * 2 + ["0"] + ["zero"] * 7,
+    ["dog."] * 10,  # unanimous with punctuation: "dog" scores 0
+]
+VOCAB = ["2", "yes", "dog", "cat", "t shirt", "1000", "many", "red", "blue", "0", "no", "dog."]
+
+
+def test_official_targets_equal_the_official_evaluator_on_every_case() -> None:
+    """Entry (i, j) is official_accuracy(VOCAB[j], answers_i), adversarial and unanimous cases included."""
+    y = official_targets(ADVERSARIAL, VOCAB)
+    brute = np.array([[official_accuracy(a, gts) for a in VOCAB] for gts in ADVERSARIAL], dtype=np.float32)
+    np.testing.assert_allclose(y, brute, atol=1e-6)
+    assert y[0, VOCAB.index("2")] == 0.0 and y[1, VOCAB.index("2")] == 1.0  # the two cases MCAN's targets merge
+    assert y[2, VOCAB.index("yes")] == 0.0 and y[3, VOCAB.index("yes")] == 1.0
+    assert y[9, VOCAB.index("dog")] == 0.0 and y[9, VOCAB.index("dog.")] == 1.0
+
+
+def test_vqa_acc_from_official_targets_equals_vqa_accuracy_for_any_prediction() -> None:
+    """The checkpoint-selection metric (soft_accuracy on the valid targets) equals the official overall accuracy
+    for every prediction, where the MCAN-style normalised targets disagree on the adversarial cases."""
+    from mmfusion.data.vqa2 import soft_targets
+
+    anns = [_ann(i, gts, "other", "what") for i, gts in enumerate(ADVERSARIAL)]
+    y = official_targets(ADVERSARIAL, VOCAB)
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        scores = rng.normal(size=(len(ADVERSARIAL), len(VOCAB)))
+        answers = {i: VOCAB[j] for i, j in enumerate(scores.argmax(1))}
+        official = vqa_accuracy(answers, anns, ndigits=10)["overall"]
+        assert 100 * soft_accuracy(scores, y).mean() == pytest.approx(official, abs=1e-6)
+    # an oracle that always picks the best-scoring vocabulary answer under MCAN's normalised targets is
+    # over-credited by them and scored exactly by the official targets
+    mcan = soft_targets(anns, {a: j for j, a in enumerate(VOCAB)})
+    picks = mcan.argmax(1)
+    official = vqa_accuracy({i: VOCAB[j] for i, j in enumerate(picks)}, anns, ndigits=10)["overall"]
+    assert 100 * soft_accuracy(mcan, y).mean() == pytest.approx(official, abs=1e-6)
+    assert 100 * soft_accuracy(mcan, mcan).mean() > official + 5

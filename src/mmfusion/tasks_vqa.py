@@ -5,7 +5,8 @@ summed over the answer vocabulary and *averaged* over the batch -- MCAN sums ove
 leaves Adam's update unchanged up to its epsilon and keeps the logged loss comparable across batch sizes.
 
 Metrics (on a whole split): ``vqa_acc`` = 100 * mean of the soft score of the arg-max answer
-(:func:`mmfusion.metrics.vqa.soft_accuracy`, equal to the official accuracy for consistently normalised answers),
+(:func:`mmfusion.metrics.vqa.soft_accuracy`; with the targets of :func:`mmfusion.metrics.vqa.official_targets`, which
+the VQA-v2 datamodule uses for valid/test, it equals the official accuracy question by question),
 and ``vqa_acc_<type>`` per answer type. The per-question answer type is not in the batch layout, so a question's
 type is taken as the type of its highest-scored ground-truth answer (``answer_types[a]`` for each answer of the
 vocabulary, set by the datamodule from the annotations). The exact official per-type numbers come from

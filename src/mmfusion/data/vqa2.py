@@ -6,7 +6,10 @@
 * Answer vocabulary (MCAN ``utils/proc_ansdict.py``): ``prep_ans(multiple_choice_answer)`` over the annotation
   files in ``answer_vocab_from`` (default train + val, as MCAN's shipped list), answers with count
   ``> min_answer_count`` (8), in order of first appearance; or a given MCAN ``answer_dict.json``.
-* Targets: soft scores ``get_score(m)`` of the 10 human answers (:func:`mmfusion.metrics.vqa.soft_score`).
+* Targets: training, soft scores ``get_score(m)`` of the 10 human answers after ``prep_ans``
+  (:func:`mmfusion.metrics.vqa.soft_score`, MCAN); ``valid``/``test``, the official accuracy of every vocabulary
+  answer (:func:`mmfusion.metrics.vqa.official_targets`), so ``val/vqa_acc`` (checkpoint selection) and
+  ``test/vqa_acc`` equal the official evaluator question by question (unanimous answers un-normalised).
 * Questions: MCAN's tokeniser, max 14 tokens, token vocabulary over every question file given (plus VG), GloVe
   vectors from a text file when ``glove`` is set (random embedding otherwise).
 * Image features, one of:
@@ -41,7 +44,7 @@ from torch.utils.data import Dataset
 from mmfusion.data.base import MultimodalDataModule
 from mmfusion.data.vqa_text import build_token_vocab, encode_questions, load_glove
 from mmfusion.errors import ConfigError, DataError
-from mmfusion.metrics.vqa import prep_ans, soft_score, write_results
+from mmfusion.metrics.vqa import official_targets, prep_ans, soft_score, write_results
 from mmfusion.tasks_vqa import VQATask
 
 log = logging.getLogger(__name__)
@@ -382,7 +385,8 @@ class VQA2DataModule(MultimodalDataModule):
         if c["grid_shape"] is not None and self.store.grid_shape != tuple(c["grid_shape"]):
             raise ConfigError(f"data.grid_shape {tuple(c['grid_shape'])} != features' grid {self.store.grid_shape}")
 
-        def arrays(split: str, questions: list[dict], annotations: list[dict]) -> dict[str, np.ndarray]:
+        def arrays(split: str, questions: list[dict], annotations: list[dict],
+                   official: bool = False) -> dict[str, np.ndarray]:
             by_q = {int(a["question_id"]): a for a in annotations}
             missing = [q["question_id"] for q in questions if int(q["question_id"]) not in by_q]
             if missing:
@@ -395,7 +399,8 @@ class VQA2DataModule(MultimodalDataModule):
             ordered = [by_q[int(q["question_id"])] for q in questions]
             return {
                 "tokens": encode_questions((q["question"] for q in questions), self.token_vocab, c["max_tokens"]),
-                "y": soft_targets(ordered, ans_to_ix),
+                "y": (official_targets([[h["answer"] for h in a["answers"]] for a in ordered], self.answers)
+                      if official else soft_targets(ordered, ans_to_ix)),
                 "image": np.asarray([int(q["image_id"]) for q in questions], dtype=np.int64),
                 "qid": np.asarray([int(q["question_id"]) for q in questions], dtype=np.int64),
             }
@@ -408,7 +413,7 @@ class VQA2DataModule(MultimodalDataModule):
             log.info("vqa2: Visual Genome: %d of %d QA pairs kept (features + answer in vocabulary)",
                      int(keep.sum()), len(keep))
             train = {k: np.concatenate([train[k], vg[k][keep]]) for k in train}
-        val = arrays("val", qs["val"], anns["val"])
+        val = arrays("val", qs["val"], anns["val"], official=True)  # val/vqa_acc == the official evaluator
         self.annotations = {int(a["question_id"]): a for a in anns["val"]}
 
         # valid / test: disjoint sets of val images (seeded), so no image is seen by both

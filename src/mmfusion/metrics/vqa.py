@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -127,6 +127,38 @@ def official_accuracy(prediction: str, gt_answers: Sequence[str]) -> float:
         matches = sum(1 for j, g in enumerate(gts) if j != i and g == res)
         accs.append(min(1.0, matches / 3))
     return sum(accs) / len(accs)
+
+
+def official_targets(gt_answers: Sequence[Sequence[str]], vocabulary: Sequence[str]) -> np.ndarray:
+    """(N, A) float32: entry (i, j) is the official accuracy (:func:`official_accuracy`) of predicting
+    ``vocabulary[j]`` for question i with human answers ``gt_answers[i]``.
+
+    Evaluation targets, so that :func:`soft_accuracy` of any prediction equals the official evaluator question by
+    question -- including the case MCAN's training targets (:func:`soft_targets` in ``data/vqa2.py``, always
+    normalised by :func:`prep_ans`) get wrong: unanimous human answers are compared *un-normalised* (10 x "Two"
+    gives the vocabulary answer "2" an official accuracy of 0). Computed in closed form per distinct answer with
+    :func:`accuracy_of_count` instead of calling :func:`official_accuracy` A times per question.
+    """
+    vocab = [str(a) for a in vocabulary]
+    stripped_ix: dict[str, list[int]] = defaultdict(list)
+    normed_ix: dict[str, list[int]] = defaultdict(list)
+    for j, a in enumerate(vocab):
+        s = a.replace("\n", " ").replace("\t", " ").strip()
+        stripped_ix[s].append(j)
+        normed_ix[process_digit_article(process_punctuation(s))].append(j)
+    y = np.zeros((len(gt_answers), len(vocab)), dtype=np.float32)
+    for i, answers in enumerate(gt_answers):
+        gts = [g.replace("\n", " ").replace("\t", " ").strip() for g in answers]
+        if not gts:
+            raise DataError(f"official_targets: question {i} has no ground-truth answers")
+        unanimous = len(set(gts)) == 1
+        if not unanimous:
+            gts = [process_digit_article(process_punctuation(g)) for g in gts]
+        index = stripped_ix if unanimous else normed_ix
+        for ans, m in Counter(gts).items():
+            for j in index.get(ans, ()):
+                y[i, j] = accuracy_of_count(m, len(gts))
+    return y
 
 
 def vqa_accuracy(
