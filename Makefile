@@ -4,7 +4,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: help install test test-fast train eval lint format bench clean
+.PHONY: help install test test-fast train eval lint format bench docs clean
 
 help: ## list targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  %-12s %s\n", $$1, $$2}'
@@ -30,9 +30,12 @@ lint: ## ruff
 format: ## ruff format
 	$(BIN)/ruff format src tests scripts
 
+docs: ## build the documentation site into site/ (mkdocs-material + mkdocstrings; warnings are errors)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
 bench: ## training-step benchmark -> outputs/benchmark.json
 	$(BIN)/python scripts/benchmark.py
 
 clean: ## remove caches and build artefacts
-	rm -rf build dist *.egg-info .pytest_cache .ruff_cache
+	rm -rf build dist site *.egg-info .pytest_cache .ruff_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
