@@ -1,306 +1,342 @@
-"""Training-step throughput and peak memory of every fusion model at the real MOSI / MOSEI shapes.
+"""Training step of every sentiment model against the peer's own code: MMSA (``mmsa`` 2.2.1, the ``bench`` extra).
 
-Shapes: MMSA ``aligned_50`` (T = 50 word-aligned steps; text = 768-d BERT features, audio 5 / 74, vision 20 / 35
-for MOSI / MOSEI); MAG-BERT gets 50 word pieces instead of text features. Sizes: MMSA's per-dataset defaults
-(notes §1). One step = forward + L1 loss + backward + AdamW step; samples/s = batch / median step time. Peak
-memory: each configuration runs in a fresh subprocess; ``peak_rss_mb`` is its peak resident set, and
-``step_rss_mb`` the growth caused by the training steps (CUDA: peak allocated). With CUDA, a bf16-autocast row is
-added. Side by side (steps interleaved in one process, so machine-load drift hits both): the MMSA implementations of
-TFN (``torch.bmm`` fusion) and MFN (``LSTMCell`` loop with every network evaluated per step); MFN's step time
-against the sequence length (linear fit, R^2).
+For each model the benchmark builds MMSA's class (``MMSA.models.singleTask.{TFN,LMF,MFN,EF_LSTM}``) from MMSA's own
+``config_regression.json`` entry for the dataset, and our model at the same sizes, with the SAME number of
+trainable parameters (printed and asserted). One step = forward + L1 loss + backward + AdamW step (defaults,
+lr 1e-4) on the same random batch; MMSA's TFN/LMF get time-averaged audio/vision (B, 1, D) as its loader gives
+them, ours the same tensors. Steps of the two implementations alternate in one process (the order flips every
+round) and each round gives one ratio ``t_mmsa / t_ours``: the median and IQR of those per-round ratios are the
+figure of merit, robust to machine-load drift (the load average is recorded). Peak memory: each implementation
+runs a few steps in a fresh subprocess; ``step_rss_mb`` is the growth of the peak resident set caused by the steps
+(CUDA: peak allocated).
 
-    python -m mmfusion.bench.models --out docs/results/bench_models.json   (or scripts/benchmark.py --suite models)
+Shapes (issue 18): MOSI = 300/74/47 (GloVe / COVAREP / FACET, MulT-CMU release), batch 32; MOSEI = 768/74/35
+(MMSA BERT features), batch 64; T = 50 word-aligned steps, every sample at full length.
+
+    python -m mmfusion.bench.models --threads 1,2 --out docs/results/bench_models.json
+    python -m mmfusion.bench.models --scaling --out docs/results/bench_models_scaling.json   # + docs/figures PNG
+    python -m mmfusion.bench.models --device cuda [--bf16]                                   # GPU rows
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
-from collections.abc import Callable
+import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import nn
 
-from mmfusion.bench.core import device_sync, environment, peak_memory_mb, reset_peak, time_fn
+from mmfusion.bench.core import device_sync, environment
 
-SHAPES = {"mosi": {"text": 768, "audio": 5, "vision": 20}, "mosei": {"text": 768, "audio": 74, "vision": 35}}
+SHAPES = {"mosi": {"text": 300, "audio": 74, "vision": 47}, "mosei": {"text": 768, "audio": 74, "vision": 35}}
+BATCH = {"mosi": 32, "mosei": 64}
 SEQ_LEN = 50
-
-# MMSA config_regression.json per-dataset values (notes §1.1-1.4); MAG-BERT: released code (MiniLM offline).
-SIZES: dict[str, dict[str, dict[str, Any]]] = {
-    "tfn": {
-        "mosi": dict(hidden={"audio": 32, "vision": 128}, text_hidden=128, text_out=32, post_fusion_dim=64,
-                     dropout=0.3, post_fusion_dropout=0.5),
-        "mosei": dict(hidden={"audio": 16, "vision": 128}, text_hidden=128, text_out=128, post_fusion_dim=16,
-                      dropout=0.4, post_fusion_dropout=0.4),
-    },
-    "lfn": {
-        "mosi": dict(hidden={"audio": 16, "vision": 128}, text_hidden=128, text_out=64, rank=3, fusion_dim=None,
-                     dropout=0.3),
-        "mosei": dict(hidden={"audio": 16, "vision": 128}, text_hidden=128, text_out=64, rank=4, fusion_dim=None,
-                      dropout=0.2),
-    },
-    "mfn": {
-        "mosi": dict(hidden={"text": 256, "audio": 32, "vision": 256}, mem_dim=400, attn_hidden=32, attn_dropout=0.2,
-                     mem_hidden=64, mem_dropout=0.0, gamma1_hidden=256, gamma1_dropout=0.7, gamma2_hidden=32,
-                     gamma2_dropout=0.5, out_hidden=128, out_dropout=0.0),
-        "mosei": dict(hidden={"text": 128, "audio": 32, "vision": 128}, mem_dim=128, attn_hidden=128,
-                      attn_dropout=0.2, mem_hidden=128, mem_dropout=0.5, gamma1_hidden=256, gamma1_dropout=0.7,
-                      gamma2_hidden=256, gamma2_dropout=0.0, out_hidden=128, out_dropout=0.5),
-    },
-    "ef_lstm": {"mosi": dict(hidden=128, proj_dim=64, dropout=0.5), "mosei": dict(hidden=256, proj_dim=64, dropout=0.4)},
-    "magbert": {"mosi": dict(mag_dropout=0.3), "mosei": dict(mag_dropout=0.2)},
-}
+MODELS = ("tfn", "lfn", "mfn", "ef_lstm")
+MMSA_CLASS = {"tfn": "TFN", "lfn": "LMF", "mfn": "MFN", "ef_lstm": "EF_LSTM"}
+MMSA_KEY = {"tfn": "tfn", "lfn": "lmf", "mfn": "mfn", "ef_lstm": "ef_lstm"}
+AVERAGED_AV = ("tfn", "lfn")  # MMSA feeds these time-averaged audio/vision (need_normalized)
 
 
-class MMSATFN(nn.Module):
-    """MMSA ``TFN.forward``: fusion by two ``torch.bmm`` outer products, post-fusion ``nn.Dropout`` -> 3 ``nn.Linear``
-    with ReLU (MMSA's own layers, not our :class:`PostFusionMLP`), on our sub-networks (the same layers as MMSA's
-    ``SubNet`` / ``TextSubNet``). The output is left linear, as ours is at these sizes (no ``output_range``)."""
+def mmsa_params(name: str, data: str) -> dict[str, Any]:
+    """``datasetParams[data]`` of the model's entry in MMSA's packaged ``config_regression.json``."""
+    from importlib import resources
 
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.encoders = model.encoders
-        net = model.head.net  # same shapes and initial values as ours
-        self.post_fusion_dropout = nn.Dropout(net[0].p)
-        self.post_fusion_layer_1, self.post_fusion_layer_2, self.post_fusion_layer_3 = net[1], net[3], net[5]
-
-    def forward(self, batch: dict) -> Tensor:
-        z = self.encoders(batch)
-        b = z["text"].shape[0]
-        one = z["text"].new_ones(b, 1)
-        a, v, t = (torch.cat([one, z[k]], 1) for k in ("audio", "vision", "text"))
-        f = torch.bmm(a.unsqueeze(2), v.unsqueeze(1)).view(b, -1, 1)
-        f = torch.bmm(f, t.unsqueeze(1)).view(b, -1)
-        y = F.relu(self.post_fusion_layer_1(self.post_fusion_dropout(f)), inplace=True)
-        y = F.relu(self.post_fusion_layer_2(y), inplace=True)
-        return self.post_fusion_layer_3(y)
+    path = resources.files("MMSA") / "config" / "config_regression.json"
+    cfg = json.loads(path.read_text())
+    return dict(cfg[MMSA_KEY[name]]["datasetParams"][data])
 
 
-class MMSAMFN(nn.Module):
-    """MMSA ``MFN.forward``: LSTMCells stepped in Python, attention / memory / gate networks evaluated per step."""
+def build_mmsa(name: str, data: str, seq_len: int = SEQ_LEN) -> nn.Module:
+    """MMSA's own model class (imported lazily: ``import MMSA`` pulls in its whole runner)."""
+    import importlib
 
-    def __init__(self, dims: dict[str, int], hidden: dict[str, int], mem_dim: int, attn_hidden: int,
-                 attn_dropout: float, mem_hidden: int, mem_dropout: float, gamma1_hidden: int, gamma1_dropout: float,
-                 gamma2_hidden: int, gamma2_dropout: float, out_hidden: int, out_dropout: float, **_: Any) -> None:
-        super().__init__()
-        self.mods = tuple(dims)
-        self.cells = nn.ModuleDict({m: nn.LSTMCell(dims[m], hidden[m]) for m in self.mods})
-        s = sum(hidden.values())
-        self.hidden, self.mem_dim = hidden, mem_dim
-        self.att1_fc1, self.att1_fc2 = nn.Linear(2 * s, attn_hidden), nn.Linear(attn_hidden, 2 * s)
-        self.att2_fc1, self.att2_fc2 = nn.Linear(2 * s, mem_hidden), nn.Linear(mem_hidden, mem_dim)
-        self.g1_fc1, self.g1_fc2 = nn.Linear(2 * s + mem_dim, gamma1_hidden), nn.Linear(gamma1_hidden, mem_dim)
-        self.g2_fc1, self.g2_fc2 = nn.Linear(2 * s + mem_dim, gamma2_hidden), nn.Linear(gamma2_hidden, mem_dim)
-        self.out_fc1, self.out_fc2 = nn.Linear(s + mem_dim, out_hidden), nn.Linear(out_hidden, 1)
-        self.p = (attn_dropout, mem_dropout, gamma1_dropout, gamma2_dropout, out_dropout)
-
-    def forward(self, batch: dict) -> Tensor:
-        xs = {m: batch["x"][m].transpose(0, 1) for m in self.mods}
-        n, b = xs[self.mods[0]].shape[:2]
-        h = {m: xs[m].new_zeros(b, self.hidden[m]) for m in self.mods}
-        c = {m: xs[m].new_zeros(b, self.hidden[m]) for m in self.mods}
-        mem = xs[self.mods[0]].new_zeros(b, self.mem_dim)
-        p1, p2, p3, p4, p5 = self.p
-        for i in range(n):
-            prev = torch.cat([c[m] for m in self.mods], 1)
-            for m in self.mods:
-                h[m], c[m] = self.cells[m](xs[m][i], (h[m], c[m]))
-            cstar = torch.cat([prev, torch.cat([c[m] for m in self.mods], 1)], 1)
-            att = F.softmax(self.att1_fc2(F.dropout(F.relu(self.att1_fc1(cstar)), p1, self.training)), dim=1)
-            attended = att * cstar
-            chat = torch.tanh(self.att2_fc2(F.dropout(F.relu(self.att2_fc1(attended)), p2, self.training)))
-            both = torch.cat([attended, mem], 1)
-            g1 = torch.sigmoid(self.g1_fc2(F.dropout(F.relu(self.g1_fc1(both)), p3, self.training)))
-            g2 = torch.sigmoid(self.g2_fc2(F.dropout(F.relu(self.g2_fc1(both)), p4, self.training)))
-            mem = g1 * mem + g2 * chat
-        last = torch.cat([h[m] for m in self.mods] + [mem], 1)
-        return self.out_fc2(F.dropout(F.relu(self.out_fc1(last)), p5, self.training))
-
-
-def make_batch(dims: dict[str, int], b: int, t: int, device: str, tokens: bool = False) -> dict:
-    g = torch.Generator().manual_seed(0)
-    lens = torch.full((b,), t)  # aligned_50: every sample padded to 50; lengths = 50 (worst case)
-    batch = {"x": {m: torch.randn(b, t, d, generator=g).to(device) for m, d in dims.items()},
-             "lengths": {m: lens.to(device) for m in dims}, "y": torch.randn(b, generator=g).to(device)}
-    if tokens:
-        ids = torch.randint(1000, 29000, (b, t), generator=g)
-        ids[:, 0], ids[:, -1] = 101, 102
-        wi = torch.arange(t)[None, :].expand(b, t) - 1
-        wi[:, 0] = wi[:, -1] = -1
-        batch["tokens"] = {"input_ids": ids.to(device), "attention_mask": torch.ones(b, t, dtype=torch.long).to(device),
-                           "token_type_ids": torch.zeros(b, t, dtype=torch.long).to(device), "word_index": wi.to(device)}
-    return batch
-
-
-def build(name: str, data: str, impl: str = "ours", compile_mfn: bool = False) -> nn.Module:
+    mod = importlib.import_module(f"MMSA.models.singleTask.{MMSA_CLASS[name]}")
     dims = SHAPES[data]
-    kw = dict(SIZES[name][data])
-    if name == "tfn":
-        from mmfusion.models.tfn import TFN
+    args = SimpleNamespace(feature_dims=[dims["text"], dims["audio"], dims["vision"]], seq_lens=seq_len,
+                           train_mode="regression", num_classes=1, **mmsa_params(name, data))
+    return getattr(mod, MMSA_CLASS[name])(args)
 
-        m = TFN(input_dims=dims, output_dim=1, **kw)
-        return MMSATFN(m) if impl == "mmsa" else m
-    if name == "lfn":
+
+def build_ours(name: str, data: str, seq_len: int = SEQ_LEN) -> nn.Module:
+    """Our model at MMSA's sizes for ``data`` (order (text, audio, video) in MMSA's lists)."""
+    p, dims = mmsa_params(name, data), SHAPES[data]
+    if name in ("tfn", "lfn"):
+        (ht, ha, hv), (da, dv, _dt, dp) = p["hidden_dims"], p["dropouts"]
+        # MMSA's TextSubNet forces its dropout to 0 for a 1-layer LSTM (notes §1.1): ours gets that effective 0
+        drop = {"text": 0.0, "audio": da, "vision": dv}
+        if name == "tfn":
+            from mmfusion.models.tfn import TFN
+
+            return TFN(input_dims=dims, hidden={"audio": ha, "vision": hv}, text_hidden=ht, text_out=p["text_out"],
+                       dropout=drop, post_fusion_dim=p["post_fusion_dim"], post_fusion_dropout=dp,
+                       output_range=(-3.0, 3.0))
         from mmfusion.models.lfn import LFN
 
-        return LFN(input_dims=dims, output_dim=1, **kw)
+        return LFN(input_dims=dims, hidden={"audio": ha, "vision": hv}, text_hidden=ht, text_out=ht // 2,
+                   dropout=drop, rank=p["rank"], fusion_dim=None, post_fusion_dropout=dp)
     if name == "mfn":
-        if impl == "mmsa":
-            return MMSAMFN(dims, **kw)
         from mmfusion.models.mfn import MFN
 
-        return MFN(input_dims=dims, output_dim=1, compile=compile_mfn, **kw)
+        ht, ha, hv = p["hidden_dims"]
+        c = {k: p[f"{k}Config"] for k in ("NN1", "NN2", "gamma1", "gamma2", "out")}
+        return MFN(input_dims=dims, hidden={"text": ht, "audio": ha, "vision": hv}, mem_dim=p["memsize"],
+                   window=p["windowsize"], attn_hidden=c["NN1"]["shapes"], attn_dropout=c["NN1"]["drop"],
+                   mem_hidden=c["NN2"]["shapes"], mem_dropout=c["NN2"]["drop"],
+                   gamma1_hidden=c["gamma1"]["shapes"], gamma1_dropout=c["gamma1"]["drop"],
+                   gamma2_hidden=c["gamma2"]["shapes"], gamma2_dropout=c["gamma2"]["drop"],
+                   out_hidden=c["out"]["shapes"], out_dropout=c["out"]["drop"])
     if name == "ef_lstm":
         from mmfusion.models.ef_lstm import EFLSTM
 
-        return EFLSTM(input_dims=dims, output_dim=1, **kw)
-    if name == "magbert":
-        from mmfusion.models.magbert import MAGBERT
-
-        return MAGBERT(input_dims=dims, output_dim=1, **kw)
-    raise ValueError(name)
+        return EFLSTM(input_dims=dims, proj_dim=None, hidden=p["hidden_dims"], num_layers=p["num_layers"],
+                      dropout=p["dropout"], seq_norm=seq_len)
+    raise ValueError(f"unknown model {name!r}; expected one of {MODELS}")
 
 
-def train_step(model: nn.Module, batch: dict, device: str, bf16: bool = False) -> Callable[[], None]:
-    """One benchmark step, the same for every implementation: forward (optionally under bf16 autocast), L1 loss,
-    backward, AdamW (defaults, lr 1e-4) step."""
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+def n_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def make_inputs(name: str, data: str, batch: int, seq_len: int, device: str) -> tuple[dict, tuple]:
+    """(our batch, MMSA's (text, audio, video)) holding the same tensors."""
+    g = torch.Generator().manual_seed(0)
+    dims = SHAPES[data]
+    x = {}
+    for m, d in dims.items():
+        t = 1 if (name in AVERAGED_AV and m != "text") else seq_len
+        x[m] = torch.randn(batch, t, d, generator=g).to(device)
+    lens = {m: torch.full((batch,), v.shape[1], dtype=torch.long, device=device) for m, v in x.items()}
+    ours = {"x": x, "lengths": lens, "y": torch.randn(batch, generator=g).to(device)}
+    return ours, (x["text"], x["audio"], x["vision"])
+
+
+def make_step(model: nn.Module, inputs: Any, y: torch.Tensor, device: str, bf16: bool = False):
+    """forward (optionally bf16 autocast) + L1 + backward + AdamW step; the same for both implementations."""
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    mmsa = isinstance(inputs, tuple)
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)
         with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
-            out = model(batch)
-            pred = out.prediction if hasattr(out, "prediction") else out
-        F.l1_loss(pred.float().reshape(-1), batch["y"]).backward()
+            out = model(*inputs) if mmsa else model(inputs)
+            pred = out["M"] if mmsa else out.prediction
+        F.l1_loss(pred.float().reshape(-1), y).backward()
         opt.step()
 
     return step
 
 
-def measure(name: str, data: str, batch_size: int, impl: str, device: str, bf16: bool, seq_len: int,
-            repeats: int, warmup: int, compile_mfn: bool = False) -> dict[str, Any]:
-    torch.manual_seed(0)
-    model = build(name, data, impl, compile_mfn).to(device).train()
-    batch = make_batch(SHAPES[data], batch_size, seq_len, device, tokens=name == "magbert")
-    step = train_step(model, batch, device, bf16)
+def _timed(step, device: str) -> float:
+    t0 = time.perf_counter()
     step()
     device_sync(device)
-    reset_peak(device)
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-    t = time_fn(step, warmup=warmup, repeats=repeats, device=device)
-    peak = peak_memory_mb(device)
-    row = {"model": name, "impl": impl, "data": data, "batch": batch_size, "seq_len": seq_len, "device": device,
-           "bf16": bf16, "compile": compile_mfn, "params": sum(p.numel() for p in model.parameters()),
-           "step_ms": round(t["median_ms"], 2), "step_ms_iqr": [round(t["p25_ms"], 2), round(t["p75_ms"], 2)],
-           "samples_per_s": round(batch_size / (t["median_ms"] / 1e3), 1)}
-    if torch.device(device).type == "cuda":
-        row["peak_cuda_mb"] = round(peak, 1)
-    else:
-        row["peak_rss_mb"] = round(peak, 1)
-        row["step_rss_mb"] = round(peak - base, 1)
-    return row
+    return (time.perf_counter() - t0) * 1e3
 
 
-def measure_pair(name: str, data: str, batch_size: int, device: str, seq_len: int, repeats: int,
-                 warmup: int) -> dict[str, Any]:
-    """Ours vs the MMSA implementation, steps interleaved in one process (load drift hits both equally)."""
-    steps = {}
+def pair(model: str, data: str, batch: int | None = None, seq_len: int = SEQ_LEN, threads: int = 1,
+         device: str = "cpu", bf16: bool = False, rounds: int = 15, warmup: int = 3) -> dict[str, Any]:
+    """Ours vs MMSA, steps interleaved (order flipped every round); median / IQR of per-round ratios."""
+    torch.set_num_threads(threads)
+    name, batch = model, batch or BATCH[data]
+    steps, params = {}, {}
     for impl in ("ours", "mmsa"):
         torch.manual_seed(0)
-        model = build(name, data, impl).to(device).train()
-        steps[impl] = train_step(model, make_batch(SHAPES[data], batch_size, seq_len, device), device)
+        net = (build_ours if impl == "ours" else build_mmsa)(name, data, seq_len).to(device).train()
+        params[impl] = n_params(net)
+        ours_in, mmsa_in = make_inputs(name, data, batch, seq_len, device)
+        steps[impl] = make_step(net, ours_in if impl == "ours" else mmsa_in, ours_in["y"], device, bf16)
+    print(f"params {name} {data}: ours {params['ours']:,} mmsa {params['mmsa']:,}", file=sys.stderr, flush=True)
+    assert params["ours"] == params["mmsa"], f"{name}/{data}: parameter counts differ {params}"
+    load0 = os.getloadavg()
     times: dict[str, list[float]] = {"ours": [], "mmsa": []}
-    for r in range(warmup + repeats):
+    for r in range(warmup + rounds):
         for impl in ("ours", "mmsa") if r % 2 == 0 else ("mmsa", "ours"):
-            t = time_fn(steps[impl], warmup=0, repeats=1, device=device)["median_ms"]
+            t = _timed(steps[impl], device)
             if r >= warmup:
                 times[impl].append(t)
-    med = {k: float(np.median(v)) for k, v in times.items()}
-    return {"model": name, "impl": "ours vs mmsa (interleaved)", "data": data, "batch": batch_size,
-            "seq_len": seq_len, "device": device, "step_ms_ours": round(med["ours"], 2),
-            "step_ms_mmsa": round(med["mmsa"], 2), "min_ms_ours": round(min(times["ours"]), 2),
-            "min_ms_mmsa": round(min(times["mmsa"]), 2), "speedup_median": round(med["mmsa"] / med["ours"], 3),
-            "speedup_min": round(min(times["mmsa"]) / min(times["ours"]), 3)}
+    ratio = np.asarray(times["mmsa"]) / np.asarray(times["ours"])
+    return {"model": name, "data": data, "batch": batch, "seq_len": seq_len, "threads": threads, "device": device,
+            "bf16": bf16, "params": params["ours"], "rounds": rounds, "warmup": warmup,
+            "ms_ours": round(float(np.median(times["ours"])), 2), "ms_mmsa": round(float(np.median(times["mmsa"])), 2),
+            "ratio_median": round(float(np.median(ratio)), 3),
+            "ratio_iqr": [round(float(np.percentile(ratio, 25)), 3), round(float(np.percentile(ratio, 75)), 3)],
+            "ratios": [round(float(v), 3) for v in ratio],
+            "loadavg_start": [round(v, 2) for v in load0], "loadavg_end": [round(v, 2) for v in os.getloadavg()]}
 
 
-def _child(spec: dict[str, Any]) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "mmfusion.bench.models", "--one", json.dumps(spec)]
+def memory(model: str, data: str, impl: str, batch: int | None = None, seq_len: int = SEQ_LEN, threads: int = 1,
+           device: str = "cpu", steps: int = 3) -> dict[str, Any]:
+    """Peak memory of ``steps`` training steps of one implementation (run it in a fresh process)."""
+    torch.set_num_threads(threads)
+    name, batch = model, batch or BATCH[data]
+    torch.manual_seed(0)
+    net = (build_ours if impl == "ours" else build_mmsa)(name, data, seq_len).to(device).train()
+    ours_in, mmsa_in = make_inputs(name, data, batch, seq_len, device)
+    step = make_step(net, ours_in if impl == "ours" else mmsa_in, ours_in["y"], device)
+    row = {"model": name, "data": data, "impl": impl, "batch": batch, "seq_len": seq_len, "device": device}
+    if torch.device(device).type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        for _ in range(steps):
+            step()
+        return {**row, "step_peak_mb": round((torch.cuda.max_memory_allocated() - base) / 2**20, 1)}
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    for _ in range(steps):
+        step()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    return {**row, "step_peak_mb": round(peak - base, 1), "peak_rss_mb": round(peak, 1)}
+
+
+def _child(kind: str, spec: dict[str, Any]) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "mmfusion.bench.models", "--child", kind, json.dumps(spec)]
     res = subprocess.run(cmd, capture_output=True, text=True)
+    sys.stderr.write(res.stderr if res.returncode else "".join(
+        ln + "\n" for ln in res.stderr.splitlines() if ln.startswith("params")))
     if res.returncode != 0:
-        return {**spec, "error": res.stderr.strip().splitlines()[-1] if res.stderr.strip() else "failed"}
-    return json.loads(res.stdout.strip().splitlines()[-1])
+        err = res.stderr.strip().splitlines()
+        return {**spec, "kind": kind, "error": err[-1] if err else "failed"}
+    return {"kind": kind, **json.loads(res.stdout.strip().splitlines()[-1])}
 
 
-def linear_fit(x: list[float], y: list[float]) -> dict[str, float]:
-    a, b = np.polyfit(np.asarray(x, float), np.asarray(y, float), 1)
-    pred = a * np.asarray(x) + b
-    ss_res = float(((np.asarray(y) - pred) ** 2).sum())
-    ss_tot = float(((np.asarray(y) - np.mean(y)) ** 2).sum())
-    return {"slope_ms_per_step": float(a), "intercept_ms": float(b), "r2": 1.0 - ss_res / ss_tot if ss_tot else 1.0}
+def _jsonl_rows(path: Path | None) -> list[dict]:
+    if path is None or not path.exists():
+        return []
+    return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
 
 
-def run(args: Any) -> list[dict]:
-    device = getattr(args, "device", None) or ("cuda" if torch.cuda.is_available() else "cpu")
-    models = (getattr(args, "models", None) or "tfn,lfn,mfn,ef_lstm,magbert").split(",")
-    repeats, warmup = int(getattr(args, "repeats", 5) or 5), int(getattr(args, "warmup", 2) or 2)
-    batches = [int(b) for b in str(getattr(args, "batches", "32,64") or "32,64").split(",")]
-    rows: list[dict] = []
-    base = dict(device=device, seq_len=SEQ_LEN, repeats=repeats, warmup=warmup, bf16=False, impl="ours")
-    for name in models:
-        for data in ("mosi", "mosei"):
-            for b in batches:
-                specs = [dict(base, name=name, data=data, batch_size=b)]
-                if name in ("tfn", "mfn"):
-                    specs.append(dict(base, name=name, data=data, batch_size=b, impl="pair"))
-                if device == "cuda":
-                    specs.append(dict(base, name=name, data=data, batch_size=b, bf16=True))
-                for s in specs:
-                    rows.append(_child(s))
-                    print(json.dumps(rows[-1]), flush=True)
-    if "mfn" in models:
-        lens = [25, 50, 100, 200]
-        pts = [_child(dict(base, name="mfn", data="mosi", batch_size=32, seq_len=t, impl="pair")) for t in lens]
-        ok = [p for p in pts if "step_ms_ours" in p]
-        for impl in ("ours", "mmsa"):
-            ys = [p[f"step_ms_{impl}"] for p in ok]
-            fit = linear_fit([p["seq_len"] for p in ok], ys) if len(ok) > 2 else {}
-            rows.append({"model": "mfn", "impl": impl, "scaling": "step_ms vs seq_len", "device": device,
-                         "points": {p["seq_len"]: p[f"step_ms_{impl}"] for p in ok}, **fit})
-            print(json.dumps(rows[-1]), flush=True)
+def _key(r: dict) -> tuple:
+    return (r.get("kind"), r.get("model"), r.get("data"), r.get("impl"), r.get("threads"), r.get("batch"),
+            r.get("seq_len"), r.get("bf16"), r.get("device"))
+
+
+def run_specs(specs: list[tuple[str, dict]], raw: Path | None) -> list[dict]:
+    """Run each (kind, spec) in a fresh process; resumable: rows already in ``raw`` (JSONL) are reused."""
+    done = {_key(r): r for r in _jsonl_rows(raw) if "error" not in r}
+    rows = []
+    for kind, spec in specs:
+        k = _key({"kind": kind, **spec})
+        if k in done:
+            rows.append(done[k])
+            continue
+        row = _child(kind, spec)
+        print(json.dumps(row), flush=True)
+        if raw is not None and "error" not in row:
+            raw.parent.mkdir(parents=True, exist_ok=True)
+            with raw.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+        rows.append(row)
     return rows
+
+
+def scaling_specs(models: list[str], device: str, rounds: int) -> list[tuple[str, dict]]:
+    """Step time vs T (batch 32) and vs batch (T = 50), MOSI sizes, ours and MMSA interleaved."""
+    pts = [(t, 32) for t in (25, 50, 100, 200)] + [(50, b) for b in (16, 64, 128)]
+    return [("pair", dict(model=m, data="mosi", batch=b, seq_len=t, threads=1, device=device, bf16=False,
+                          rounds=rounds, warmup=1)) for m in models for t, b in pts]
+
+
+def plot_scaling(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    colors = dict(zip(MODELS, ("C0", "C1", "C2", "C3")))
+    for ax, (var, fixed, label) in zip(axes, (("seq_len", ("batch", 32), "sequence length T (batch 32)"),
+                                              ("batch", ("seq_len", 50), "batch size (T = 50)"))):
+        for m in MODELS:
+            pts = sorted((r[var], r["ms_ours"], r["ms_mmsa"]) for r in rows
+                         if r.get("model") == m and r.get(fixed[0]) == fixed[1] and "ms_ours" in r)
+            if not pts:
+                continue
+            x = [p[0] for p in pts]
+            ax.plot(x, [p[1] for p in pts], "-o", color=colors[m], label=f"{m} (ours)")
+            ax.plot(x, [p[2] for p in pts], "--s", color=colors[m], alpha=0.6, label=f"{m} (MMSA)")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel(label)
+        ax.set_ylabel("training step (ms, median)")
+        ax.grid(alpha=0.3, which="both")
+    axes[0].legend(fontsize=7, ncol=2)
+    fig.suptitle("MOSI sizes (300/74/47), 1 thread, CPU: forward + L1 + backward + AdamW; ours vs MMSA 2.2.1",
+                 fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", default="tfn,lfn,mfn,ef_lstm,magbert")
-    p.add_argument("--batches", default="32,64")
-    p.add_argument("--device", default=None)
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--models", default=",".join(MODELS))
+    p.add_argument("--data", default="mosi,mosei")
+    p.add_argument("--threads", default="1,2")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--bf16", action="store_true", help="also bf16-autocast rows (CUDA)")
+    p.add_argument("--rounds", type=int, default=15)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--no-memory", action="store_true")
+    p.add_argument("--scaling", action="store_true", help="step time vs T and batch (+ PNG next to --figure)")
+    p.add_argument("--figure", default="docs/figures/bench_models_scaling.png")
+    p.add_argument("--raw", default=None, help="JSONL of raw rows (resumable); default <out>.jsonl")
     p.add_argument("--out", default=None)
-    p.add_argument("--one", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--child", nargs=2, default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
-    if a.one:
-        s = json.loads(a.one)
-        if s["impl"] == "pair":
-            print(json.dumps(measure_pair(s["name"], s["data"], s["batch_size"], s["device"], s["seq_len"],
-                                          s["repeats"], s["warmup"])))
-            return
-        print(json.dumps(measure(s["name"], s["data"], s["batch_size"], s["impl"], s["device"], s["bf16"],
-                                 s["seq_len"], s["repeats"], s["warmup"], s.get("compile", False))))
+    if a.child:
+        kind, spec = a.child[0], json.loads(a.child[1])
+        print(json.dumps(pair(**spec) if kind == "pair" else memory(**spec)))
         return
-    rows = run(a)
+    models = a.models.split(",")
+    raw = Path(a.raw) if a.raw else (Path(a.out).with_suffix(".jsonl") if a.out else None)
+    if a.scaling:
+        specs = scaling_specs(models, a.device, max(3, a.rounds // 5))
+    else:
+        specs = []
+        bf16s = (False, True) if a.bf16 else (False,)
+        for m in models:
+            for d in a.data.split(","):
+                for th in (int(t) for t in a.threads.split(",")):
+                    for bf in bf16s:
+                        specs.append(("pair", dict(model=m, data=d, batch=BATCH[d], seq_len=SEQ_LEN, threads=th,
+                                                   device=a.device, bf16=bf, rounds=a.rounds, warmup=a.warmup)))
+                if not a.no_memory:
+                    specs += [("memory", dict(model=m, data=d, impl=i, batch=BATCH[d], seq_len=SEQ_LEN, threads=1,
+                                              device=a.device)) for i in ("ours", "mmsa")]
+    rows = run_specs(specs, raw)
+    if a.scaling:
+        plot_scaling(rows, Path(a.figure))
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(json.dumps({"environment": environment(), "rows": rows}, indent=1))
+        Path(a.out).write_text(json.dumps({"environment": environment(), "mmsa": _mmsa_version(),
+                                           "rows": rows}, indent=1))
+
+
+def _mmsa_version() -> str | None:
+    try:
+        from importlib.metadata import version
+
+        return version("mmsa")
+    except Exception:  # pragma: no cover - bench extra not installed
+        return None
+
+
+def run(args: Any) -> list[dict]:
+    """``scripts/benchmark.py --suite models``: the interleaved pairs at 1 thread (all models, both shapes)."""
+    device = getattr(args, "device", "cpu") or "cpu"
+    specs = [("pair", dict(model=m, data=d, batch=BATCH[d], seq_len=SEQ_LEN, threads=1, device=device, bf16=False,
+                           rounds=int(getattr(args, "repeats", 10) or 10), warmup=3))
+             for m in MODELS for d in ("mosi", "mosei")]
+    return run_specs(specs, None)
 
 
 if __name__ == "__main__":
