@@ -1,0 +1,119 @@
+"""The sped-up fusion models compute what they computed before (issue 18): outputs, every parameter gradient and
+the random-generator state after a training step equal those of the frozen pre-speed-up code
+(``tests/frozen_v0``, copied from the package before the change) on the same weights, inputs and seed, in
+training mode (dropout active), with full-length and with padded batches, in float32 and float64."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mmfusion.models.ef_lstm import EFLSTM
+from mmfusion.models.lfn import LFN
+from mmfusion.models.mfn import MFN
+from mmfusion.models.tfn import TFN
+
+from .frozen_v0.ef_lstm import EFLSTM as EFLSTM0
+from .frozen_v0.lfn import LFN as LFN0
+from .frozen_v0.mfn import MFN as MFN0
+from .frozen_v0.tfn import TFN as TFN0
+
+DIMS = {"text": 12, "audio": 5, "vision": 7}
+
+CASES = {
+    "tfn": (TFN, TFN0, dict(hidden={"audio": 4, "vision": 6}, text_hidden=10, text_out=5, dropout=0.3,
+                            post_fusion_dim=8, post_fusion_dropout=0.4)),
+    "tfn_range": (TFN, TFN0, dict(hidden=4, text_hidden=8, text_out=3, dropout={"text": 0.0, "audio": 0.2,
+                                                                                "vision": 0.5},
+                                  post_fusion_dim=6, post_fusion_dropout=0.5, output_range=(-3.0, 3.0))),
+    "lfn": (LFN, LFN0, dict(hidden=4, text_hidden=10, text_out=5, dropout=0.3, rank=3, fusion_dim=6,
+                            post_fusion_dropout=0.2)),
+    "lfn_code": (LFN, LFN0, dict(hidden={"audio": 3, "vision": 5}, text_hidden=8, text_out=4, dropout=0.2, rank=2,
+                                 fusion_dim=None)),
+    "mfn": (MFN, MFN0, dict(hidden={"text": 9, "audio": 4, "vision": 6}, mem_dim=7, attn_hidden=5,
+                            attn_dropout=0.2, mem_hidden=6, mem_dropout=0.3, gamma1_hidden=8, gamma1_dropout=0.7,
+                            gamma2_hidden=5, gamma2_dropout=0.5, out_hidden=6, out_dropout=0.4)),
+    "mfn_nogatemem": (MFN, MFN0, dict(hidden=5, mem_dim=6, gates_see_memory=False, gamma1_dropout=0.3,
+                                      gamma2_dropout=0.0, mem_dropout=0.0, attn_dropout=0.1)),
+    "mfn_window3": (MFN, MFN0, dict(hidden={"text": 6, "audio": 3, "vision": 4}, mem_dim=5, window=3,
+                                    gamma1_dropout=0.0, gamma2_dropout=0.0)),
+    "ef_lstm": (EFLSTM, EFLSTM0, dict(proj_dim=6, hidden=9, dropout=0.4)),
+    "ef_lstm_deep": (EFLSTM, EFLSTM0, dict(proj_dim=None, hidden=7, num_layers=3, dropout=0.3, input_dropout=0.1)),
+    "ef_lstm_attn": (EFLSTM, EFLSTM0, dict(proj_dim=5, hidden=8, pooling="attention")),
+}
+
+
+def _batch(b: int, t: int, padded: bool, dtype: torch.dtype, averaged_av: bool = False) -> dict:
+    g = torch.Generator().manual_seed(3)
+    x, lens = {}, {}
+    lengths = torch.randint(2, t + 1, (b,), generator=g) if padded else torch.full((b,), t)
+    lengths[0] = t
+    for m, d in DIMS.items():
+        steps = 1 if (averaged_av and m != "text") else t
+        v = torch.randn(b, steps, d, generator=g, dtype=dtype)
+        if steps > 1:
+            v[torch.arange(steps)[None, :] >= lengths[:, None]] = 0.0
+        x[m] = v
+        lens[m] = lengths.clone() if steps > 1 else torch.ones(b, dtype=torch.long)
+    return {"x": x, "lengths": lens, "y": torch.randn(b, generator=g, dtype=dtype)}
+
+
+def _run(model: torch.nn.Module, batch: dict, seed: int) -> tuple[dict, dict, torch.Tensor]:
+    torch.manual_seed(seed)
+    out = model(batch)
+    loss = (out.prediction.reshape(-1) - batch["y"]).abs().mean() + 0.1 * out.fused.pow(2).mean()
+    loss = loss + sum(0.01 * z.pow(2).mean() for z in out.unimodal.values())
+    model.zero_grad(set_to_none=True)
+    loss.backward()
+    outs = {"prediction": out.prediction, "fused": out.fused, **{f"z_{m}": z for m, z in out.unimodal.items()}}
+    grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+    return {k: v.detach() for k, v in outs.items()}, grads, torch.get_rng_state()
+
+
+def _check(case: str, padded: bool, dtype: torch.dtype, b: int = 6, t: int = 9, averaged_av: bool = False) -> None:
+    new_cls, old_cls, kw = CASES[case]
+    torch.manual_seed(0)
+    new = new_cls(input_dims=DIMS, output_dim=1, **kw).to(dtype)
+    old = old_cls(input_dims=DIMS, output_dim=1, **kw).to(dtype)
+    old.load_state_dict(new.state_dict())
+    new.train()
+    old.train()
+    batch = _batch(b, t, padded, dtype, averaged_av)
+    o_new, g_new, rng_new = _run(new, batch, seed=11)
+    o_old, g_old, rng_old = _run(old, batch, seed=11)
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-12)
+    assert o_new.keys() == o_old.keys()
+    for k in o_old:
+        torch.testing.assert_close(o_new[k], o_old[k], **tol, msg=lambda m, k=k: f"{case} output {k}: {m}")
+    assert g_new.keys() == g_old.keys()
+    for k in g_old:
+        assert (g_new[k] is None) == (g_old[k] is None), k
+        if g_old[k] is not None:
+            torch.testing.assert_close(g_new[k], g_old[k], **tol, msg=lambda m, k=k: f"{case} grad {k}: {m}")
+    assert torch.equal(rng_new, rng_old), f"{case}: the random draws differ (dropout masks)"
+    # the comparison is not vacuous: the step produced non-zero gradients everywhere that trains
+    assert sum(float(g.abs().sum()) for g in g_new.values() if g is not None) > 0
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("padded", [False, True], ids=["full", "padded"])
+def test_same_as_before_float32(case: str, padded: bool) -> None:
+    _check(case, padded, torch.float32)
+
+
+@pytest.mark.parametrize("case", ["tfn", "lfn", "mfn", "mfn_nogatemem", "ef_lstm_deep"])
+@pytest.mark.parametrize("padded", [False, True], ids=["full", "padded"])
+def test_same_as_before_float64(case: str, padded: bool) -> None:
+    _check(case, padded, torch.float64)
+
+
+@pytest.mark.parametrize("case", ["tfn", "lfn_code"])
+def test_same_as_before_averaged_audio_vision(case: str) -> None:
+    """MMSA's TFN/LMF inputs: text sequences, time-averaged (B, 1, D) audio / vision."""
+    _check(case, False, torch.float32, averaged_av=True)
+
+
+def test_same_as_before_batch_of_one_and_long_sequence() -> None:
+    _check("mfn", True, torch.float64, b=1, t=30)
+    _check("ef_lstm", False, torch.float32, b=1, t=30)
+    _check("tfn", True, torch.float32, b=2, t=40)
