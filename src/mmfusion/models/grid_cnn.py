@@ -11,7 +11,13 @@ from torch import Tensor, nn
 
 
 class GridCNN(nn.Module):
-    """``(B, C, H, W) -> (B, channels[-1], H / 2^S, W / 2^S)`` for S = len(channels) stride-2 stages."""
+    """``(B, C, H, W) -> (B, channels[-1], H / 2^S, W / 2^S)`` for S = len(channels) stride-2 stages.
+
+    Args:
+        in_channels: image channels (3 for RGB).
+        channels: output channels of each stride-2 stage (Conv 3x3 -> BatchNorm -> ReLU); a final 3x3 conv + ReLU
+            keeps the last width.
+    """
 
     def __init__(self, in_channels: int = 3, channels: tuple[int, ...] = (32, 64, 128)) -> None:
         super().__init__()

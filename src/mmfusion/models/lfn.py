@@ -62,6 +62,24 @@ class LowRankFusion(nn.Module):
 
 
 class LFN(FusionModel):
+    """Low-rank Multimodal Fusion (``model=lfn``): TFN's sub-networks, then rank-``r`` modality-specific factors (Eq. 5-7).
+
+    Args:
+        input_dims: feature size per modality, ``{name: D_m}`` (from the datamodule).
+        output_dim: size of the prediction (from the datamodule's task).
+        hidden: width of the acoustic/visual sub-networks, one int or ``{modality: width}``; a mapping may also name
+            a sequence modality to set its LSTM width.
+        text_hidden: LSTM hidden size of the sequence (language) sub-networks.
+        text_out: size of the language embedding (the Linear after the LSTM).
+        dropout: sub-network dropout, one float or ``{modality: p}``.
+        rank: number ``r`` of low-rank factors per modality.
+        fusion_dim: ``d_h``, the size of the fused vector ``h``, followed by a linear head; ``None`` makes ``h`` the
+            prediction itself (``d_h`` = ``output_dim``, no head), as in the paper and the released code.
+        post_fusion_dropout: dropout on ``h`` inside the head (no effect when ``fusion_dim`` is ``None``).
+        sequence_modalities: modalities encoded by an LSTM sub-network; the others are time-averaged over their true
+            lengths and go through a vector sub-network.
+    """
+
     def __init__(
         self,
         *,

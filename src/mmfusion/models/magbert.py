@@ -20,7 +20,7 @@ Contract: ``unimodal["text"]`` = masked mean of ``t``; ``unimodal[m]`` = masked 
 (text enters as ``batch["tokens"]``, see :mod:`mmfusion.data.tokens`). A gate's ``gate_scales`` multiply ``t``
 and each aligned feature sequence before MAG.
 
-Training (README): AdamW with weight decay except biases/LayerNorm (released code), separate learning rates for
+Training (docs/models.md): AdamW with weight decay except biases/LayerNorm (released code), separate learning rates for
 BERT (``bert_lr``) and MAG + head (the module's ``lr``) via :meth:`param_groups`, and
 :func:`linear_warmup_schedule` (``warmup_proportion`` 0.1, released code).
 """
@@ -93,6 +93,30 @@ def _extended_mask(bert: nn.Module, attention_mask: Tensor, hidden: Tensor) -> T
 
 
 class MAGBERT(FusionModel):
+    """BERT with a Multimodal Adaptation Gate (``model=magbert``); text enters as word pieces (``batch["tokens"]``).
+
+    Args:
+        input_dims: feature size per modality, ``{name: D_m}`` (from the datamodule); the text modality's features
+            are not used.
+        output_dim: size of the prediction (from the datamodule's task).
+        pretrained: BERT to load: ``None`` or ``"minilm"`` (the packaged all-MiniLM-L6-v2, offline), a local
+            folder, or a hub name such as ``bert-base-uncased`` (needs ``allow_download`` unless cached).
+        tokenizer: tokenizer name, read by the data configs (``data.text_tokenizer``); it must share the BERT's
+            vocabulary. The model itself does not use it.
+        allow_download: allow ``from_pretrained`` to download a hub model.
+        text_modality: the modality given as word pieces; every other modality is injected by MAG.
+        injection_layer: MAG sits after this many transformer layers (0 = after the embeddings, the paper's).
+        beta_shift: ``beta`` of Eq. 6, the bound on the displacement's norm relative to ``||t||``.
+        mag_dropout: dropout after MAG's LayerNorm (Eq. 7).
+        head_dropout: dropout before the linear head; ``None`` uses BERT's ``hidden_dropout_prob``.
+        bert_layers: keep only the first ``k`` transformer layers (``None``: all).
+        bert_lr: BERT's learning rate in :meth:`param_groups` (MAG and the head use the optimiser's ``lr``);
+            ``None`` uses ``lr`` for BERT too.
+        trim_padding: drop the token columns that are padding for the whole batch.
+        pooling: ``"cls"`` (BERT pooler, the paper) or ``"mean"`` (masked mean of the last layer); ``None``: mean
+            for the packaged MiniLM, cls otherwise.
+    """
+
     def __init__(
         self,
         *,

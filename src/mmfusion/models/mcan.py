@@ -138,12 +138,29 @@ class MCA_ED(nn.Module):
 class MCAN(FusionModel):
     """MCAN as a :class:`~mmfusion.contract.FusionModel` with modalities ``("question", "image")``.
 
-    Data-dependent keyword arguments (from the datamodule's ``model_kwargs()``): ``input_dims`` (``image``:
-    feature size, or channels for raw pixels), ``output_dim`` (answer vocabulary size), ``vocab_size`` (question
-    tokens incl. PAD=0 and UNK=1), ``pretrained_emb`` (optional ``(vocab_size, word_dim)`` tensor),
-    ``grid_shape`` (``(h, w)`` of grid features, ``None`` for boxes), ``image_encoder`` (``"linear"`` for
-    features, ``"cnn"`` for raw ``(B, C, H, W)`` images) and ``image_size`` (``(H, W)`` of raw images: the CNN's
-    grid shape is derived from it).
+    ``input_dims`` to ``image_size`` are data-dependent: they come from the datamodule's ``model_kwargs()``; the
+    rest comes from the config (``model=mcan|mcan_small|mcan_large``).
+
+    Args:
+        input_dims: must have ``image``: the feature size, or the number of channels for raw pixels.
+        output_dim: answer vocabulary size.
+        vocab_size: number of question tokens, PAD=0 and UNK=1 included.
+        pretrained_emb: optional ``(vocab_size, word_dim)`` tensor that initialises the word embedding (GloVe).
+        grid_shape: ``(h, w)`` of grid features; ``None`` for bottom-up boxes.
+        image_encoder: ``"linear"`` for image features, ``"cnn"`` for raw ``(B, C, H, W)`` images
+            (a :class:`~mmfusion.models.grid_cnn.GridCNN` trained end to end).
+        image_size: ``(H, W)`` of raw images; the CNN's grid shape is derived from it.
+        cnn_channels: output channels of the GridCNN's stride-2 stages (raw pixels only).
+        word_dim: word embedding size.
+        hidden: hidden size of the LSTM and of every SA/SGA unit.
+        heads: number of attention heads.
+        ff: hidden size of the feed-forward layers (``None``: ``4 * hidden``).
+        layers: number of SA units (question) and of SGA units (image).
+        dropout: dropout on attention maps, FFN hidden layers, residual branches and in the AttFlat pools.
+        flat_mlp: hidden width of the AttFlat scorer MLP.
+        flat_glimpses: number of attention glimpses of each AttFlat pool.
+        flat_out: output size of the AttFlat pools, i.e. of the unimodal and fused representations.
+        freeze_embedding: keep the word embedding fixed.
     """
 
     modalities = ("question", "image")

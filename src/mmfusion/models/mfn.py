@@ -118,6 +118,32 @@ def memory_scan(
 
 
 class MFN(FusionModel):
+    """Memory Fusion Network (``model=mfn``): System of LSTMs, Delta-memory Attention, Multi-view Gated Memory.
+
+    Each ``D_*`` below is a 2-layer MLP (Linear -> ReLU -> Dropout -> Linear) with its own width and dropout.
+
+    Args:
+        input_dims: feature size per modality, ``{name: D_m}`` (from the datamodule); sequences must be word-aligned.
+        output_dim: size of the prediction (from the datamodule's task).
+        hidden: LSTM hidden size per modality, one int or ``{modality: width}``.
+        mem_dim: size of the multi-view gated memory ``u``.
+        window: number of most recent steps whose cell states the attention sees (paper: 2, ``[c_{t-1}; c_t]``).
+        attn_hidden: hidden width of the attention network ``D_a``.
+        attn_dropout: dropout of ``D_a``.
+        mem_hidden: hidden width of the memory-update network ``D_u``.
+        mem_dropout: dropout of ``D_u``.
+        gamma1_hidden: hidden width of the retain gate network ``D_g1``.
+        gamma1_dropout: dropout of ``D_g1``.
+        gamma2_hidden: hidden width of the update gate network ``D_g2``.
+        gamma2_dropout: dropout of ``D_g2``.
+        out_hidden: hidden width of the output MLP on ``[h_T; u_T]``.
+        out_dropout: dropout of the output MLP.
+        gates_see_memory: the gates see ``[c^; u_{t-1}]`` (released code); ``False`` conditions them on ``c^`` only.
+        lstm: ``"loop"`` (default, fastest on CPU: steps the LSTMs together) or ``"fused"`` (whole-sequence cuDNN
+            ``nn.LSTM`` calls, cell states recovered exactly from the hidden states; for GPUs).
+        compile: wrap the per-step memory loop in ``torch.compile``.
+    """
+
     def __init__(
         self,
         *,

@@ -12,7 +12,7 @@ Analysis").
 * Sentiment inference sub-network (Sect. 4.4): Dropout -> 2 x (Linear + ReLU) -> Linear (:class:`PostFusionMLP`;
   training on CPU its dropout and first Linear run fused, with the same numbers and random draws).
 
-Paper vs re-implementations (README "models"): the paper's language sub-network feeds all LSTM outputs of a
+Paper vs re-implementations (docs/models.md): the paper's language sub-network feeds all LSTM outputs of a
 fixed-length (20-word) sentence to the fully connected layers; with variable-length, right-padded input we use
 the final state of a packed LSTM (as the released code and MMSA do). The output squashing (released code:
 sigmoid to (-4, 4); MMSA: (-3, 3)) is ``output_range`` (default: none, a plain linear output).
@@ -45,6 +45,24 @@ def tensor_fusion(z: Sequence[Tensor]) -> Tensor:
 
 
 class TFN(FusionModel):
+    """Tensor Fusion Network (``model=tfn``): sub-networks, the outer product of ``[1; z_m]`` (Eq. 1), post-fusion MLP.
+
+    Args:
+        input_dims: feature size per modality, ``{name: D_m}`` (from the datamodule).
+        output_dim: size of the prediction (from the datamodule's task).
+        hidden: width of the acoustic/visual sub-networks (BatchNorm, Dropout, 3 x Linear+ReLU), one int or
+            ``{modality: width}``; a mapping may also name a sequence modality to set its LSTM width.
+        text_hidden: LSTM hidden size of the sequence (language) sub-networks.
+        text_out: size of the language embedding ``z_l`` (the Linear after the LSTM).
+        dropout: sub-network dropout, one float or ``{modality: p}``.
+        post_fusion_dim: width of the two hidden layers of the post-fusion MLP.
+        post_fusion_dropout: dropout on the fused tensor before the post-fusion MLP.
+        sequence_modalities: modalities encoded by an LSTM sub-network; the others are time-averaged over their true
+            lengths and go through a vector sub-network.
+        output_range: ``[low, high]`` squashes the single regression output by a scaled sigmoid (released code
+            (-4, 4), MMSA (-3, 3)); ``None`` (default) leaves it linear.
+    """
+
     def __init__(
         self,
         *,
