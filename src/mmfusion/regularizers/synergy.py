@@ -69,7 +69,36 @@ class InvertibleNet(nn.Sequential):
 
 
 class Synergy(Plugin):
-    """C-network synergy regulariser; ``loss`` returns ``beta * L_reg``."""
+    """C-network synergy regulariser; ``loss`` returns ``beta * L_reg``.
+
+    Args:
+        divergence: alignment divergence ``L_d``: ``mmd`` (MMD^2) or ``kl`` (through variational critics).
+        beta: weight of ``L_reg`` in the task loss (>= 0).
+        recon_weight: weight of the cross-modal reconstruction ``L_L2`` (0 switches it off).
+        align_weight: weight of the alignment ``L_d`` (0 switches it off).
+        kurt_weight: weight of the kurtosis ``L_kappa`` (0 switches it off).
+        proj_dim: ``k``, the size of the fixed random projections before the invertible network.
+        kurt_dim: size of the fixed random projection before the kurtosis (capped at the representation size).
+        q_hidden: width of the reconstruction MLPs ``Q_i``.
+        q_layers: number of hidden layers of each ``Q_i``.
+        inn_layers: number of orthogonal (Cayley) layers of the invertible network ``G_i``.
+        recon_stop_grad: detach the reconstruction target ``Z_i`` (only the inputs of ``Q_i`` get the gradient).
+        mmd_scales: bandwidth multipliers of the RBF kernel (relative to the median heuristic).
+        mmd_unbiased: unbiased U-statistic MMD^2 (``True``) or the biased V-statistic.
+        kl_bound: bound of the KL critics: ``nwj`` or ``dv``.
+        critic_hidden: width of the KL critics' hidden layers.
+        critic_layers: number of hidden layers of each KL critic.
+        critic_lr: learning rate of the KL critics' Adam.
+        critic_steps: ascent steps of the KL critics per task step.
+        lr: learning rate of the C-network's AdamW.
+        weight_decay: weight decay of the C-network's AdamW.
+        kurt_decay: decay of the kurtosis' moving-average covariance.
+        kurt_ridge: ridge added to that covariance, relative to the mean of its diagonal.
+        kurt_cap: centred vectors are capped at ``kurt_cap * sqrt(tr S)`` (``None``: no cap).
+        kurt_sign: ``+1`` minimises the kurtosis (the paper's Algorithm D), ``-1`` maximises it.
+        grad_clip: gradient-norm clip of the C-network before its step (``None`` or 0: no clipping).
+        seed: seed of the C-network's initialisation and of the fixed random projections.
+    """
 
     training_only = True
 
