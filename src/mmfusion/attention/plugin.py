@@ -22,10 +22,14 @@ _KINDS = {"softmax": ContinuousSoftmaxPool, "sparsemax": ContinuousSparsemaxPool
 class ContinuousAttention(Plugin):
     """Replace discrete attention pools by continuous ones.
 
-    kind: 'softmax' | 'sparsemax' | 'mca'. pools: names in ``model.pools`` to replace, or 'all'. grid_pools:
-    pools that must be 2-D grids (the image: continuous attention over bottom-up *boxes* has no meaning, the thesis
-    uses grid features). pool_kwargs: passed to the pool (num_basis, basis_var, ridge, n_angles, k, n_iter,
-    select_k, lam, ...).
+    Args:
+        kind: ``softmax`` (Gaussian), ``sparsemax`` (truncated paraboloid / parabola) or ``mca`` (Gaussian
+            mixture by weighted EM).
+        pools: names in ``model.pools`` to replace, or ``"all"``.
+        pool_kwargs: keyword arguments of the continuous pool (``num_basis``, ``basis_var``, ``ridge``,
+            ``n_angles``, ``k``, ``n_iter``, ``select_k``, ``lam``, ...; see :mod:`mmfusion.attention.pools`).
+        grid_pools: pools that must be 2-D grids (the image: continuous attention over bottom-up *boxes* has no
+            meaning, the thesis uses grid features); attaching to one without ``grid_shape`` is a ``ConfigError``.
     """
 
     training_only = False
