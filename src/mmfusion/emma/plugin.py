@@ -30,6 +30,27 @@ from mmfusion.errors import ConfigError
 
 
 class EMMAPlugin(Plugin):
+    """EMMA between the encoders and the fusion of a trained model (``reg=emma``); the gate acts at evaluation too.
+
+    Args:
+        dae_path: the pre-trained DAEs and training-energy statistics written by ``stage=emma_pretrain`` (the
+            pipeline fills it in); required.
+        coldness: tau of the Gibbs importance weights ``alpha = softmax(-tau E)`` (Eq. 16).
+        form: energy composition: ``thesis`` (independent gamma_ij and coupling weights w_ij in [-1, 1]) or
+            ``summary`` (the summary's symmetric gamma, Eq. 14-15).
+        gain_init: G at insertion; ``None`` = 4M (beta = tanh 3 at uniform alpha).
+        bias_init: b at insertion (a modality is masked iff alpha_i <= b / G).
+        weight: lambda of ``-lambda * mean_batch(Omega)`` (Eq. 20), >= 0.
+        capacity_weight: weight of the author's capacity proxy ``(G - b)`` added to the loss, >= 0.
+        eta: where eta comes from: ``labels`` (the corruption labels ``batch["corrupt"]``, the final thesis),
+            ``laplacian`` (Eq. 11 with the sign fixed) or ``threshold`` (V' above the training 99th percentile).
+        eta_normal: eta of a normal modality.
+        eta_abnormal: eta of an abnormal (corrupted) modality.
+        unit_scale_init: initialise ``w_i = 1 / mean_train(V'_i)`` so that phi_i averages 1 on normal data.
+        diag_noise: noise level (x the feature std) of the noised copies in the validation diagnostics.
+        seed: seed of the coupling weights' initialisation (``form: thesis``).
+    """
+
     training_only = False  # the gate acts at evaluation too
 
     def __init__(
