@@ -143,6 +143,14 @@ def sanitize(a: np.ndarray, name: str, report: dict[str, int] | None = None) -> 
 class MultimodalDataModule(pl.LightningDataModule):
     """Base of every datamodule. Subclasses implement :meth:`build` returning ``{"train", "valid", "test"}``
     :class:`ArrayDataset` s and set ``modalities`` / ``input_dims``; everything else is shared.
+
+    Args:
+        task: the task (loss, metrics, validation monitor) of this data, built from the config's ``task`` node.
+        batch_size: training batch size.
+        eval_batch_size: validation/test batch size (``None``: ``max(batch_size, 256)``).
+        num_workers: DataLoader worker processes.
+        pin_memory: DataLoader ``pin_memory``.
+        seed: seed of the training sampler's shuffling (resumable mid-epoch) and of the loader's generator.
     """
 
     modalities: tuple[str, ...] = ()

@@ -58,6 +58,19 @@ def read_index(path: Path) -> dict[tuple[str, int], dict[str, str]]:
 
 
 class MOSIUtterance(MultimodalDataModule):
+    """Real CMU-MOSI utterance-level features of the bc-LSTM release (``data=mosi_utterance``; bc-LSTM split only).
+
+    Args:
+        path: folder holding ``bclstm_utterance_features/`` and ``mosi_index.csv`` (``../shared/data/mosi``).
+        task: the task; ``None``: :class:`~mmfusion.tasks.SentimentRegression`.
+        valid_videos: number of training videos held out as the validation split (by video).
+        split_seed: seed of the choice of validation videos.
+        standardize: modalities standardised with training statistics (default: audio).
+        text_tokenizer: tokenizer of a BERT model; when set, the transcripts are tokenised into ``batch["tokens"]``.
+        max_tokens: word pieces per sample (with ``text_tokenizer``).
+        **loader: batch size, workers and shuffling seed, passed to :class:`~mmfusion.data.base.MultimodalDataModule`.
+    """
+
     modalities = ("text", "audio", "vision")
 
     def __init__(

@@ -92,7 +92,24 @@ def generate_split(
 
 
 class SyntheticSentiment(MultimodalDataModule):
-    """Embedded offline default (see module docstring). Train/valid/test default to MOSI's 1284/229/686."""
+    """Embedded offline default (see module docstring). Train/valid/test default to MOSI's 1284/229/686.
+
+    Args:
+        task: the task; ``None``: :class:`~mmfusion.tasks.SentimentRegression`.
+        n_train: number of training samples.
+        n_valid: number of validation samples.
+        n_test: number of test samples.
+        seq_len: padded sequence length ``T``.
+        min_len: the true length of each sequence is uniform in ``[min_len, seq_len]``.
+        dims: feature size per modality (``None``: MOSI's text 300, audio 74, vision 47).
+        noise: std of the isotropic Gaussian noise on every valid step.
+        missing_rate: probability that a modality of a sample is zeroed (never all of them; flagged in
+            ``batch["corrupt"]``), in [0, 1).
+        data_seed: seed of the generator; the data are deterministic from it.
+        text_tokenizer: tokenizer of a BERT model; when set, the transcripts are tokenised into ``batch["tokens"]``.
+        max_tokens: word pieces per sample (with ``text_tokenizer``).
+        **loader: batch size, workers and shuffling seed, passed to :class:`~mmfusion.data.base.MultimodalDataModule`.
+    """
 
     def __init__(
         self,
