@@ -122,10 +122,24 @@ def _labels(split: Mapping[str, Any], fmt: str, ids: list[str], where: str) -> n
 class MosiPickleDataModule(MultimodalDataModule):
     """``data=mosi`` / ``data=mosei``: one class for both datasets and both pickle layouts.
 
-    path: the ``.pkl`` file. format: ``auto`` | ``mmsa`` | ``mult``. text: ``features`` | ``tokens``.
-    feature_dims: expected ``{modality: D}`` (a mismatch is an error naming the file). padding: ``auto``
-    (detected per modality) | ``left`` | ``right``. pool: modalities averaged over their true length.
-    bert_dim: ``input_dims["text"]`` when text comes as tokens (width of the BERT that embeds them).
+    Args:
+        task: the task (loss, metrics, validation monitor), from the config's ``task`` node.
+        path: the ``.pkl`` file (MMSA ``{aligned,unaligned}_50.pkl`` or MulT ``*_data(_noalign).pkl``).
+        dataset: ``mosi`` or ``mosei``; names the dataset in messages (``prepare_data.py`` hint).
+        format: ``auto`` (detected from the keys), ``mmsa`` or ``mult``.
+        text: ``features`` (the stored vectors) or ``tokens`` (MMSA's ``text_bert`` ids in ``batch["tokens"]``,
+            for MAG-BERT).
+        modalities: a non-empty subset of text, audio, vision.
+        feature_dims: expected ``{modality: D}``; a mismatch is an error naming the file.
+        padding: ``auto`` (detected per file and modality), ``left`` or ``right``; the output is always
+            right-padded.
+        pool: modalities averaged over their true length to one step.
+        bert_dim: ``input_dims["text"]`` when text comes as tokens (width of the BERT that embeds them).
+        batch_size: training batch size.
+        eval_batch_size: validation/test batch size (``None``: ``max(batch_size, 256)``).
+        num_workers: DataLoader worker processes.
+        pin_memory: DataLoader ``pin_memory``.
+        seed: seed of the training sampler's shuffling.
     """
 
     def __init__(
