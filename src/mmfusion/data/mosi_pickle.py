@@ -10,7 +10,7 @@ Two released layouts (``shared/notes/sentiment_baselines.md`` §2.1-2.2), told a
   ``src/dataset.py``): ``vision/audio/text/labels/id``; GloVe 300-d text; labels (N, 1, 1); id (N, 3) bytes
   (column 0 = ``videoid_clipid``); sequences zero-padded on the LEFT, no lengths stored.
 
-What this reader does, identically for both (documented in ``docs/readme/data.md``):
+What this reader does, identically for both (documented in ``docs/datasets.md``):
 
 * sanitising (:func:`mmfusion.data.sequences.sanitize_inplace`, logged once per file): NaN/+-inf -> 0 (the
   peers zero only -inf, MulT/MMSA; MOSEI COVAREP also overflows float32, AZYoung233/CLGSI#9);
