@@ -327,10 +327,27 @@ def read_cache(path: Path, key: str) -> tuple[dict[str, dict[str, Any]], dict[st
 class CSDDataModule(MultimodalDataModule):
     """``data=mosi_csd``: modalities from ``.csd`` files aligned to words and to the labelled segments.
 
-    sequences: ``{modality: path.csd}`` (order = modality order). labels: the label ``.csd``. folds: ``mosi``,
-    ``mosei`` or a JSON / SDK ``.py`` path. reference: the word-level modality (``null`` = unaligned).
-    label_column: which label column (MOSEI "All Labels": 0 = sentiment). cache_dir: where the aligned HDF5
-    goes (``null`` = no cache).
+    Args:
+        task: the task (loss, metrics, validation monitor), from the config's ``task`` node.
+        sequences: ``{modality: path.csd}`` (order = modality order).
+        labels: the label ``.csd``.
+        folds: ``mosi``, ``mosei`` (the packaged standard folds), a JSON / SDK ``.py`` path, or a mapping
+            ``{train, valid, test: [video ids]}``.
+        reference: the word-level modality the others are aligned to (``None`` = unaligned: each modality cut to
+            the segments).
+        label_column: which label column (MOSEI "All Labels": 0 = sentiment).
+        max_len: steps per segment (int or ``{modality: int}``; ``None``: the longest segment); longer ones are cut
+            according to ``keep``.
+        keep: ``last`` (keep the last steps, as CMU's ``get_tensors``) or ``first``.
+        feature_dims: expected ``{modality: D}``; a mismatch is an error naming the file.
+        pool: modalities averaged over their true length to one step.
+        cache_dir: where the aligned HDF5 goes (``None`` = no cache).
+        dataset: name used in log lines and dataset names.
+        batch_size: training batch size.
+        eval_batch_size: validation/test batch size (``None``: ``max(batch_size, 256)``).
+        num_workers: DataLoader worker processes.
+        pin_memory: DataLoader ``pin_memory``.
+        seed: seed of the training sampler's shuffling.
     """
 
     def __init__(
