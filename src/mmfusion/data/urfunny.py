@@ -100,7 +100,25 @@ def _as_2d(a: Any, d: int, where: str) -> np.ndarray:
 
 
 class UrFunnyDataModule(MultimodalDataModule):
-    """``data=urfunny``. path: folder with the six pickles (``files`` overrides single paths)."""
+    """``data=urfunny``: UR-FUNNY v2 humour detection from the six released pickles.
+
+    Args:
+        path: folder with the six pickles.
+        task: the task; ``None``: :class:`~mmfusion.tasks.BinaryClassification`.
+        modalities: a non-empty subset of text, audio, vision.
+        context_sentences: the last ``k`` context sentences before the punchline go into the same word-level
+            sequence (0 = the punchline only, as MISA/BBFN).
+        max_len: words per sample, keeping the last (the punchline).
+        feature_dims: expected ``{modality: D}``; a mismatch is an error naming the file.
+        missing_features: ``error`` (a fold id without features stops the run) or ``drop`` (dropped and counted).
+        pool: modalities averaged over their true length to one step.
+        files: ``{key: path}`` overriding single files of ``path`` (e.g. ``labels``, ``folds``).
+        batch_size: training batch size.
+        eval_batch_size: validation/test batch size (``None``: ``max(batch_size, 256)``).
+        num_workers: DataLoader worker processes.
+        pin_memory: DataLoader ``pin_memory``.
+        seed: seed of the training sampler's shuffling.
+    """
 
     def __init__(
         self,
