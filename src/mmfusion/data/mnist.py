@@ -143,8 +143,20 @@ class _ImageViews(MultimodalDataModule):
 
 
 class MnistDataModule(_ImageViews):
-    """``data=mnist``: the IDX files in ``path`` (see :func:`find_idx`). ``n_valid`` last training images
-    are the validation split; ``limit_train`` (optional) keeps the first k training images (quick runs)."""
+    """``data=mnist``: the IDX files in ``path`` (see :func:`find_idx`) as two views of each digit.
+
+    Args:
+        path: folder with the MNIST IDX files (``.gz`` or not; a torchvision ``MNIST/raw`` folder works too).
+        task: the task; ``None``: 10-class :class:`~mmfusion.tasks.MulticlassClassification`.
+        views: ``halves`` (``top`` and ``bottom`` halves of the image, each a sequence of pixel rows) or ``noisy``
+            (``image`` plus a copy with Gaussian noise clipped to [0, 1]).
+        layout: ``rows`` (a sequence of pixel rows) or ``flat`` (one step of pixels).
+        noise_std: std of the noise of the ``noisy`` view.
+        n_valid: the last ``n_valid`` training images are the validation split.
+        limit_train: keep only the first ``k`` training images (quick runs); ``None``: all.
+        data_seed: seed of the view noise.
+        **loader: batch size, workers and shuffling seed, passed to :class:`~mmfusion.data.base.MultimodalDataModule`.
+    """
 
     def __init__(self, path: str, task: Task | None = None, views: str = "halves", layout: str = "rows",
                  noise_std: float = 0.5, n_valid: int = 5000, limit_train: int | None = None,
@@ -179,7 +191,18 @@ def stratified_split(y: np.ndarray, fractions: Sequence[float], seed: int) -> li
 
 
 class DigitsDataModule(_ImageViews):
-    """``data=digits``: scikit-learn's 8x8 digits (offline), stratified 60/20/20 split from ``split_seed``."""
+    """``data=digits``: scikit-learn's 8x8 digits (offline) as two views of each digit.
+
+    Args:
+        task: the task; ``None``: 10-class :class:`~mmfusion.tasks.MulticlassClassification`.
+        views: ``halves`` (``top`` and ``bottom`` halves of the image, each a sequence of pixel rows) or ``noisy``
+            (``image`` plus a copy with Gaussian noise clipped to [0, 1]).
+        layout: ``rows`` (a sequence of pixel rows) or ``flat`` (one step of pixels).
+        noise_std: std of the noise of the ``noisy`` view.
+        split_seed: seed of the stratified 60/20/20 train/valid/test split.
+        data_seed: seed of the view noise.
+        **loader: batch size, workers and shuffling seed, passed to :class:`~mmfusion.data.base.MultimodalDataModule`.
+    """
 
     def __init__(self, task: Task | None = None, views: str = "halves", layout: str = "rows",
                  noise_std: float = 0.5, split_seed: int = 0, data_seed: int = 0, **loader: object) -> None:
