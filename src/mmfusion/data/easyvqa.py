@@ -112,6 +112,20 @@ class EasyVQADataset(Dataset):
 
 
 class EasyVQADataModule(MultimodalDataModule):
+    """``data=easyvqa``: the easy-VQA set shipped in the ``easy-vqa`` package (offline); images enter as pixels.
+
+    Args:
+        valid_fraction: share of the training *images* held out as the validation split, in (0, 1).
+        split_seed: seed of that hold-out.
+        max_tokens: question tokens per sample.
+        max_train_images: keep only the first ``N`` training images (quick runs, tests); ``None``: all.
+        max_test_images: keep only the first ``N`` test images; ``None``: all.
+        image_size: a divisor of 64: 64 (the original), or e.g. 32 / 16 (block-averaged, cheaper on CPU).
+        root: folder with easy-VQA's files; ``None``: the data shipped in the ``easy_vqa`` package.
+        task: the task; ``None``: :class:`~mmfusion.tasks_vqa.VQATask`.
+        **loader: batch size, workers and shuffling seed, passed to :class:`~mmfusion.data.base.MultimodalDataModule`.
+    """
+
     modalities = ("question", "image")
 
     def __init__(
