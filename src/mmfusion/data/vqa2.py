@@ -292,7 +292,31 @@ class VQADataset(Dataset):
 
 
 class VQA2DataModule(MultimodalDataModule):
-    """See the module docstring. Paths are files; ``*_questions``/``*_annotations`` may be lists of files."""
+    """``data=vqa2``: VQA-v2 from the official files (details in the module docstring).
+
+    Args:
+        train_questions: the train2014 questions JSON (or a list of files).
+        train_annotations: the train2014 annotations JSON (or a list of files).
+        val_questions: the val2014 questions JSON (or a list of files); split into ``valid`` and ``test``.
+        val_annotations: the val2014 annotations JSON (or a list of files).
+        feature_dirs: folders of per-image ``.npz`` features; exactly one of ``feature_dirs`` and ``hdf5``.
+        hdf5: one HDF5 feature file as written by ``scripts/extract_grid_features.py``.
+        layout: ``bottom_up`` (key ``x`` (2048, K), zero-padded to ``max_boxes``) or ``grid`` (``.npz`` grids).
+        max_boxes: number of boxes of the bottom-up layout.
+        grid_shape: ``(h, w)`` of grid features; ``None``: square (or the HDF5 file's attribute).
+        extra_questions: further question files whose words join the token vocabulary (e.g. test2015, as MCAN).
+        vg_questions: Visual Genome questions added to training (both VG files or neither).
+        vg_annotations: Visual Genome annotations added to training.
+        answer_dict: MCAN's ``answer_dict.json`` (``[ans_to_ix, ix_to_ans]``) instead of building the answer list.
+        answer_vocab_from: annotation splits the answer list is counted on (``train``, ``val``).
+        min_answer_count: keep answers occurring more than this many times (8 -> 3,129 on train+val).
+        max_tokens: question tokens per sample (MCAN: 14).
+        glove: GloVe text file (``word v1 ... v300``) that initialises the word embedding; ``None``: random.
+        valid_fraction: share of the val2014 *images* used for validation; the rest is the test split.
+        split_seed: seed of that image split.
+        task: the task; ``None``: :class:`~mmfusion.tasks_vqa.VQATask`.
+        **loader: batch size, workers and shuffling seed, passed to :class:`~mmfusion.data.base.MultimodalDataModule`.
+    """
 
     modalities = ("question", "image")
 
