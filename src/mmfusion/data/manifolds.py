@@ -61,7 +61,14 @@ class ManifoldSpec:
 
 
 class Manifolds:
-    """Config holder (``configs/data/manifolds.yaml``): per-manifold sample counts and noise, one seed."""
+    """Config holder (``configs/data/manifolds.yaml``): per-manifold sample counts and noise, one seed.
+
+    Args:
+        manifolds: ``{kind: {n: samples, noise: std}}`` for a subset of linear, sine, circle, spiral (``None``:
+            all four with the defaults).
+        seed: seed of the samples (each manifold and split gets its own stream).
+        extent: the figures show ``[-extent, extent]^2``.
+    """
 
     def __init__(self, manifolds: dict[str, dict] | None = None, seed: int = 0,
                  extent: float = 1.6) -> None:
