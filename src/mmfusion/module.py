@@ -33,6 +33,29 @@ log = logging.getLogger(__name__)
 
 
 class FusionModule(pl.LightningModule):
+    """The LightningModule that trains any fusion model with any stack of plug-ins (manual optimisation).
+
+    It attaches every plug-in to ``net`` at construction, steps the task optimiser and the plug-ins' own optimisers
+    in one training step, and computes the task's metrics on whole validation/test splits. ``build.build_module``
+    constructs it from a config.
+
+    Args:
+        net: the fusion model.
+        task: loss, metrics and validation monitor of the data.
+        plugins: ``{name: plug-in}`` (``reg=``), attached to ``net`` in order; ``None``: the plain baseline.
+        optimizer: factory of the task optimiser, called on ``net.param_groups(lr, weight_decay)``; ``None``: AdamW.
+        scheduler: factory of a learning-rate scheduler on the task optimiser (given ``num_training_steps`` when it
+            takes that argument); ``None``: no scheduler.
+        scheduler_interval: ``epoch`` or ``step``: when the scheduler steps.
+        lr: learning rate of the task model's parameter groups.
+        weight_decay: weight decay of the task model's parameter groups.
+        grad_clip_val: clip the task model's gradients at this norm (or value) before its step; ``None``/0: off.
+        grad_clip_algorithm: ``norm`` or ``value``.
+        data_info: data facts passed to the plug-ins (``ModelInfo.data``).
+        test_corruption: a test-time corruption (``eval.corrupt``, e.g. ``drop_text``) applied to every test batch.
+        corruption_seed: seed of the test corruption's random draws (one generator per batch).
+    """
+
     def __init__(
         self,
         net: FusionModel,
