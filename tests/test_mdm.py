@@ -106,8 +106,46 @@ def test_warmup_ramps_lambda_and_diagnostics_are_deterministic() -> None:
     plugin.inner_step(model(batch), batch, [opt], lambda loss: loss.backward())
     assert plugin.current_weight() == pytest.approx(0.05)
     assert plugin.loss(model(batch), batch, "val").logs["lambda"] == 0.2
-    d1, d2 = plugin.diagnostics(model(batch), batch), plugin.diagnostics(model(batch), batch)
-    assert float(d1["critic_estimate"]) == float(d2["critic_estimate"])
+    views = plugin.views(model(batch), detach=True)
+    d1, d2 = plugin.probe(views), plugin.probe(views)
+    assert d1["critic_estimate"] == d2["critic_estimate"] and d1["tc_probe"] == d2["tc_probe"]
+
+
+def test_warmup_is_a_fraction_of_the_run() -> None:
+    plugin = MDM(measure="kl", weight=0.5, warmup=0.25, unroll=2, hidden=16)
+    attach(plugin, TinyFusion())
+    assert plugin.current_weight() == 0.5  # run length unknown (outside a Trainer): no ramp
+    plugin.set_total_steps(40)  # -> 10 task steps = 20 critic steps
+    plugin.critic_steps.fill_(10)
+    assert plugin.current_weight() == pytest.approx(0.25)
+    plugin.critic_steps.fill_(20)
+    assert plugin.current_weight() == 0.5
+    with pytest.raises(ConfigError, match="warmup"):
+        MDM(warmup=1.5)
+
+
+def test_validation_probe_sees_the_whole_split_and_matches_the_gaussian_tc() -> None:
+    """The epoch diagnostic gathers the validation representations from ``loss(stage='val')`` and returns the
+    Gaussian TC probe of all of them (identity encoders on Gaussian views: the probe is the closed-form TC)."""
+    from mmfusion.regularizers.gaussian import correlated_views, total_correlation
+
+    class Identity(TinyFusion):
+        def encode(self, batch):  # the views themselves are the unimodal representations
+            from mmfusion.contract import Encoded
+            return Encoded(unimodal=dict(batch["x"]))
+
+    d, rho = 8, 0.3
+    model = Identity({"text": d, "audio": d, "vision": d}, d=d)
+    plugin = MDM(measure="kl", hidden=16, normalize="none")
+    attach(plugin, model)
+    g = torch.Generator().manual_seed(0)
+    views = correlated_views(3000, d, 3, rho, g, torch.float32)
+    for i in range(0, 3000, 500):
+        batch = {"x": {m: v[i:i + 500] for m, v in zip(model.modalities, views)}, "y": torch.zeros(500)}
+        plugin.loss(model(batch), batch, "val")
+    diag = plugin.validation_epoch_diagnostics()
+    assert diag["tc_probe"] == pytest.approx(total_correlation(d, 3, rho), abs=0.08)
+    assert plugin.validation_epoch_diagnostics() == {}  # buffers cleared
 
 
 @pytest.mark.parametrize("measure", MEASURES)

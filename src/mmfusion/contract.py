@@ -68,11 +68,17 @@ class FusionModel(nn.Module):
     sequence by the same factor.
     ``pools`` holds the attention-pooling modules that an attention plug-in may replace; each maps
     ``(x: (B, L, D), mask: (B, L) bool) -> (B, D')`` (see :class:`AttentionPool`).
+
+    ``accepts_unaligned`` declares whether the model takes modalities with different numbers of time steps
+    (unaligned sequences, per-modality ``batch["lengths"]``). ``False``: it needs word-aligned input (one time axis
+    for all modalities); :func:`mmfusion.build.build_module` then refuses data whose modalities differ in T, with
+    one line, before the model is built.
     """
 
     modalities: tuple[str, ...]
     unimodal_dims: dict[str, int]
     fused_dim: int
+    accepts_unaligned: bool = True
 
     def __init__(self) -> None:
         super().__init__()
@@ -170,6 +176,18 @@ class Plugin(nn.Module):
 
     training_only: bool = True
 
+    @property
+    def min_batch_size(self) -> int:
+        """Smallest batch on which :meth:`loss` / :meth:`inner_step` can be formed (e.g. in-batch negatives need
+        >= M samples, an MMD >= 2). On a smaller batch (a loader's last, incomplete batch) the module skips the
+        plug-in's hooks for that batch -- the term contributes nothing -- and counts it in
+        ``<stage>/reg/<name>/skipped_batches`` (see docs/regularisers.md, *Small batches*)."""
+        return 1
+
+    def set_total_steps(self, total_steps: int) -> None:
+        """Told once, when the optimisers are configured, how many task steps the run will take (for schedules
+        expressed as a fraction of the run, e.g. a warm-up)."""
+
     def attach(self, model: FusionModel, info: ModelInfo) -> None:
         """Build networks sized to the model; install gates/pools on ``model``. Called once, before training."""
 
@@ -196,4 +214,9 @@ class Plugin(nn.Module):
 
     def diagnostics(self, out: FusionOutput, batch: Batch) -> dict[str, Tensor | float]:
         """Extra scalars for the logger on a fixed validation batch each epoch (critic estimate, ...)."""
+        return {}
+
+    def validation_epoch_diagnostics(self) -> dict[str, Tensor | float]:
+        """Scalars computed once per validation epoch from what the plug-in gathered during the epoch (e.g. in
+        ``loss(..., stage='val')``); logged as ``val/reg/<name>/<key>``. The plug-in clears its buffers."""
         return {}

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -27,6 +28,7 @@ from torch import Tensor
 
 from mmfusion import corruption
 from mmfusion.contract import FusionModel, ModelInfo, Plugin
+from mmfusion.regularizers.influence import gradient_influence
 from mmfusion.tasks import Task, to_numpy
 
 log = logging.getLogger(__name__)
@@ -92,6 +94,12 @@ class FusionModule(pl.LightningModule):
         self._outputs: dict[str, list[dict[str, Tensor]]] = {"val": [], "test": []}
         self.extra_checkpoint: dict[str, Any] = {}
         self.last_metrics: dict[str, dict[str, float]] = {}
+        # plug-in diagnostics: batches too small for a plug-in's term (skipped, counted), and the gradient
+        # influence of each plug-in term every `influence_every` steps (0 = off; set by callbacks.PluginInfluence)
+        self.skipped_batches: dict[str, int] = {name: 0 for name in self.plugins}
+        self.influence_every = 0
+        self.influence_history: list[dict[str, float]] = []
+        self._n_steps = 0
 
     # -- optimisers ---------------------------------------------------------------------------------------------
     def configure_optimizers(self):
@@ -110,6 +118,10 @@ class FusionModule(pl.LightningModule):
                 kwargs["num_training_steps"] = int(self.trainer.estimated_stepping_batches)
             sched = self.scheduler_factory(main, **kwargs)
             scheds.append({"scheduler": sched, "interval": self.scheduler_interval})
+        if self._trainer is not None:
+            total = int(self.trainer.estimated_stepping_batches)
+            for p in self.plugins.values():
+                p.set_total_steps(total)
         return opts, scheds
 
     def _optimizers(self) -> list:
@@ -130,17 +142,23 @@ class FusionModule(pl.LightningModule):
         main = opts[0]
         out = self.net(batch)
         logs: dict[str, Any] = {}
-        for name, p in self.plugins.items():
+        active = self._active_plugins(batch, "train", logs)
+        for name, p in active.items():
             inner = p.inner_step(out, batch, opts[self._opt_slices.get(name, slice(0, 0))], backward)
             logs.update({f"train/reg/{name}/{k}": v for k, v in inner.items()})
         task_loss = self.task.loss(out.prediction, batch["y"])
         loss = task_loss
-        for name, p in self.plugins.items():
+        terms: dict[str, Tensor] = {}
+        for name, p in active.items():
             term = p.loss(out, batch, "train")
             if term is not None:
                 loss = loss + term.value
+                terms[name] = term.value
                 logs[f"train/reg/{name}/loss"] = term.value.detach()
                 logs.update({f"train/reg/{name}/{k}": v for k, v in term.logs.items()})
+        self._n_steps += 1
+        if terms and self.influence_every > 0 and (self._n_steps - 1) % self.influence_every == 0:
+            self._log_influence(task_loss, terms)
         for opt in opts:
             opt.zero_grad(set_to_none=True)
         backward(loss)
@@ -154,9 +172,40 @@ class FusionModule(pl.LightningModule):
                 else:
                     torch.nn.utils.clip_grad_norm_(params, self.grad_clip_val)
         main.step()
-        for name, p in self.plugins.items():
+        for name, p in active.items():
             p.after_backward(opts[self._opt_slices.get(name, slice(0, 0))])
         return loss.detach(), task_loss.detach(), logs
+
+    def _active_plugins(self, batch, stage: str, logs: dict[str, Any] | None = None) -> dict[str, Plugin]:
+        """The plug-ins whose term can be formed on this batch. A batch smaller than a plug-in's
+        ``min_batch_size`` (a loader's incomplete last batch) gets no term from it -- no inner step, no loss,
+        no joint update -- and is counted (``train/reg/<name>/skipped_batches``, cumulative)."""
+        n = int(batch["y"].shape[0])
+        active = {}
+        for name, p in self.plugins.items():
+            if n >= p.min_batch_size:
+                active[name] = p
+            elif stage == "train":
+                self.skipped_batches[name] = self.skipped_batches.get(name, 0) + 1
+                log.debug("plug-in %s skipped a training batch of %d (< %d samples)", name, n, p.min_batch_size)
+            if logs is not None and stage == "train":
+                logs[f"train/reg/{name}/skipped_batches"] = float(self.skipped_batches.get(name, 0))
+        return active
+
+    def _log_influence(self, task_loss: Tensor, terms: dict[str, Tensor]) -> None:
+        """Gradient-norm ratio and cosine of each plug-in term against the task loss over the task model's
+        parameters (:func:`mmfusion.regularizers.influence.gradient_influence`); logged as epoch means of the
+        measured steps, ``train/reg/<name>/influence`` and ``train/reg/<name>/cosine``."""
+        params = [p for g in self.net.param_groups(self.lr, self.weight_decay) for p in g["params"]]
+        res = gradient_influence(task_loss, terms, params)
+        record: dict[str, float] = {"step": float(self._n_steps)}
+        for name, vals in res.items():
+            for k, v in vals.items():
+                record[f"{name}/{k}"] = v
+                if self._trainer is not None and math.isfinite(v):
+                    self.log(f"train/reg/{name}/{k}", v, on_step=False, on_epoch=True,
+                             batch_size=int(task_loss.numel()))
+        self.influence_history.append(record)
 
     def training_step(self, batch, batch_idx: int):
         loss, task_loss, logs = self.optimization_step(
@@ -186,7 +235,7 @@ class FusionModule(pl.LightningModule):
         out = self.net(batch)
         bs = int(batch["y"].shape[0])
         self.log(f"{stage}/loss", self.task.loss(out.prediction, batch["y"]), batch_size=bs, sync_dist=True)
-        for name, p in self.plugins.items():
+        for name, p in self._active_plugins(batch, stage).items():
             term = p.loss(out, batch, stage)
             if term is not None:
                 self.log(f"{stage}/reg/{name}/loss", term.value.detach().float(), batch_size=bs, sync_dist=True)
@@ -227,6 +276,10 @@ class FusionModule(pl.LightningModule):
         return metrics
 
     def on_validation_epoch_end(self) -> None:
+        for name, p in self.plugins.items():
+            diag = p.validation_epoch_diagnostics()
+            if diag:
+                self.log_dict({f"val/reg/{name}/{k}": v for k, v in diag.items()}, sync_dist=True)
         metrics = self._epoch_metrics("val")
         if metrics and not self.trainer.sanity_checking:
             mon = self.task.monitor.split("/", 1)[-1]

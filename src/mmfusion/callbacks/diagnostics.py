@@ -1,4 +1,5 @@
-"""Training diagnostics for W&B / TensorBoard / CSV: gradient norms per epoch and predicted-vs-true scatter.
+"""Training diagnostics for W&B / TensorBoard / CSV: gradient norms per epoch, the loss plug-ins' gradient
+influence, and predicted-vs-true scatter.
 
 (The resolved config is logged as hyper-parameters by ``runtime.log_run_info``; the plug-ins' own scalars go out
 as ``train/reg/<name>/...`` and ``val/reg/<name>/...`` from the Lightning module.)
@@ -62,6 +63,22 @@ class GradNormMonitor(pl.Callback):
         if self._n:
             pl_module.log_dict({f"grad_norm/{k}": v / self._n for k, v in self._sums.items()}, on_epoch=True,
                                on_step=False)
+
+
+class PluginInfluence(pl.Callback):
+    """Turns on the loss plug-ins' influence diagnostic: every ``every_n_steps`` training steps the module measures,
+    for each plug-in term R, ``||grad R|| / ||grad L_task||`` and the cosine of the two gradients over the task
+    model's parameters (one extra backward per term on those steps), logged as ``train/reg/<name>/influence`` and
+    ``train/reg/<name>/cosine`` (epoch means of the measured steps). How to read it: docs/regularisers.md."""
+
+    def __init__(self, every_n_steps: int = 20) -> None:
+        if int(every_n_steps) < 0:
+            raise ValueError(f"PluginInfluence every_n_steps must be >= 0, got {every_n_steps}")
+        self.every_n_steps = int(every_n_steps)
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if hasattr(pl_module, "influence_every"):
+            pl_module.influence_every = self.every_n_steps
 
 
 class PredictionScatter(pl.Callback):

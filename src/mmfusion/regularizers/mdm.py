@@ -31,7 +31,8 @@ from torch import Tensor, nn
 
 from mmfusion.contract import Batch, FusionModel, FusionOutput, ModelInfo, Plugin, PluginLoss
 from mmfusion.errors import ConfigError
-from mmfusion.regularizers.estimators import DependencyEstimator
+from mmfusion.regularizers.estimators import DependencyEstimator, normalize_view
+from mmfusion.regularizers.gaussian import gaussian_total_correlation
 
 MEASURE_ALIASES = {"kl": "mine", "f": "nwj", "w": "wasserstein", "wasserstein": "wasserstein", "mine": "mine",
                    "dv": "dv", "nwj": "nwj", "infonce": "infonce"}
@@ -55,15 +56,41 @@ def frozen(module: nn.Module) -> Iterator[None]:
 
 
 class MDM(Plugin):
-    """Mutual dependency maximisation plug-in; ``loss`` returns ``-weight * MDM`` (added to the task loss)."""
+    """Mutual dependency maximisation plug-in; ``loss`` returns ``-weight * MDM`` (added to the task loss).
+
+    Args:
+        measure: ``kl`` (Donsker-Varadhan read-out, MINE gradient), ``f`` (NWJ), ``wasserstein`` (or ``w``); also
+            the estimator names ``mine``, ``dv``, ``nwj``, ``infonce``.
+        weight: lambda, the weight of ``-MDM`` in the task loss (>= 0).
+        unroll: critic ascent steps per task step (Algorithm 1).
+        hidden: width of the critic MLP's hidden layers.
+        layers: number of hidden layers of the critic MLP.
+        lr: learning rate of the critic's Adam.
+        betas: Adam's betas for the critic.
+        weight_decay: weight decay of the critic's Adam.
+        normalize: normalisation of each representation before the critic: ``layernorm`` (non-affine), ``l2`` or
+            ``none``.
+        spectral_norm: spectral norm on every critic layer; ``None``: on for ``wasserstein`` only.
+        gp_weight: weight of a gradient penalty on the critic (Wasserstein; 0 = off).
+        ema_decay: decay of MINE's moving average (``kl``).
+        n_negatives: derangement negative sets per step (InfoNCE's K).
+        warmup: linear warm-up of lambda over this fraction of the run's steps (in [0, 1]).
+        warmup_steps: warm-up length in task steps; overrides ``warmup`` when given.
+        critic_grad_clip: gradient-norm clip of the critic's steps (``None`` or 0: no clipping).
+        diagnostic_seed: seed of the fixed negatives of the validation probe.
+        probe_components: principal components per modality in the Gaussian total-correlation probe.
+        probe_max_samples: at most this many validation samples are gathered for the probe.
+        seed: seed of the critic's initialisation and of the plug-in's private generator for negatives.
+    """
 
     training_only = True
 
     def __init__(self, measure: str = "kl", weight: float = 0.1, unroll: int = 1, hidden: int = 256,
                  layers: int = 2, lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.999),
                  weight_decay: float = 0.0, normalize: str = "layernorm", spectral_norm: bool | None = None,
-                 gp_weight: float = 0.0, ema_decay: float = 0.99, n_negatives: int = 1, warmup_steps: int = 0,
-                 critic_grad_clip: float | None = 10.0, diagnostic_seed: int = 0, seed: int = 0) -> None:
+                 gp_weight: float = 0.0, ema_decay: float = 0.99, n_negatives: int = 1, warmup: float = 0.0,
+                 warmup_steps: int | None = None, critic_grad_clip: float | None = 10.0, diagnostic_seed: int = 0,
+                 probe_components: int = 8, probe_max_samples: int = 4096, seed: int = 0) -> None:
         super().__init__()
         if measure not in MEASURE_ALIASES:
             raise ConfigError(f"reg.mdm measure must be one of {sorted(MEASURE_ALIASES)}; got {measure!r}")
@@ -71,10 +98,16 @@ class MDM(Plugin):
             raise ConfigError(f"reg.mdm unroll must be >= 1, got {unroll}")
         if weight < 0:
             raise ConfigError(f"reg.mdm weight (lambda) must be >= 0, got {weight}")
+        if not 0.0 <= warmup <= 1.0:
+            raise ConfigError(f"reg.mdm warmup is a fraction of the run in [0, 1], got {warmup}")
         self.measure = MEASURE_ALIASES[measure]
         self.weight, self.unroll, self.lr = float(weight), int(unroll), float(lr)
         self.betas, self.weight_decay = tuple(betas), float(weight_decay)
-        self.warmup_steps, self.critic_grad_clip = int(warmup_steps), critic_grad_clip
+        self.warmup, self.critic_grad_clip = float(warmup), critic_grad_clip
+        self.warmup_steps = None if warmup_steps is None else int(warmup_steps)  # absolute override of `warmup`
+        self.total_steps: int | None = None
+        self.probe_components, self.probe_max_samples = int(probe_components), int(probe_max_samples)
+        self._val_views: list[list[Tensor]] = []
         self.diagnostic_seed, self.seed = diagnostic_seed, seed
         # private RNG for the negatives / gradient-penalty interpolates: the plug-in never draws from the global
         # stream, so the task model sees the same dropout masks with and without it (state kept in checkpoints)
@@ -96,6 +129,14 @@ class MDM(Plugin):
             torch.manual_seed(self.seed)
             self.estimator = DependencyEstimator([info.unimodal_dims[m] for m in self.modalities],
                                                  **self._estimator_kw)  # type: ignore[arg-type]
+
+    @property
+    def min_batch_size(self) -> int:
+        """Derangement negatives need as many samples as modalities (and a bound needs >= 2)."""
+        return max(2, len(self.modalities))
+
+    def set_total_steps(self, total_steps: int) -> None:
+        self.total_steps = int(total_steps)
 
     def get_extra_state(self) -> Tensor:
         return self.rng.get_state()  # a uint8 tensor: checkpoints stay weights_only-loadable
@@ -139,10 +180,19 @@ class MDM(Plugin):
             logs["gradient_penalty"] = b.penalty.detach()
         return logs
 
+    def warmup_length(self) -> int:
+        """Task steps of the linear lambda ramp: ``warmup_steps`` if given, else ``warmup`` x the run's steps (0
+        when the run length is unknown, e.g. outside a Trainer)."""
+        if self.warmup_steps is not None:
+            return max(0, self.warmup_steps)
+        return int(round(self.warmup * self.total_steps)) if self.total_steps else 0
+
     def current_weight(self) -> float:
-        if self.warmup_steps <= 0:
+        """lambda, ramped linearly from 0 over the warm-up (counted in task steps = critic steps / unroll)."""
+        length = self.warmup_length()
+        if length <= 0:
             return self.weight
-        return self.weight * min(1.0, float(self.critic_steps) / (self.warmup_steps * self.unroll))
+        return self.weight * min(1.0, float(self.critic_steps) / (length * self.unroll))
 
     def loss(self, out: FusionOutput, batch: Batch, stage: str) -> PluginLoss | None:
         """``-lambda * MDM`` with the critic frozen (no gradient reaches the critic from the task loss)."""
@@ -150,13 +200,32 @@ class MDM(Plugin):
         with frozen(est):
             b = est(self.views(out, detach=False), self.rng)
         w = self.current_weight() if stage == "train" else self.weight
+        if stage == "val" and sum(v[0].shape[0] for v in self._val_views) < self.probe_max_samples:
+            self._val_views.append([v.detach().cpu() for v in self.views(out, detach=True)])
         return PluginLoss(value=-w * b.objective, logs={"mdm": b.estimate.detach(), "lambda": w})
 
     @torch.no_grad()
-    def diagnostics(self, out: FusionOutput, batch: Batch) -> dict[str, Tensor | float]:
-        """The critic's estimate on a (fixed) validation batch, with fixed negatives, for health monitoring."""
+    def probe(self, views: list[Tensor]) -> dict[str, float]:
+        """On one set of representations (e.g. the whole validation split): the critic's estimate (fixed
+        negatives) and the closed-form Gaussian total-correlation probe of the same normalised representations
+        the critic sees (:func:`~mmfusion.regularizers.gaussian.gaussian_total_correlation`, ``probe_components``
+        principal components per modality, Wishart bias removed). A healthy KL/f critic reads a sizeable fraction
+        of the probe (the probe measures linear dependence only; the critic is a lower bound)."""
         est = self._est()
         g = torch.Generator().manual_seed(self.diagnostic_seed)
+        dev = next(est.parameters()).device
         with frozen(est):
-            b = est(self.views(out, detach=True), g)
-        return {"critic_estimate": b.estimate.detach()}
+            b = est([v.to(dev) for v in views], g)
+        normed = [normalize_view(v.double(), est.critic.normalize) for v in views]
+        return {"critic_estimate": float(b.estimate),
+                "tc_probe": gaussian_total_correlation(normed, self.probe_components)}
+
+    def validation_epoch_diagnostics(self) -> dict[str, Tensor | float]:
+        """:meth:`probe` on the representations of the validation split gathered by ``loss(stage='val')``."""
+        batches, self._val_views = self._val_views, []
+        if not batches or self.estimator is None:
+            return {}
+        views = [torch.cat([b[j] for b in batches]) for j in range(len(self.modalities))]
+        if views[0].shape[0] < self.min_batch_size:
+            return {}
+        return self.probe(views)

@@ -19,6 +19,8 @@ def training_step(model: FusionModel, plugins: Mapping[str, Plugin], batch: Batc
                   ) -> dict[str, float]:
     out = model(batch)
     logs: dict[str, float] = {}
+    n = int(batch["y"].shape[0])
+    plugins = {name: p for name, p in plugins.items() if n >= p.min_batch_size}  # small batch: no term (module)
     for name, p in plugins.items():
         for k, v in p.inner_step(out, batch, plugin_opts[name], lambda loss: loss.backward()).items():
             logs[f"{name}/{k}"] = float(torch.as_tensor(v).detach())

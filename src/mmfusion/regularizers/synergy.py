@@ -168,6 +168,11 @@ class Synergy(Plugin):
         for name, d in [*((m, dims[m]) for m in mods), ("fused", fdim)]:
             self.kurtosis[name] = EMAKurtosis(min(self.kurt_dim, d), **self.kurt_kw)  # type: ignore[arg-type]
 
+    @property
+    def min_batch_size(self) -> int:
+        """The unbiased MMD^2 and the kurtosis covariance need two samples."""
+        return 2
+
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         if not self.modalities:
             raise RuntimeError("Synergy plug-in used before attach()")
