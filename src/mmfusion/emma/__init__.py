@@ -12,7 +12,7 @@ One concept per module:
 * :mod:`~mmfusion.emma.inject`       abnormal-modality injection for fine-tuning (Sect. 4);
 * :mod:`~mmfusion.emma.plugin`       the ``reg=emma`` plug-in.
 
-The corrections to the summary are listed in ``docs/readme/emma.md`` and at the place where each applies.
+The corrections to the summary are listed in ``docs/emma.md`` and at the place where each applies.
 """
 
 from mmfusion.emma.attention import AttentionStep

@@ -1,4 +1,4 @@
-"""Metrics with exact, documented conventions (see README, section Metrics)."""
+"""Metrics with exact, documented conventions (see docs/metrics.md)."""
 
 from mmfusion.metrics.classification import binary_metrics, multiclass_metrics
 from mmfusion.metrics.sentiment import sentiment_metrics
