@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 
 from mmfusion.data.base import MultimodalDataModule
@@ -20,8 +21,43 @@ def build_datamodule(cfg: DictConfig) -> MultimodalDataModule:
     return dm
 
 
+def time_steps(dm: MultimodalDataModule) -> dict[str, int]:
+    """Padded number of time steps T per modality as the datamodule holds them (1 for utterance vectors);
+    {} for datamodules that do not hold their splits as tensors."""
+    tensors = getattr((dm.splits or {}).get("train"), "tensors", None)
+    x = tensors.get("x") if isinstance(tensors, dict) else None
+    if not isinstance(x, dict):
+        return {}
+    return {str(m): int(v.shape[1]) if v.dim() == 3 else 1 for m, v in x.items() if hasattr(v, "dim")}
+
+
+def check_alignment(cfg: DictConfig, dm: MultimodalDataModule) -> None:
+    """A model that declares ``accepts_unaligned = False`` refuses data whose modalities differ in T (one line,
+    before the model is built)."""
+    target = str((cfg.get("model") or {}).get("_target_", ""))
+    try:
+        cls = get_object(target)
+    except Exception:  # noqa: BLE001 - a bad _target_ is reported by instantiate with its own message
+        return
+    if getattr(cls, "accepts_unaligned", True):
+        return
+    steps = time_steps(dm)
+    if len(set(steps.values())) <= 1:
+        return
+    from mmfusion.utils.runtime import run_choices
+
+    name = run_choices().get("model") or target.rsplit(".", 2)[-2]
+    where = f" (data.path={cfg.data.path})" if cfg.get("data") and cfg.data.get("path") else ""
+    shown = ", ".join(f"{m}: {t}" for m, t in steps.items())
+    raise ConfigError(f"model={name} ({getattr(cls, '__name__', target)}) needs word-aligned input (the same number "
+                      f"of time steps for every modality), but the data has T = {{{shown}}}{where}; use word-aligned "
+                      f"data (e.g. MMSA aligned_50.pkl, MulT mosi_data.pkl) or a model that accepts unaligned "
+                      f"sequences: model=mult, model=tfn or model=lfn")
+
+
 def build_module(cfg: DictConfig, dm: MultimodalDataModule) -> FusionModule:
     """The fusion model gets its data-dependent arguments from ``dm.model_kwargs()``."""
+    check_alignment(cfg, dm)
     net = instantiate(cfg.model, _partial_=True)(**dm.model_kwargs())
     plugins = instantiate_dict(cfg.get("reg"))
     optim = cfg.get("optim") or {}

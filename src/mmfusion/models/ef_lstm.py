@@ -47,6 +47,8 @@ class EFLSTM(FusionModel):
             (fixed sequence length ``T`` only); ``None`` (default) disables it.
     """
 
+    accepts_unaligned = False  # one LSTM over the modalities concatenated per step: word-aligned input only
+
     def __init__(
         self,
         *,

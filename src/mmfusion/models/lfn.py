@@ -80,6 +80,8 @@ class LFN(FusionModel):
             lengths and go through a vector sub-network.
     """
 
+    accepts_unaligned = True  # language LSTM by its own lengths; audio/vision masked time-means
+
     def __init__(
         self,
         *,

@@ -117,6 +117,8 @@ class MAGBERT(FusionModel):
             for the packaged MiniLM, cls otherwise.
     """
 
+    accepts_unaligned = False  # audio/vision gated per word piece: word-aligned (or utterance-level) input only
+
     def __init__(
         self,
         *,

@@ -144,6 +144,8 @@ class MFN(FusionModel):
         compile: wrap the per-step memory loop in ``torch.compile``.
     """
 
+    accepts_unaligned = False  # LSTMs stepped together, memory over all modalities per step: word-aligned only
+
     def __init__(
         self,
         *,

@@ -63,6 +63,8 @@ class TFN(FusionModel):
             (-4, 4), MMSA (-3, 3)); ``None`` (default) leaves it linear.
     """
 
+    accepts_unaligned = True  # language LSTM by its own lengths; audio/vision masked time-means
+
     def __init__(
         self,
         *,
