@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"extract_grid_features: no images in {args.images}")
     if args.weights:
         net = tv.models.resnet152()
-        net.load_state_dict(torch.load(args.weights, map_location="cpu"))
+        net.load_state_dict(torch.load(args.weights, map_location="cpu", weights_only=True))
     else:
         if not args.download:
             cached = Path(torch.hub.get_dir()) / "checkpoints"

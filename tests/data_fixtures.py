@@ -128,6 +128,85 @@ def write_mult(path: Path, seed: int = 1, dims=(300, 5, 20), lens=(10, 14, 12)) 
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Python-2 pickles, numpy-1.x names, hostile payloads
+
+
+class _Py2Pickler(pickle._Pickler):
+    """Writes what Python 2's ``cPickle.dump(obj, f, 2)`` writes: ``str``/``bytes`` as Python-2 ``str``
+    (``SHORT_BINSTRING``/``BINSTRING`` raw bytes, so numpy's array buffers are 8-bit strings that Python 3 can only
+    decode as ``latin1``) and built-ins under ``__builtin__`` (protocol 2 with ``fix_imports``)."""
+
+    dispatch = pickle._Pickler.dispatch.copy()
+
+    def save_py2_str(self, obj) -> None:
+        data = obj.encode("latin1") if isinstance(obj, str) else bytes(obj)
+        if len(data) < 256:
+            self.write(pickle.SHORT_BINSTRING + bytes([len(data)]) + data)
+        else:
+            self.write(pickle.BINSTRING + struct.pack("<i", len(data)) + data)
+        self.memoize(obj)
+
+    dispatch[str] = save_py2_str
+    dispatch[bytes] = save_py2_str
+
+
+def py2_pickle_bytes(obj) -> bytes:
+    """``obj`` as a Python-2 protocol-2 pickle naming numpy 1.x's ``numpy.core.multiarray``."""
+    import io
+
+    buf = io.BytesIO()
+    _Py2Pickler(buf, protocol=2).dump(obj)
+    return numpy1_names(buf.getvalue())
+
+
+def numpy1_names(data: bytes) -> bytes:
+    """A protocol 0-2 pickle (text ``GLOBAL`` opcodes) with numpy 2's ``numpy._core`` renamed to numpy 1.x's
+    ``numpy.core``: what a file written under numpy 1.x names."""
+    return data.replace(b"cnumpy._core.", b"cnumpy.core.")
+
+
+def rewrite_as_py2(path: Path) -> None:
+    """Rewrite a (trusted, test-written) pickle in place as a Python-2 pickle of the same content."""
+    with open(path, "rb") as f:
+        obj = pickle.load(f)
+    path.write_bytes(py2_pickle_bytes(obj))
+
+
+class MarkerPayload:
+    """Unpickling this object runs ``touch <marker>`` (a ``__reduce__`` to ``os.system``): the hostile payload of
+    the security tests. The marker file existing afterwards means code from the file ran."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = Path(marker)
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch '{self.marker}'",)
+
+
+class ExecPayload(MarkerPayload):
+    """The same via ``builtins.exec`` (a global that looks like a harmless built-in)."""
+
+    def __reduce__(self):
+        return exec, (f"open({str(self.marker)!r}, 'w').close()",)
+
+
+def inject_payload(path: Path, payload, *keys) -> None:
+    """Replace ``obj[keys[0]][keys[1]]...`` of a test-written pickle by ``payload`` (no keys: the whole file)."""
+    if not keys:
+        path.write_bytes(pickle.dumps(payload))
+        return
+    with open(path, "rb") as f:
+        obj = pickle.load(f)
+    node = obj
+    for k in keys[:-1]:
+        node = node[k]
+    node[keys[-1]] = payload
+    path.write_bytes(pickle.dumps(obj))
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # CMU-MultimodalSDK computational sequences (.csd, HDF5)
 
 

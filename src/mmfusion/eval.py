@@ -14,7 +14,6 @@ from typing import Any
 
 import hydra
 import lightning.pytorch as pl
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from mmfusion.build import build_datamodule, build_module
@@ -22,6 +21,7 @@ from mmfusion.errors import MMFusionError
 from mmfusion.utils import runtime
 from mmfusion.utils.instantiate import instantiate, instantiate_dict
 from mmfusion.utils.report import print_metrics, save_json
+from mmfusion.utils.safe_load import load_checkpoint
 
 log = logging.getLogger(__name__)
 CONFIG_DIR = runtime.CONFIG_DIR
@@ -32,8 +32,8 @@ def read_checkpoint(ckpt_path: str | Path) -> tuple[dict[str, Any], DictConfig]:
     path = Path(ckpt_path)
     if not path.is_file():
         raise MMFusionError(f"ckpt_path: file not found: {ckpt_path}")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    if "mmfusion_cfg" not in ckpt:
+    ckpt = load_checkpoint(path, "ckpt_path")  # torch.load(weights_only=True): never runs code from the file
+    if not isinstance(ckpt, dict) or "mmfusion_cfg" not in ckpt:
         raise MMFusionError(f"{ckpt_path}: not an mmfusion checkpoint (no 'mmfusion_cfg' key)")
     return ckpt, OmegaConf.create(ckpt["mmfusion_cfg"])
 
@@ -65,12 +65,12 @@ def evaluate(cfg: DictConfig, corrupt: str | None = None) -> tuple[dict[str, Any
     trainer: pl.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=[], devices=1)
     split = cfg.get("split", "test")
     if split == "test":
-        trainer.test(module, datamodule=dm, ckpt_path=cfg.ckpt_path, verbose=False)
+        trainer.test(module, datamodule=dm, ckpt_path=cfg.ckpt_path, verbose=False, weights_only=True)
         metrics = dict(module.last_metrics.get("test", {}))  # float64, whole deduplicated split, with its loss
     elif split == "valid":
         if corrupt:
             raise MMFusionError("eval.corrupt is applied on split=test only")
-        trainer.validate(module, datamodule=dm, ckpt_path=cfg.ckpt_path, verbose=False)
+        trainer.validate(module, datamodule=dm, ckpt_path=cfg.ckpt_path, verbose=False, weights_only=True)
         metrics = dict(module.last_metrics.get("val", {}))
     else:
         raise MMFusionError(f"split must be 'test' or 'valid', got {split!r}")

@@ -18,6 +18,7 @@ from mmfusion.callbacks.resume import continue_wandb_run
 from mmfusion.utils import runtime
 from mmfusion.utils.instantiate import instantiate, instantiate_dict
 from mmfusion.utils.report import print_metrics, save_json
+from mmfusion.utils.safe_load import check_checkpoint
 
 log = logging.getLogger(__name__)
 CONFIG_DIR = runtime.CONFIG_DIR
@@ -30,6 +31,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         return fn(cfg), {}
     if cfg.get("seed") is not None:
         pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    check_checkpoint(runtime.resolve_ckpt_path(cfg.get("ckpt_path"), cfg))  # hostile/truncated: one line, now
     dm = build_datamodule(cfg)
     module = build_module(cfg, dm)
     ckpt_path = runtime.resolve_ckpt_path(cfg.get("ckpt_path"), cfg)
@@ -40,7 +42,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     runtime.log_run_info(trainer, module, cfg)
 
     if cfg.get("train", True):
-        trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
     ckpt_cb = trainer.checkpoint_callback
     monitor = getattr(ckpt_cb, "monitor", None)
     selection = f"{monitor} ({getattr(ckpt_cb, 'mode', '')})" if monitor else "last epoch (no monitored checkpoint)"
@@ -52,8 +54,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
             log.warning("no best checkpoint (no validation ran?): testing the final weights")
     if cfg.get("test", True):
         which = best or (ckpt_path if not cfg.get("train", True) else None)
-        trainer.validate(module, datamodule=dm, ckpt_path=which, verbose=False)
-        trainer.test(module, datamodule=dm, ckpt_path=which, verbose=False)
+        trainer.validate(module, datamodule=dm, ckpt_path=which, verbose=False, weights_only=True)
+        trainer.test(module, datamodule=dm, ckpt_path=which, verbose=False, weights_only=True)
         # exact float64 metrics and loss of the whole deduplicated split (the logged copies are float32)
         result["val"] = dict(module.last_metrics.get("val", {}))
         result["test"] = dict(module.last_metrics.get("test", {}))

@@ -71,18 +71,19 @@ def _rss_gb() -> float:
 
 
 def _load_child(path: str) -> dict[str, Any]:
-    """Run in a fresh process: pickle.load alone; the conversion alone (sanitising, lengths, padding, tensors) on
+    """Run in a fresh process: restricted unpickling alone; the conversion alone (sanitising, lengths, padding, tensors) on
     the loaded object; loader throughput; then one full ``setup()`` (load + convert) with text as tokens."""
     import resource
 
     import mmfusion.data.mosi_pickle as mp
     from mmfusion.tasks import SentimentRegression
+    from mmfusion.utils.safe_load import RestrictedUnpickler
 
     torch.set_num_threads(1)
     out: dict[str, Any] = {}
     t0 = time.perf_counter()
-    with open(path, "rb") as f:
-        obj = pickle.load(f)
+    with open(path, "rb") as f:  # the reader's own restricted unpickler (mmfusion.utils.safe_load)
+        obj = RestrictedUnpickler(f).load()
     out["pickle_load_s"] = time.perf_counter() - t0
     original = mp.load_pickle
     mp.load_pickle = lambda *a, _o=obj, **k: _o  # time the conversion alone

@@ -27,7 +27,6 @@ What this reader does, identically for both (documented in ``docs/datasets.md``)
 from __future__ import annotations
 
 import logging
-import pickle
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -49,6 +48,7 @@ from mmfusion.data.sequences import (
 )
 from mmfusion.errors import ConfigError, DataError
 from mmfusion.tasks import Task
+from mmfusion.utils.safe_load import load_data_pickle
 
 log = logging.getLogger(__name__)
 
@@ -58,18 +58,10 @@ MODALITIES = ("text", "audio", "vision")
 
 
 def load_pickle(path: str | Path, hint: str = "mosi") -> Any:
-    """``pickle.load`` with a one-line error for a missing/unreadable file (Python-2 pickles via latin1)."""
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise DataError(f"{p}: file not found; `python scripts/prepare_data.py {hint}` says where to get it")
-    with open(p, "rb") as f:
-        try:
-            return pickle.load(f)
-        except UnicodeDecodeError:
-            f.seek(0)
-            return pickle.load(f, encoding="latin1")
-        except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad file
-            raise DataError(f"{p}: not a readable pickle ({type(e).__name__}: {e})") from None
+    """A dataset pickle through the restricted unpickler (:func:`mmfusion.utils.safe_load.load_data_pickle`:
+    numpy arrays, built-in containers, strings and numbers only; Python-2 pickles via latin1), with one-line
+    errors for a missing, unreadable or hostile file."""
+    return load_data_pickle(path, f"`python scripts/prepare_data.py {hint}` says where to get it")
 
 
 def detect_format(split: Mapping[str, Any], where: str) -> str:

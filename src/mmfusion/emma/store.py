@@ -18,6 +18,7 @@ from mmfusion.emma.composition import shifted_potential
 from mmfusion.emma.dae import TiedDAE
 from mmfusion.emma.energy import potential
 from mmfusion.errors import DataError
+from mmfusion.utils.safe_load import load_checkpoint
 
 FORMAT = "mmfusion-emma-dae/1"
 
@@ -57,7 +58,7 @@ def load_daes(path: str | Path, modalities: tuple[str, ...], dims: dict[str, int
     p = Path(path)
     if not p.is_file():
         raise DataError(f"reg.emma.dae_path: file not found: {p} (run stage=emma_pretrain first)")
-    blob = torch.load(p, map_location="cpu", weights_only=False)
+    blob = load_checkpoint(p, "EMMA DAE file (reg.emma.dae_path)")  # weights_only: never runs code from the file
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise DataError(f"{p}: not an EMMA DAE file (expected format {FORMAT!r})")
     missing = [m for m in modalities if m not in blob["dims"]]

@@ -38,6 +38,7 @@ from mmfusion.module import FusionModule
 from mmfusion.tasks import to_numpy
 from mmfusion.utils.instantiate import instantiate, instantiate_dict
 from mmfusion.utils.report import save_json
+from mmfusion.utils.safe_load import check_checkpoint, load_checkpoint
 
 log = logging.getLogger(__name__)
 TRAINABLE = ("emma", "fusion", "all")
@@ -64,9 +65,19 @@ def _require(path: str | None, key: str) -> str:
     return str(path)
 
 
-def load_net_weights(module: FusionModule, ckpt_path: str) -> None:
-    """Load a baseline checkpoint's model weights; only EMMA's gate may be missing from it."""
-    state = torch.load(ckpt_path, map_location="cpu", weights_only=False)["state_dict"]
+def read_state_dict(ckpt_path: str) -> dict[str, torch.Tensor]:
+    """A baseline checkpoint's ``state_dict``, read with ``torch.load(weights_only=True)`` (never runs code from
+    the file; one-line error for a hostile, truncated or foreign file)."""
+    ckpt = load_checkpoint(ckpt_path, "stage.base_ckpt")
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
+        raise ConfigError(f"{ckpt_path}: not a Lightning checkpoint (no 'state_dict' key)")
+    return ckpt["state_dict"]
+
+
+def load_net_weights(module: FusionModule, ckpt_path: str, state: dict[str, torch.Tensor] | None = None) -> None:
+    """Load a baseline checkpoint's model weights (``state``: its already-read ``state_dict``); only EMMA's gate
+    may be missing from it."""
+    state = read_state_dict(ckpt_path) if state is None else state
     net_state = {k[4:]: v for k, v in state.items() if k.startswith("net.")}
     res = module.net.load_state_dict(net_state, strict=False)
     missing = [k for k in res.missing_keys if not k.startswith("gate.")]
@@ -198,13 +209,14 @@ def pretrain(cfg: DictConfig, base_ckpt: str | None = None, hidden: int | float 
     ``hidden``: an int (units) or a float (a multiple of the modality's dimension; 2.0 = overcomplete).
     """
     base_ckpt = _require(base_ckpt, "stage.base_ckpt")
+    base_state = read_state_dict(base_ckpt)  # before anything is built
     out_dir = Path(cfg.paths.output_dir)
     if cfg.get("seed") is not None:
         pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     c = sub_config(cfg, out_dir)
     dm = build_datamodule(c)
     module = build_module(c, dm)
-    load_net_weights(module, base_ckpt)
+    load_net_weights(module, base_ckpt, base_state)
     module.net.requires_grad_(False)
     t0 = time.perf_counter()
     reps = collect_unimodal(module.net, dm, "train")
@@ -241,6 +253,7 @@ def finetune(cfg: DictConfig, base_ckpt: str | None = None, dae_path: str | None
     ``use_emma: false`` is the control: the same fine-tuning (injection, trainable part) without EMMA.
     """
     base_ckpt = _require(base_ckpt, "stage.base_ckpt")
+    base_state = read_state_dict(base_ckpt)  # before anything is built
     out_dir = Path(cfg.paths.output_dir)
     seed = int(cfg.get("seed") or 0) if seed is None else int(seed)
     pl.seed_everything(seed, workers=True, verbose=False)
@@ -249,6 +262,7 @@ def finetune(cfg: DictConfig, base_ckpt: str | None = None, dae_path: str | None
             raise ConfigError("stage=emma_finetune needs reg=emma (the EMMA module's settings)")
         reg = OmegaConf.to_container(cfg.reg.emma, resolve=True)
         reg["dae_path"] = _require(dae_path or reg.get("dae_path"), "stage.dae_path")
+        check_checkpoint(reg["dae_path"], "stage.dae_path")  # before anything is built
         reg_cfg = {"emma": reg}
     else:
         reg_cfg = {}
@@ -257,10 +271,10 @@ def finetune(cfg: DictConfig, base_ckpt: str | None = None, dae_path: str | None
 
     # the baseline, unchanged, for the comparison
     base_module = build_module(sub_config(cfg, out_dir), dm)
-    load_net_weights(base_module, base_ckpt)
+    load_net_weights(base_module, base_ckpt, base_state)
 
     module = build_module(c, dm)
-    load_net_weights(module, base_ckpt)
+    load_net_weights(module, base_ckpt, base_state)
     first = next(iter(dm._loader("train", shuffle=False)))
     counts = set_trainable(module.net, trainable, first)
     noise_level = [float(v) for v in noise_level] if hasattr(noise_level, "__iter__") else float(noise_level)
@@ -269,7 +283,7 @@ def finetune(cfg: DictConfig, base_ckpt: str | None = None, dae_path: str | None
     trainer.fit(module, datamodule=dm)
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     if best:
-        module.load_state_dict(torch.load(best, map_location="cpu", weights_only=False)["state_dict"])
+        module.load_state_dict(load_checkpoint(best, "best checkpoint")["state_dict"])
     module.to("cpu")
 
     levels = [float(v) for v in eval_noise] if hasattr(eval_noise, "__iter__") else [float(eval_noise)]
