@@ -117,6 +117,196 @@ def memory_scan(
     return u
 
 
+class _LSTMScan(torch.autograd.Function):
+    """One 1-layer LSTM over precomputed input projections, with a hand-written backward (BPTT).
+
+    Forward per step: one ``addmm`` on the recurrent weights and a few in-place elementwise ops into preallocated
+    (T, B, .) buffers. Backward: the gate-derivative factors of all steps are formed at once, the per-step loop only
+    carries ``(dh, dc)`` (one ``mm`` with ``W_hh`` per step), and the recurrent weight gradient is ONE large GEMM
+    over all steps (autograd would issue a small ``mm`` per step). Padded steps (``mask`` False) carry ``(h, c)``.
+
+    Args (forward): xproj (B, T, 4H) = ``x W_ih^T + b_ih + b_hh``; w_hh (4H, H); mask (T, B, 1) bool or None.
+    Returns: cell states (T, B, H) and the last (carried) hidden state (B, H).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, xproj: Tensor, w_hh: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
+        b, t, g4 = xproj.shape
+        h4 = g4 // 4
+        s = xproj.new_empty(t, b, g4)  # sigmoid of the gates (the g slot is unused)
+        tg = xproj.new_empty(t, b, h4)  # tanh(g)
+        cs = xproj.new_empty(t, b, h4)
+        tc = xproj.new_empty(t, b, h4)  # tanh(c)
+        hs = xproj.new_empty(t + 1, b, h4)
+        hs[0].zero_()
+        c = xproj.new_zeros(b, h4)
+        wt = w_hh.t()
+        for k in range(t):
+            st = s[k]
+            torch.addmm(xproj[:, k], hs[k], wt, out=st)
+            torch.tanh(st[:, 2 * h4: 3 * h4], out=tg[k])
+            st.sigmoid_()
+            ck = cs[k]
+            torch.mul(st[:, h4: 2 * h4], c, out=ck)
+            ck.addcmul_(st[:, :h4], tg[k])
+            torch.tanh(ck, out=tc[k])
+            torch.mul(st[:, 3 * h4:], tc[k], out=hs[k + 1])
+            if mask is not None:
+                torch.where(mask[k], ck, c, out=ck)
+                torch.where(mask[k], hs[k + 1], hs[k], out=hs[k + 1])
+            c = ck
+        ctx.save_for_backward(w_hh, s, tg, cs, tc, hs, mask)
+        return cs, hs[t].clone()
+
+    @staticmethod
+    def backward(ctx: Any, d_cs: Tensor | None, d_hlast: Tensor | None) -> tuple[Tensor | None, ...]:
+        w_hh, s, tg, cs, tc, hs, mask = ctx.saved_tensors
+        t, b, g4 = s.shape
+        h4 = g4 // 4
+        i, f, o = s[..., :h4], s[..., h4: 2 * h4], s[..., 3 * h4:]
+        c_prev = torch.cat([cs.new_zeros(1, b, h4), cs[:-1]], 0)
+        # d(gate pre-activations) = [dcc, dcc, dcc, dh] * a, for all steps at once
+        a = torch.cat([tg * i * (1 - i), c_prev * f * (1 - f), i * (1 - tg * tg), tc * o * (1 - o)], -1)
+        q = o * (1 - tc * tc)  # dc += dh * q
+        f_eff = f
+        if mask is not None:
+            a.mul_(mask)
+            q = q * mask
+            f_eff = torch.where(mask, f, torch.ones_like(f))
+            keep_h = (~mask).to(s.dtype)
+        dg = torch.empty_like(s)
+        dh = d_hlast if d_hlast is not None else s.new_zeros(b, h4)
+        dc = s.new_zeros(b, h4)
+        for k in range(t - 1, -1, -1):
+            dct = dc + d_cs[k] if d_cs is not None else dc
+            dcc = torch.addcmul(dct, dh, q[k])
+            gk = dg[k]
+            torch.mul(a[k, :, : 3 * h4].view(b, 3, h4), dcc[:, None], out=gk[:, : 3 * h4].view(b, 3, h4))
+            torch.mul(a[k, :, 3 * h4:], dh, out=gk[:, 3 * h4:])
+            dc = dcc * f_eff[k]
+            dh = gk.mm(w_hh) if mask is None else torch.addcmul(gk.mm(w_hh), dh, keep_h[k])
+        d_w = dg.reshape(-1, g4).t().mm(hs[:-1].reshape(-1, h4)) if ctx.needs_input_grad[1] else None
+        return dg.transpose(0, 1), d_w, None
+
+
+def lstm_scan(lstm: nn.LSTM, x: Tensor, valid: Tensor | None) -> tuple[Tensor, Tensor]:
+    """A 1-layer ``lstm`` (batch_first) over ``x`` (B, T, D): input projections of all steps in one GEMM, then
+    :class:`_LSTMScan`. valid: (B, T) bool or None (all valid). Returns cell states (T, B, H), last hidden (B, H)."""
+    xproj = F.linear(x, lstm.weight_ih_l0, lstm.bias_ih_l0 + lstm.bias_hh_l0)
+    mask = None if valid is None else valid.t()[..., None].contiguous()
+    return _LSTMScan.apply(xproj, lstm.weight_hh_l0, mask)
+
+
+class _MemoryScan(torch.autograd.Function):
+    """:func:`memory_scan` (the per-step part of the multi-view gated memory) with a hand-written backward.
+
+    The same operations and the same dropout draws as :func:`memory_scan` (masks from
+    :func:`~mmfusion.models.subnets.dropout_keep`, bit-identical to ``F.dropout``, drawn in the same order), but
+    the backward loop only carries ``du`` (two or three small GEMMs per step); the gradients of the gate weights and
+    of ``w_mem`` are single GEMMs over all steps.
+
+    Args (forward): pre (T, B, G1+G2); chat (T, B, M); valid (T, B, 1) bool or None; w_mem (G1+G2, M) or None;
+    w1 (M, G1), b1, w2 (M, G2), b2: the gates' second layers; split = G1; p1, p2 dropout; training.
+    Returns u_T (B, M).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, pre: Tensor, chat: Tensor, valid: Tensor | None, w_mem: Tensor | None, w1: Tensor,
+                b1: Tensor, w2: Tensor, b2: Tensor, split: int, p1: float, p2: float, training: bool) -> Tensor:
+        from mmfusion.models.subnets import dropout_keep, dropout_scale
+
+        t, b, g = pre.shape
+        m = chat.shape[-1]
+        us = chat.new_empty(t + 1, b, m)
+        us[0].zero_()
+        act = pre.new_empty(t, b, g)  # relu(first layer), before dropout
+        drop = [p1 > 0 and training, p2 > 0 and training]
+        noise = [pre.new_empty(t, b, split) if drop[0] else None, pre.new_empty(t, b, g - split) if drop[1] else None]
+        scale = [dropout_scale(p, pre.dtype) if d else 1.0 for p, d in zip((p1, p2), drop)]
+        ad = [pre.new_empty(t, b, split) if drop[0] else None, pre.new_empty(t, b, g - split) if drop[1] else None]
+        g1s, g2s = chat.new_empty(t, b, m), chat.new_empty(t, b, m)
+        w1t, w2t = w1.t(), w2.t()
+        wt = w_mem.t() if w_mem is not None else None
+        for k in range(t):
+            a = act[k]
+            if wt is not None:
+                torch.addmm(pre[k], us[k], wt, out=a)
+            else:
+                a.copy_(pre[k])
+            a.relu_()
+            parts = [a[:, :split], a[:, split:]]
+            for j, p in enumerate((p1, p2)):
+                if drop[j]:
+                    n = noise[j][k]
+                    n.copy_(dropout_keep(n.numel(), p).view(n.shape)).mul_(scale[j])
+                    parts[j] = torch.mul(parts[j], n, out=ad[j][k])
+            torch.addmm(b1, parts[0], w1t, out=g1s[k]).sigmoid_()
+            torch.addmm(b2, parts[1], w2t, out=g2s[k]).sigmoid_()
+            new = torch.mul(g1s[k], us[k], out=us[k + 1])
+            new.addcmul_(g2s[k], chat[k])
+            if valid is not None:
+                torch.where(valid[k], new, us[k], out=us[k + 1])
+        ctx.split, ctx.drop = split, drop
+        ctx.save_for_backward(chat, valid, w_mem, w1, w2, us, act, g1s, g2s, *(x for x in noise + ad if x is not None))
+        return us[t].clone()
+
+    @staticmethod
+    def backward(ctx: Any, du: Tensor) -> tuple[Tensor | None, ...]:
+        chat, valid, w_mem, w1, w2, us, act, g1s, g2s, *rest = ctx.saved_tensors
+        split, drop = ctx.split, ctx.drop
+        noise, ad = [None, None], [None, None]
+        for j in (0, 1):
+            if drop[j]:
+                noise[j] = rest.pop(0)
+        for j in (0, 1):
+            if drop[j]:
+                ad[j] = rest.pop(0)
+        t, b, m = chat.shape
+        u_prev = us[:-1]
+        p1 = u_prev * g1s * (1 - g1s)  # dz1 = du * p1
+        p2 = chat * g2s * (1 - g2s)
+        g1_eff = g1s
+        if valid is not None:
+            p1.mul_(valid)
+            p2.mul_(valid)
+            g1_eff = torch.where(valid, g1s, torch.ones_like(g1s))
+        # d(first layer) = d(dropped) * noise * relu'
+        pos = act > 0
+        gate = [pos[..., :split].to(act.dtype), pos[..., split:].to(act.dtype)]
+        for j in (0, 1):
+            if drop[j]:
+                gate[j].mul_(noise[j])
+        dus = torch.empty_like(chat)
+        dz1, dz2 = torch.empty_like(chat), torch.empty_like(chat)
+        da = act.new_empty(act.shape)
+        wm1 = w_mem[:split] if w_mem is not None else None
+        wm2 = w_mem[split:] if w_mem is not None else None
+        for k in range(t - 1, -1, -1):
+            dus[k].copy_(du)
+            torch.mul(du, p1[k], out=dz1[k])
+            torch.mul(du, p2[k], out=dz2[k])
+            a1, a2 = da[k, :, :split], da[k, :, split:]
+            torch.mul(dz1[k].mm(w1), gate[0][k], out=a1)
+            torch.mul(dz2[k].mm(w2), gate[1][k], out=a2)
+            du = du * g1_eff[k]
+            if wm1 is not None:
+                du = du.addmm_(a1, wm1).addmm_(a2, wm2)
+        need = ctx.needs_input_grad
+        x1 = ad[0] if drop[0] else act[..., :split]
+        x2 = ad[1] if drop[1] else act[..., split:]
+        d_w1 = dz1.reshape(-1, m).t().mm(x1.reshape(-1, split)) if need[4] else None
+        d_b1 = dz1.sum((0, 1)) if need[5] else None
+        d_w2 = dz2.reshape(-1, m).t().mm(x2.reshape(-1, x2.shape[-1])) if need[6] else None
+        d_b2 = dz2.sum((0, 1)) if need[7] else None
+        d_wmem = da.reshape(-1, da.shape[-1]).t().mm(u_prev.reshape(-1, m)) if (w_mem is not None and need[3]) else None
+        d_chat = None
+        if need[1]:
+            d_chat = dus * g2s
+            if valid is not None:
+                d_chat.mul_(valid)
+        return da if need[0] else None, d_chat, None, d_wmem, d_w1, d_b1, d_w2, d_b2, None, None, None, None
+
+
 class MFN(FusionModel):
     """Memory Fusion Network (``model=mfn``): System of LSTMs, Delta-memory Attention, Multi-view Gated Memory.
 
@@ -188,6 +378,7 @@ class MFN(FusionModel):
         self.fused_dim = self.state_dim + self.mem_dim
         self.head = nn.Sequential(nn.Linear(self.fused_dim, out_hidden), nn.ReLU(), nn.Dropout(out_dropout),
                                   nn.Linear(out_hidden, output_dim))
+        self.compile = bool(compile)
         self._scan = torch.compile(memory_scan, dynamic=False) if compile else memory_scan
 
     # -- System of LSTMs ------------------------------------------------------------------------------------------
@@ -201,8 +392,11 @@ class MFN(FusionModel):
         valids = [length_mask(lens[m], t) for m in self.modalities]
         valid_any = torch.stack(valids).any(0)
         if self.lstm_impl == "loop":
-            hs, cells = lstm_loop([self.lstms[m] for m in self.modalities], [xs[m] for m in self.modalities], valids)
-            return Encoded(unimodal=dict(zip(self.modalities, hs)), state={"cells": cells, "valid": valid_any})
+            all_valid = all(bool(v.all()) for v in valids)
+            runs = [lstm_scan(self.lstms[m], xs[m], None if all_valid else v) for m, v in zip(self.modalities, valids)]
+            cells = torch.cat([c for c, _ in runs], -1).transpose(0, 1).contiguous()  # (B, T, sum h)
+            return Encoded(unimodal={m: h for m, (_, h) in zip(self.modalities, runs)},
+                           state={"cells": cells, "valid": valid_any})
         unimodal, fs, igs = {}, [], []
         for m, valid in zip(self.modalities, valids):
             h_seq, h_last = run_lstm(self.lstms[m], xs[m], lens[m])
@@ -234,6 +428,11 @@ class MFN(FusionModel):
         w_mem = torch.cat([g1_in.weight[:, cd:], g2_in.weight[:, cd:]], 0) if self.gates_see_memory else None
         valid = state["valid"]
         valid_t = None if bool(valid.all()) else valid.transpose(0, 1)[..., None]
-        u = self._scan(pre, chat.transpose(0, 1), valid_t, w_mem, g1_in.out_features,
-                       self.gamma1[3], self.gamma2[3], self.gamma1[2].p, self.gamma2[2].p, self.training)
+        g1_out, g2_out, split = self.gamma1[3], self.gamma2[3], g1_in.out_features
+        if self.compile:
+            u = self._scan(pre, chat.transpose(0, 1), valid_t, w_mem, split, g1_out, g2_out, self.gamma1[2].p,
+                           self.gamma2[2].p, self.training)
+        else:
+            u = _MemoryScan.apply(pre, chat.transpose(0, 1), valid_t, w_mem, g1_out.weight, g1_out.bias,
+                                  g2_out.weight, g2_out.bias, split, self.gamma1[2].p, self.gamma2[2].p, self.training)
         return torch.cat([unimodal[m] for m in self.modalities] + [u], dim=-1)
