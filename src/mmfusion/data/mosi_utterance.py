@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 from pathlib import Path
 
 import numpy as np
@@ -32,29 +33,79 @@ FILES = {"text": "text", "audio": "audio", "vision": "video"}
 DIMS = {"text": 100, "audio": 73, "vision": 100}
 
 
+def _open_text(path: Path) -> list[list[str]]:
+    """The CSV rows of ``path``; a binary or corrupt file is a one-line DataError."""
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            return [r for r in csv.reader(f) if r]
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not a text CSV (byte {e.start} is not UTF-8: a binary or corrupt file?)") from None
+    except csv.Error as e:
+        raise DataError(f"{path}: not a readable CSV ({e})") from None
+
+
 def read_float_csv(path: Path, expected_cols: int) -> np.ndarray:
+    """A headerless numeric CSV with ``expected_cols`` columns per row (features, then the label).
+
+    Raises:
+        DataError: one line naming the file, the first bad row (and column) and what was expected.
+    """
     if not path.is_file():
         raise DataError(f"{path}: file not found (expected the bc-LSTM MOSI utterance features; see shared/data/README.md)")
-    with path.open(newline="") as f:
-        rows = [r for r in csv.reader(f) if r]
+    rows = _open_text(path)
+    if not rows:
+        raise DataError(f"{path}: empty file (expected rows of {expected_cols} numbers: features + label)")
+    for i, r in enumerate(rows, 1):
+        if len(r) != expected_cols:
+            raise DataError(f"{path}: expected {expected_cols} columns (features + label), row {i} has {len(r)}"
+                            + (" (a row cut short?)" if len(r) < expected_cols else ""))
     try:
         arr = np.asarray(rows, dtype=np.float64)
     except ValueError:
-        raise DataError(f"{path}: expected a numeric CSV with {expected_cols} columns per row") from None
-    if arr.ndim != 2 or arr.shape[1] != expected_cols:
-        raise DataError(f"{path}: expected {expected_cols} columns (features + label), got shape {arr.shape}")
+        for i, r in enumerate(rows, 1):
+            for j, v in enumerate(r, 1):
+                try:
+                    float(v)
+                except ValueError:
+                    what = "the label" if j == expected_cols else f"feature {j}"
+                    raise DataError(f"{path}: row {i}, column {j} ({what}): {v[:40]!r} is not a number") from None
+        raise
     return arr
 
 
+INDEX_COLUMNS = ("bclstm_split", "bclstm_row", "label", "video_id", "text_lower")
+
+
 def read_index(path: Path) -> dict[tuple[str, int], dict[str, str]]:
+    """``mosi_index.csv`` keyed by ``(bclstm_split, bclstm_row)``; every row must be complete, with an integer
+    row and a finite numeric label (one-line DataError naming the line otherwise)."""
     if not path.is_file():
         raise DataError(f"{path}: file not found (mosi_index.csv joins bc-LSTM rows to continuous labels)")
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        need = {"bclstm_split", "bclstm_row", "label", "video_id", "text_lower"}
-        if not need <= set(reader.fieldnames or []):
-            raise DataError(f"{path}: missing columns {sorted(need - set(reader.fieldnames or []))}")
-        return {(r["bclstm_split"], int(r["bclstm_row"])): r for r in reader}
+    rows = _open_text(path)
+    if not rows:
+        raise DataError(f"{path}: empty file (expected a header with columns {list(INDEX_COLUMNS)})")
+    header, out = rows[0], {}
+    missing = sorted(set(INDEX_COLUMNS) - set(header))
+    if missing:
+        raise DataError(f"{path}: missing columns {missing}")
+    for line, r in enumerate(rows[1:], 2):
+        if len(r) != len(header):
+            raise DataError(f"{path}: line {line} has {len(r)} fields, expected {len(header)}"
+                            + (" (a row cut short?)" if len(r) < len(header) else ""))
+        rec = dict(zip(header, r))
+        try:
+            row = int(rec["bclstm_row"])
+        except ValueError:
+            raise DataError(f"{path}: line {line}: bclstm_row {rec['bclstm_row'][:40]!r} is not an integer") from None
+        try:
+            label = float(rec["label"])
+        except ValueError:
+            label = None
+        if label is None or not math.isfinite(label):
+            raise DataError(f"{path}: line {line} (segment {rec.get('segment_id', '?')!r}): label "
+                            f"{rec['label'][:40]!r} is not a finite number (expected a score in [-3, 3])")
+        out[(rec["bclstm_split"], row)] = rec
+    return out
 
 
 class MOSIUtterance(MultimodalDataModule):
@@ -108,7 +159,8 @@ class MOSIUtterance(MultimodalDataModule):
         for row in range(binary.shape[0]):
             rec = index.get((split, row))
             if rec is None:
-                raise DataError(f"mosi_index.csv: no label for bc-LSTM row ({split}, {row})")
+                raise DataError(f"{self.root / 'mosi_index.csv'}: no label for bc-LSTM row ({split}, {row}); it has "
+                                f"{len(index)} rows (a file cut short?)")
             y = float(rec["label"])
             if (y >= 0) != bool(binary[row]):
                 raise DataError(f"mosi_index.csv: label {y} of ({split}, {row}) disagrees with the CSV binary label {binary[row]}")
