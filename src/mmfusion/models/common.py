@@ -32,6 +32,9 @@ def run_lstm(lstm: nn.LSTM, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]
     if x.shape[1] == 1:
         out, (h, _) = lstm(x)
         return out, h[-1]
+    if bool((lengths >= x.shape[1]).all()):  # nothing to pack: the plain LSTM (oneDNN on CPU), same result
+        out, (h, _) = lstm(x)
+        return out, h[-1]
     packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
     out, (h, _) = lstm(packed)
     out, _ = pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
