@@ -202,3 +202,47 @@ def test_zero_beta_plugin_leaves_training_bit_identical() -> None:
     assert all(torch.equal(base[k], v) for k, v in train_steps(Synergy(divergence="kl", beta=0.0)).items())
     moved = train_steps(Synergy(divergence="mmd", beta=1.0))
     assert any(not torch.equal(base[k], moved[k]) for k in base)
+
+
+def test_alignment_compares_distributions_not_scales() -> None:
+    """Both sides are layer-normalised before their projections: shrinking the fused vector 1000x (LFN's scale at
+    initialisation) leaves L_d unchanged, whereas the paper's un-normalised form turns it into a scale penalty."""
+    torch.manual_seed(7)
+    model, batch = TinyFusion(), redundant_batch(n=64)
+    out = model(batch)
+    tiny = FusionOutput(out.unimodal, 1e-3 * out.fused, out.prediction)
+    normed = Synergy(recon_weight=0.0, kurt_weight=0.0, proj_dim=8)
+    attach(normed, model)
+    assert frozen_terms(normed, tiny)["align"] == pytest.approx(frozen_terms(normed, out)["align"], rel=1e-4, abs=1e-6)
+    paper = Synergy(recon_weight=0.0, kurt_weight=0.0, proj_dim=8, align_normalize="none")
+    attach(paper, model)
+    assert frozen_terms(paper, tiny)["align"] > 2 * frozen_terms(paper, out)["align"]
+
+
+def test_kl_alignment_has_one_invertible_map_per_side() -> None:
+    """A bijection shared by both sides leaves KL unchanged, so synergy_kl maps each side with its own G: moving the
+    fused-side map of modality i moves only the fused half of pair i."""
+    torch.manual_seed(8)
+    model, batch = TinyFusion(), redundant_batch(n=32)
+    plugin = Synergy(divergence="kl", proj_dim=8)
+    attach(plugin, model)
+    assert plugin.side_maps == "separate" and Synergy(divergence="mmd").side_maps == "shared"
+    out = model(batch)
+    with torch.no_grad():
+        before = plugin.aligned_pairs(out.unimodal, out.fused)
+        plugin.cnet["G"][-1].bias[len(plugin.modalities) + 1] += 1.0  # last layer, fused-side map of modality 1
+        after = plugin.aligned_pairs(out.unimodal, out.fused)
+    m0, m1 = plugin.modalities[0], plugin.modalities[1]
+    assert torch.equal(before[m1][0], after[m1][0]) and not torch.equal(before[m1][1], after[m1][1])
+    assert torch.equal(before[m0][1], after[m0][1])
+
+
+def test_beta_warmup_is_a_fraction_of_the_run() -> None:
+    plugin = Synergy(beta=2.0, warmup=0.5)
+    attach(plugin, TinyFusion())
+    assert plugin.current_beta() == 2.0  # run length unknown: no ramp
+    plugin.set_total_steps(20)
+    plugin.steps.fill_(5)
+    assert plugin.current_beta() == pytest.approx(1.0)
+    plugin.steps.fill_(10)
+    assert plugin.current_beta() == 2.0

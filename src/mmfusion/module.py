@@ -99,6 +99,7 @@ class FusionModule(pl.LightningModule):
         self.skipped_batches: dict[str, int] = {name: 0 for name in self.plugins}
         self.influence_every = 0
         self.influence_history: list[dict[str, float]] = []
+        self.plugin_diagnostics: dict[str, dict[str, float]] = {}  # last validation epoch's, per plug-in
         self._n_steps = 0
 
     # -- optimisers ---------------------------------------------------------------------------------------------
@@ -279,6 +280,7 @@ class FusionModule(pl.LightningModule):
         for name, p in self.plugins.items():
             diag = p.validation_epoch_diagnostics()
             if diag:
+                self.plugin_diagnostics[name] = {k: float(v) for k, v in diag.items()}
                 self.log_dict({f"val/reg/{name}/{k}": v for k, v in diag.items()}, sync_dist=True)
         metrics = self._epoch_metrics("val")
         if metrics and not self.trainer.sanity_checking:

@@ -109,10 +109,18 @@ class Synergy(Plugin):
                  kl_bound: str = "nwj", critic_hidden: int = 128, critic_layers: int = 2, critic_lr: float = 4e-4,
                  critic_steps: int = 1, lr: float = 1e-3, weight_decay: float = 1e-4, kurt_decay: float = 0.9,
                  kurt_ridge: float = 1e-3, kurt_cap: float | None = 3.0, kurt_sign: float = 1.0,
-                 grad_clip: float | None = 5.0, seed: int = 0) -> None:
+                 grad_clip: float | None = 5.0, align_normalize: str = "layernorm", side_maps: str | None = None,
+                 warmup: float = 0.0, seed: int = 0) -> None:
         super().__init__()
         if divergence not in ("mmd", "kl"):
             raise ConfigError(f"reg.synergy divergence must be 'mmd' or 'kl', got {divergence!r}")
+        if align_normalize not in ("layernorm", "none"):
+            raise ConfigError(f"reg.synergy align_normalize must be 'layernorm' or 'none', got {align_normalize!r}")
+        side_maps = side_maps or ("separate" if divergence == "kl" else "shared")
+        if side_maps not in ("shared", "separate"):
+            raise ConfigError(f"reg.synergy side_maps must be 'shared' or 'separate', got {side_maps!r}")
+        if not 0.0 <= warmup <= 1.0:
+            raise ConfigError(f"reg.synergy warmup is a fraction of the run in [0, 1], got {warmup}")
         if kl_bound not in ("nwj", "dv"):
             raise ConfigError(f"reg.synergy kl_bound must be 'nwj' or 'dv', got {kl_bound!r}")
         for key, val in (("beta", beta), ("recon_weight", recon_weight), ("align_weight", align_weight),
@@ -130,6 +138,9 @@ class Synergy(Plugin):
         self.lr, self.weight_decay, self.grad_clip = lr, weight_decay, grad_clip
         self.kurt_kw = dict(decay=kurt_decay, rel_ridge=kurt_ridge, cap=kurt_cap)
         self.kurt_sign, self.seed = float(kurt_sign), seed
+        self.align_normalize, self.side_maps = align_normalize, side_maps
+        self.warmup, self.total_steps = float(warmup), None
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
         self.modalities: tuple[str, ...] = ()
         self.cnet = nn.ModuleDict()
         self.critics = nn.ModuleDict()
@@ -148,12 +159,18 @@ class Synergy(Plugin):
         def proj(out_dim: int, in_dim: int) -> Tensor:  # JL projection, entries N(0, 1/out_dim)
             return torch.randn(out_dim, in_dim, generator=g) / math.sqrt(out_dim)
 
+        def align_proj(out_dim: int, in_dim: int) -> Tensor:
+            # entries N(0, 1/in_dim): a unit-RMS (layer-normalised) input of any size gives unit-variance outputs,
+            # so unimodal (d_i) and fused (d) sides land on the same scale before they are compared
+            scale = in_dim if self.align_normalize == "layernorm" else out_dim
+            return torch.randn(out_dim, in_dim, generator=g) / math.sqrt(scale)
+
         with torch.random.fork_rng(devices=[]):  # the C-network's init leaves the global RNG untouched
             torch.manual_seed(self.seed)
             self._build(mods, dims, fdim)
         for m in mods:
-            self.register_buffer(f"R_uni_{m}", proj(k, dims[m]))
-            self.register_buffer(f"R_fus_{m}", proj(k, fdim))
+            self.register_buffer(f"R_uni_{m}", align_proj(k, dims[m]))
+            self.register_buffer(f"R_fus_{m}", align_proj(k, fdim))
         for name, d in [*((m, dims[m]) for m in mods), ("fused", fdim)]:
             kd = min(self.kurt_dim, d)
             self.register_buffer(f"P_kurt_{name}", proj(kd, d))
@@ -162,7 +179,10 @@ class Synergy(Plugin):
         k = self.proj_dim
         self.cnet["Q"] = nn.ModuleDict({m: mlp(sum(dims[o] for o in mods if o != m), self.q_hidden, self.q_layers,
                                                dims[m]) for m in mods})
-        self.cnet["G"] = InvertibleNet(k, self.inn_layers, groups=len(mods))
+        # one invertible G_i per modality shared by both sides, or one per side (G_i^u, G_i^f) -- a bijection
+        # shared by both sides leaves a KL unchanged, so for KL only separate maps let G act
+        groups = len(mods) * (2 if self.side_maps == "separate" else 1)
+        self.cnet["G"] = InvertibleNet(k, self.inn_layers, groups=groups)
         if self.divergence == "kl":
             self.critics.update({m: mlp(k, self.critic_hidden, self.critic_layers, 1) for m in mods})
         for name, d in [*((m, dims[m]) for m in mods), ("fused", fdim)]:
@@ -172,6 +192,15 @@ class Synergy(Plugin):
     def min_batch_size(self) -> int:
         """The unbiased MMD^2 and the kurtosis covariance need two samples."""
         return 2
+
+    def set_total_steps(self, total_steps: int) -> None:
+        self.total_steps = int(total_steps)
+
+    def current_beta(self) -> float:
+        """beta, ramped linearly from 0 over the first ``warmup`` fraction of the run (while the C-network and
+        critics start from random; no ramp when the run length is unknown)."""
+        length = int(round(self.warmup * self.total_steps)) if self.total_steps else 0
+        return self.beta if length <= 0 else self.beta * min(1.0, float(self.steps) / length)
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         if not self.modalities:
@@ -193,9 +222,16 @@ class Synergy(Plugin):
         """``{m: (G_m(R^u_m z_m), G_m(R^f_m Z))}``: the pairs of samples whose distributions are aligned
         (all modalities in one batched pass through the invertible networks)."""
         n = fused.shape[0]
-        x = torch.stack([torch.cat([uni[m] @ getattr(self, f"R_uni_{m}").T, fused @ getattr(self, f"R_fus_{m}").T])
-                         for m in self.modalities])
-        y = self.cnet["G"](x)
+        if self.align_normalize == "layernorm":  # compare distributions, not scales (see the docstring)
+            uni = {m: F.layer_norm(z, z.shape[-1:], eps=LN_EPS) for m, z in uni.items()}
+            fused = F.layer_norm(fused, fused.shape[-1:], eps=LN_EPS)
+        pu = [uni[m] @ getattr(self, f"R_uni_{m}").T for m in self.modalities]
+        pf = [fused @ getattr(self, f"R_fus_{m}").T for m in self.modalities]
+        if self.side_maps == "separate":  # groups: G_1^u .. G_M^u, G_1^f .. G_M^f
+            y = self.cnet["G"](torch.stack([*pu, *pf]))
+            mm = len(self.modalities)
+            return {m: (y[i], y[mm + i]) for i, m in enumerate(self.modalities)}
+        y = self.cnet["G"](torch.stack([torch.cat([a, b]) for a, b in zip(pu, pf)]))
         return {m: (y[i, :n], y[i, n:]) for i, m in enumerate(self.modalities)}
 
     def terms(self, out: FusionOutput) -> dict[str, Tensor]:
@@ -252,11 +288,14 @@ class Synergy(Plugin):
         reg = sum((self.w[k] * v for k, v in t.items()), out.fused.new_zeros(()))
         logs: dict[str, Tensor | float] = {k: v.detach() for k, v in t.items()}
         logs["L_reg"] = reg.detach()
-        return PluginLoss(value=self.beta * reg, logs=logs)
+        beta = self.current_beta() if stage == "train" else self.beta
+        logs["beta"] = beta
+        return PluginLoss(value=beta * reg, logs=logs)
 
     def after_backward(self, optimizers: list[torch.optim.Optimizer]) -> None:
         """The C-network descends the same ``beta * L_reg`` the task model just back-propagated."""
         opt = optimizers[0]
+        self.steps += 1
         if self.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.cnet.parameters(), self.grad_clip)
         opt.step()
