@@ -36,7 +36,9 @@ def _poison(raw: np.ndarray, clean: np.ndarray, rng: np.random.Generator, overfl
 
 
 def write_mmsa(path: Path, seed: int = 0, aligned: bool = False, dims=(16, 5, 20)) -> dict:
-    """MMSA ``unaligned_50.pkl`` (or ``aligned_50.pkl``) layout; audio stored as float64 (overflow case)."""
+    """MMSA ``unaligned_50.pkl`` (or ``aligned_50.pkl``) layout; audio stored as float64 (overflow case).
+    Aligned: audio/vision lengths are the text mask's; sample 0 ends with an all-zero (silent) frame and sample
+    1 has all-zero audio, so trailing-zero inference would get both wrong."""
     rng = np.random.default_rng(seed)
     dt, da, dv = dims
     lt, la, lv = (8, 8, 8) if aligned else (8, 12, 15)
@@ -57,9 +59,8 @@ def write_mmsa(path: Path, seed: int = 0, aligned: bool = False, dims=(16, 5, 20
             seqs["text"].append(text[i, : tl[i]].copy())
         audio = np.zeros((n, la, da), np.float64)
         vision = np.zeros((n, lv, dv), np.float32)
-        if aligned:
+        if aligned:  # one audio/vision step per word-piece position: the true length is the text mask's
             al = vl = tl.copy()
-            al[1] = 0  # zero-length: no audio for this sample
         else:
             al = rng.integers(1, la + 1, n)
             vl = rng.integers(1, lv + 1, n)
@@ -68,6 +69,10 @@ def write_mmsa(path: Path, seed: int = 0, aligned: bool = False, dims=(16, 5, 20
         for arr, lens, name, ovf in ((audio, al, "audio", True), (vision, vl, "vision", False)):
             for i in range(n):
                 fr = _frames(rng, int(lens[i]), arr.shape[2])
+                if aligned and i == 0:
+                    fr[-1] = 0.0  # a silent last word: an all-zero frame that is data, not padding
+                if aligned and i == 1 and name == "audio":
+                    fr[:] = 0.0  # no audio at all for this sample, still one (zero) step per word
                 clean = fr.copy()
                 _poison(fr, clean, rng, ovf)
                 arr[i, : lens[i]] = fr  # MMSA pads at the back

@@ -162,3 +162,20 @@ def test_errors_are_one_line(tmp_path):
             _dm(tmp_path / "nosplit.pkl").setup()
         except err as e:
             assert "\n" not in str(e)
+
+
+def test_mmsa_aligned_lengths_come_from_the_text_mask(tmp_path):
+    """MMSA aligned_50: audio/vision lengths = the BERT mask's (MMSA's convention), not the trailing all-zero
+    frames: sample 0 ends with a silent (all-zero) word, sample 1 has no audio at all."""
+    truth = write_mmsa(tmp_path / "aligned_50.pkl", aligned=True)
+    dm = _dm(tmp_path / "aligned_50.pkl")
+    dm.setup()
+    for s in SPLITS:
+        lens = dm.splits[s].tensors["lengths"]
+        mask_len = truth[s]["tokens"][:, 1].sum(axis=1)
+        for m in ("text", "audio", "vision"):
+            np.testing.assert_array_equal(lens[m].numpy(), mask_len, err_msg=f"{s}/{m}")
+    a = dm.splits["train"].tensors["x"]["audio"]
+    last = int(truth["train"]["tokens"][0, 1].sum()) - 1
+    assert not a[0, last].any() and a[0, last - 1].any()  # the silent word is inside the true length
+    assert not a[1].any()  # no audio at all, yet the length is the text mask's (checked above)

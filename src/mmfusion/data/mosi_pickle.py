@@ -14,9 +14,11 @@ What this reader does, identically for both (documented in ``docs/datasets.md``)
 
 * sanitising (:func:`mmfusion.data.sequences.sanitize_inplace`, logged once per file): NaN/+-inf -> 0 (the
   peers zero only -inf, MulT/MMSA; MOSEI COVAREP also overflows float32, AZYoung233/CLGSI#9);
-* true lengths: the stored ``*_lengths`` (MMSA unaligned), the BERT attention mask for text, otherwise inferred
-  from the all-zero padding frames on the detected side; the padding side is detected per file and modality
-  (MMSA's side is undocumented) or forced with ``padding``; everything leaves RIGHT-padded;
+* true lengths: the stored ``*_lengths`` (MMSA unaligned); the BERT attention mask for text and, in MMSA
+  aligned files (audio/vision with one step per word-piece position, no ``*_lengths``), for audio and vision
+  too, as MMSA's models use it (``MISA.alignment``: ``lengths = mask_len``); otherwise (MulT) inferred from the
+  all-zero padding frames on the detected side; the padding side is detected per file and modality (MMSA's
+  side is undocumented) or forced with ``padding``; everything leaves RIGHT-padded;
 * ``pool``: modalities averaged over their TRUE length to one step (N, 1, D), for utterance-level models
   (MMSA ``need_normalized`` averages over the padding instead, §4.1 item 2: not reproduced);
 * text as features (``text: features``) or as BERT word-piece ids in ``batch["tokens"]`` (``text: tokens``,
@@ -265,6 +267,12 @@ class MosiPickleDataModule(MultimodalDataModule):
             side = self.padding if self.padding != "auto" else detect_side_with_lengths(arr, np.minimum(stored, t))
             return lens, side
         if m == "text" and text_mask is not None:  # BERT features: the tokenizer pads on the right
+            return clamp_lengths(text_mask, t, name, report), "right"
+        if (text_mask is not None and self.padding in ("auto", "right") and t == np.shape(d["text_bert"])[-1]
+                and "audio_lengths" not in d and "vision_lengths" not in d):
+            # MMSA aligned_50: one audio/vision step per word-piece position, so the true length is the text
+            # mask's, as MMSA's models use it (e.g. MISA.alignment packs audio/vision with the mask length); a
+            # silent word (an all-zero frame) at the end is data, not padding
             return clamp_lengths(text_mask, t, name, report), "right"
         side, lens = infer_padding(arr)
         if self.padding != "auto":
