@@ -26,6 +26,10 @@ CASES = {
     "tfn_range": (TFN, TFN0, dict(hidden=4, text_hidden=8, text_out=3, dropout={"text": 0.0, "audio": 0.2,
                                                                                 "vision": 0.5},
                                   post_fusion_dim=6, post_fusion_dropout=0.5, output_range=(-3.0, 3.0))),
+    # text input >= 4 x LSTM width: the language sub-network runs the hand-written LSTM scan (subnets.lstm_scan)
+    "tfn_wide": (TFN, TFN0, dict(hidden=4, text_hidden=3, text_out=4, dropout=0.3, post_fusion_dim=6,
+                                 post_fusion_dropout=0.3)),
+    "lfn_wide": (LFN, LFN0, dict(hidden=3, text_hidden=2, text_out=3, dropout=0.2, rank=2, fusion_dim=4)),
     "lfn": (LFN, LFN0, dict(hidden=4, text_hidden=10, text_out=5, dropout=0.3, rank=3, fusion_dim=6,
                             post_fusion_dropout=0.2)),
     "lfn_code": (LFN, LFN0, dict(hidden={"audio": 3, "vision": 5}, text_hidden=8, text_out=4, dropout=0.2, rank=2,
@@ -101,7 +105,7 @@ def test_same_as_before_float32(case: str, padded: bool) -> None:
     _check(case, padded, torch.float32)
 
 
-@pytest.mark.parametrize("case", ["tfn", "lfn", "mfn", "mfn_nogatemem", "ef_lstm_deep"])
+@pytest.mark.parametrize("case", ["tfn", "tfn_wide", "lfn", "lfn_wide", "mfn", "mfn_nogatemem", "ef_lstm_deep"])
 @pytest.mark.parametrize("padded", [False, True], ids=["full", "padded"])
 def test_same_as_before_float64(case: str, padded: bool) -> None:
     _check(case, padded, torch.float64)
@@ -117,3 +121,4 @@ def test_same_as_before_batch_of_one_and_long_sequence() -> None:
     _check("mfn", True, torch.float64, b=1, t=30)
     _check("ef_lstm", False, torch.float32, b=1, t=30)
     _check("tfn", True, torch.float32, b=2, t=40)
+    _check("tfn_wide", True, torch.float64, b=1, t=30)

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from mmfusion.contract import Batch
 from mmfusion.errors import ConfigError
-from mmfusion.models.common import lengths_of, masked_mean, run_lstm
+from mmfusion.models.common import length_mask, lengths_of, masked_mean, run_lstm
 
 
 def as_sequence(x: Tensor) -> Tensor:
@@ -90,8 +90,95 @@ class TextSubNet(nn.Module):
         self.out = nn.Linear(hidden, out_dim)
 
     def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
-        _, last = run_lstm(self.lstm, x, lengths)
+        lstm = self.lstm
+        if lstm.num_layers == 1 and x.device.type == "cpu" and lstm.input_size >= 4 * lstm.hidden_size and x.shape[1] > 1:
+            # wide inputs (e.g. 768-d BERT features): the hand-written BPTT skips the input gradient that the oneDNN
+            # kernel always computes (B*T*D*4H multiply-adds), worth more than its per-step overhead
+            valid = None if bool((lengths >= x.shape[1]).all()) else length_mask(lengths, x.shape[1])
+            _, last = lstm_scan(lstm, x, valid)
+        else:
+            _, last = run_lstm(lstm, x, lengths)
         return self.out(self.drop(last))
+
+
+class _LSTMScan(torch.autograd.Function):
+    """One 1-layer LSTM over precomputed input projections, with a hand-written backward (BPTT).
+
+    Forward per step: one ``addmm`` on the recurrent weights and a few in-place elementwise ops into preallocated
+    (T, B, .) buffers. Backward: the gate-derivative factors of all steps are formed at once, the per-step loop only
+    carries ``(dh, dc)`` (one ``mm`` with ``W_hh`` per step), and the recurrent weight gradient is ONE large GEMM
+    over all steps (autograd would issue a small ``mm`` per step). Padded steps (``mask`` False) carry ``(h, c)``.
+
+    Args (forward): xproj (B, T, 4H) = ``x W_ih^T + b_ih + b_hh``; w_hh (4H, H); mask (T, B, 1) bool or None.
+    Returns: cell states (T, B, H) and the last (carried) hidden state (B, H).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, xproj: Tensor, w_hh: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
+        b, t, g4 = xproj.shape
+        h4 = g4 // 4
+        s = xproj.new_empty(t, b, g4)  # sigmoid of the gates (the g slot is unused)
+        tg = xproj.new_empty(t, b, h4)  # tanh(g)
+        cs = xproj.new_empty(t, b, h4)
+        tc = xproj.new_empty(t, b, h4)  # tanh(c)
+        hs = xproj.new_empty(t + 1, b, h4)
+        hs[0].zero_()
+        c = xproj.new_zeros(b, h4)
+        wt = w_hh.t()
+        for k in range(t):
+            st = s[k]
+            torch.addmm(xproj[:, k], hs[k], wt, out=st)
+            torch.tanh(st[:, 2 * h4: 3 * h4], out=tg[k])
+            st.sigmoid_()
+            ck = cs[k]
+            torch.mul(st[:, h4: 2 * h4], c, out=ck)
+            ck.addcmul_(st[:, :h4], tg[k])
+            torch.tanh(ck, out=tc[k])
+            torch.mul(st[:, 3 * h4:], tc[k], out=hs[k + 1])
+            if mask is not None:
+                torch.where(mask[k], ck, c, out=ck)
+                torch.where(mask[k], hs[k + 1], hs[k], out=hs[k + 1])
+            c = ck
+        ctx.save_for_backward(w_hh, s, tg, cs, tc, hs, mask)
+        return cs, hs[t].clone()
+
+    @staticmethod
+    def backward(ctx: Any, d_cs: Tensor | None, d_hlast: Tensor | None) -> tuple[Tensor | None, ...]:
+        w_hh, s, tg, cs, tc, hs, mask = ctx.saved_tensors
+        t, b, g4 = s.shape
+        h4 = g4 // 4
+        i, f, o = s[..., :h4], s[..., h4: 2 * h4], s[..., 3 * h4:]
+        c_prev = torch.cat([cs.new_zeros(1, b, h4), cs[:-1]], 0)
+        # d(gate pre-activations) = [dcc, dcc, dcc, dh] * a, for all steps at once
+        a = torch.cat([tg * i * (1 - i), c_prev * f * (1 - f), i * (1 - tg * tg), tc * o * (1 - o)], -1)
+        q = o * (1 - tc * tc)  # dc += dh * q
+        f_eff = f
+        if mask is not None:
+            a.mul_(mask)
+            q = q * mask
+            f_eff = torch.where(mask, f, torch.ones_like(f))
+            keep_h = (~mask).to(s.dtype)
+        dg = torch.empty_like(s)
+        dh = d_hlast if d_hlast is not None else s.new_zeros(b, h4)
+        dc = s.new_zeros(b, h4)
+        for k in range(t - 1, -1, -1):
+            dct = dc + d_cs[k] if d_cs is not None else dc
+            dcc = torch.addcmul(dct, dh, q[k])
+            gk = dg[k]
+            torch.mul(a[k, :, : 3 * h4].view(b, 3, h4), dcc[:, None], out=gk[:, : 3 * h4].view(b, 3, h4))
+            torch.mul(a[k, :, 3 * h4:], dh, out=gk[:, 3 * h4:])
+            dc = dcc * f_eff[k]
+            dh = gk.mm(w_hh) if mask is None else torch.addcmul(gk.mm(w_hh), dh, keep_h[k])
+        d_w = dg.reshape(-1, g4).t().mm(hs[:-1].reshape(-1, h4)) if ctx.needs_input_grad[1] else None
+        return dg.transpose(0, 1), d_w, None
+
+
+def lstm_scan(lstm: nn.LSTM, x: Tensor, valid: Tensor | None) -> tuple[Tensor, Tensor]:
+    """A 1-layer ``lstm`` (batch_first) over ``x`` (B, T, D): input projections of all steps in one GEMM, then
+    :class:`_LSTMScan`. valid: (B, T) bool or None (all valid). Returns cell states (T, B, H), last hidden (B, H)."""
+    xproj = F.linear(x, lstm.weight_ih_l0, lstm.bias_ih_l0 + lstm.bias_hh_l0)
+    mask = None if valid is None else valid.t()[..., None].contiguous()
+    return _LSTMScan.apply(xproj, lstm.weight_hh_l0, mask)
 
 
 class ModalityEncoders(nn.Module):
