@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 try:
     from .data_fixtures import write_urfunny
@@ -14,7 +15,7 @@ except ImportError:  # tests/ is not a package
     from data_fixtures import write_urfunny
 
 from mmfusion.data.urfunny import UrFunnyDataModule, load_labels_and_folds
-from mmfusion.errors import DataError
+from mmfusion.errors import ConfigError, DataError
 
 REAL = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "urfunny"
 
@@ -50,6 +51,37 @@ def test_urfunny_value_by_value(tmp_path, k, max_len):
                     assert not got[len(want):].any() and np.isfinite(got).all()
                 n += 1
         assert n == len(fx["folds"][fold])
+
+
+@pytest.mark.parametrize("k,max_len", [(0, 3), (2, 2)])
+def test_urfunny_truncate_first_is_the_official_rule(tmp_path, k, max_len):
+    """``truncate=first``: each chosen sentence keeps its FIRST ``max_len`` words (the official loader's
+    ``seq[0:max_sen_len]``), context first, punchline last; T = (k + 1) * max_len."""
+    fx = write_urfunny(tmp_path)
+    dm = UrFunnyDataModule(path=str(tmp_path), context_sentences=k, max_len=max_len, truncate="first")
+    dm.setup()
+    cut = 0
+    for split in ("train", "valid", "test"):
+        t = dm.splits[split].tensors
+        for i, sid in enumerate(dm.ids[split]):
+            for m in ("text", "audio", "vision"):
+                sents = fx["truth"][sid][m]
+                sents = sents[-(k + 1):] if k else sents[-1:]
+                d = t["x"][m].shape[2]
+                want = np.concatenate([np.asarray(s).reshape(-1, d)[:max_len] for s in sents], 0)
+                cut += sum(len(s) > max_len for s in sents)
+                assert t["x"][m].shape[1] == (k + 1) * max_len
+                assert int(t["lengths"][m][i]) == max(len(want), 1), (sid, m)
+                np.testing.assert_allclose(t["x"][m][i, : len(want)].numpy(), want, rtol=1e-6, atol=1e-6)
+                assert not t["x"][m][i, len(want):].any()
+    assert cut > 0  # the fixture has sentences longer than max_len, so the rule is exercised
+    # the default keeps the LAST words instead: different on the same data
+    last = UrFunnyDataModule(path=str(tmp_path), context_sentences=k, max_len=max_len)
+    last.setup()
+    assert not torch.equal(last.splits["train"].tensors["x"]["text"],
+                           dm.splits["train"].tensors["x"]["text"][:, :max_len])
+    with pytest.raises(ConfigError, match="data.truncate must be 'last'"):
+        UrFunnyDataModule(path=str(tmp_path), truncate="middle")
 
 
 def test_urfunny_errors(tmp_path):

@@ -10,9 +10,13 @@ Six pickles in one folder (all dicts keyed by the segment id, except the list of
   (n words x d, word-averaged) and ``context_features`` (sentences x words x d).
 
 Sequence per sample (one per modality, word-aligned): the last ``context_sentences`` context sentences (0 =
-punchline only, as MISA/BBFN do) followed by the punchline, truncated to the LAST ``max_len`` words (the
-punchline is kept), RIGHT-padded with true lengths. The official tutorial pads on the left and wraps features
-in ``LongTensor`` (truncating them) with padding index 0 = a real GloVe row: none of that is reproduced.
+punchline only, as MISA/BBFN do) followed by the punchline, RIGHT-padded with true lengths. Truncation
+(``truncate``): ``last`` (default) keeps the LAST ``max_len`` words of that sequence, so the punchline is kept
+whole; ``first`` cuts EACH sentence to its FIRST ``max_len`` words, as the official loader does
+(ROC-HCI/UR-FUNNY ``humor_dataloader.ipynb``: ``seq[0:max_sen_len]``, ``max_sen_len=20``), so a sample has at
+most ``(context_sentences + 1) * max_len`` steps (``truncate=first max_len=20`` = the official punchline). The
+official tutorial also pads on the left and wraps features in ``LongTensor`` (truncating them) with padding
+index 0 = a real GloVe row: none of that is reproduced.
 
 Sanitising (logged once): NaN/+-inf -> 0 (COVAREP), float32 overflow -> 0; a sentence whose modalities have
 different word counts is cut to the shortest (counted; MISA drops such samples instead); an empty punchline
@@ -108,7 +112,9 @@ class UrFunnyDataModule(MultimodalDataModule):
         modalities: a non-empty subset of text, audio, vision.
         context_sentences: the last ``k`` context sentences before the punchline go into the same word-level
             sequence (0 = the punchline only, as MISA/BBFN).
-        max_len: words per sample, keeping the last (the punchline).
+        max_len: ``truncate=last``: words per sample, keeping the last (the punchline); ``truncate=first``: words
+            per sentence, keeping the first (the official loader's ``max_sen_len``, 20).
+        truncate: ``last`` or ``first`` (see the module docstring).
         feature_dims: expected ``{modality: D}``; a mismatch is an error naming the file.
         missing_features: ``error`` (a fold id without features stops the run) or ``drop`` (dropped and counted).
         pool: modalities averaged over their true length to one step.
@@ -127,6 +133,7 @@ class UrFunnyDataModule(MultimodalDataModule):
         modalities: Sequence[str] = ("text", "audio", "vision"),
         context_sentences: int = 0,
         max_len: int = 40,
+        truncate: str = "last",
         feature_dims: Mapping[str, int] | None = None,
         missing_features: str = "error",
         pool: Sequence[str] = (),
@@ -143,12 +150,15 @@ class UrFunnyDataModule(MultimodalDataModule):
         bad = set(modalities) - set(DIMS)
         if bad or not modalities:
             raise ConfigError(f"data.modalities must be a non-empty subset of {tuple(DIMS)}; got {list(modalities)}")
+        if truncate not in ("last", "first"):
+            raise ConfigError(f"data.truncate must be 'last' (the last max_len words of the sample) or 'first' (each "
+                              f"sentence's first max_len words, the official loader); got {truncate!r}")
         if context_sentences < 0 or max_len < 1:
             raise ConfigError(f"data.context_sentences must be >= 0 and data.max_len >= 1; got "
                               f"{context_sentences}, {max_len}")
         self.path, self.files = str(path), dict(files) if files else None
         self.modalities = tuple(modalities)
-        self.context_sentences, self.max_len = int(context_sentences), int(max_len)
+        self.context_sentences, self.max_len, self.truncate = int(context_sentences), int(max_len), truncate
         self.feature_dims = dict(feature_dims) if feature_dims else None
         self.missing_features, self.pool = missing_features, tuple(pool)
         self.ids: dict[str, list[Any]] = {}
@@ -223,6 +233,8 @@ class UrFunnyDataModule(MultimodalDataModule):
                         "fold ids without features (dropped)", 0) + 1
                     continue
                 per_mod = self._sentences(lang, feats, emb, sid, report)
+                if self.truncate == "first":  # the official loader: each sentence's first max_len words
+                    per_mod = {m: [sent[: self.max_len] for sent in v] for m, v in per_mod.items()}
                 for m in self.modalities:
                     cat = np.concatenate(per_mod[m], axis=0) if per_mod[m] else np.zeros((0, DIMS[m]))
                     seqs[m].append(sanitize(cat, m, report))
@@ -237,7 +249,10 @@ class UrFunnyDataModule(MultimodalDataModule):
                                     f"have inconsistent dimensions {sorted(dims)}")
                 dim = dims.pop()
                 check_dim(dim, self.feature_dims, m, str(_path(self.path, self.files, "embeddings" if m == "text" else m)))
-                arr, raw = pad_list(seqs[m], dim, self.max_len, keep="last")
+                if self.truncate == "first":  # sentences already cut: room for all of them
+                    arr, raw = pad_list(seqs[m], dim, (self.context_sentences + 1) * self.max_len, keep="first")
+                else:
+                    arr, raw = pad_list(seqs[m], dim, self.max_len, keep="last")
                 ln = clamp_lengths(raw, arr.shape[1], f"{split}/{m}", report)
                 if m in self.pool:
                     arr, ln = masked_mean(arr, ln)[:, None, :], np.ones_like(ln)
@@ -247,5 +262,6 @@ class UrFunnyDataModule(MultimodalDataModule):
             self.ids[split] = keep
             out[split] = ArrayDataset({"x": x, "lengths": lens, "y": y}, name=f"urfunny/{split}")
         log_sanitize_once(f"urfunny:{self.path}", report,
-                          extra=f"context_sentences={self.context_sentences}, max_len={self.max_len} (keep last)")
+                          extra=f"context_sentences={self.context_sentences}, max_len={self.max_len}, "
+                                f"truncate={self.truncate}")
         return out
