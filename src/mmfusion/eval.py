@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mmfusion.build import build_datamodule, build_module
 from mmfusion.errors import MMFusionError
-from mmfusion.utils import runtime
+from mmfusion.utils import runtime, validate
 from mmfusion.utils.instantiate import instantiate, instantiate_dict
 from mmfusion.utils.report import print_metrics, save_json
 from mmfusion.utils.safe_load import load_checkpoint
@@ -81,6 +81,7 @@ def evaluate(cfg: DictConfig, corrupt: str | None = None) -> tuple[dict[str, Any
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="eval.yaml")
 def _hydra_main(cfg: DictConfig) -> None:
     with runtime.task_wrapper(cfg):
+        validate.check_eval_cfg(cfg)  # one-line ConfigError before the checkpoint is read
         if (cfg.get("eval") or {}).get("robustness"):  # the corruption suite (mmfusion/robustness.py)
             from mmfusion import robustness
 
@@ -94,7 +95,7 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    runtime.prepare_cli(CONFIG_DIR)
+    runtime.prepare_cli(CONFIG_DIR, "eval.yaml")
     _hydra_main()
 
 

@@ -14,8 +14,9 @@ import lightning.pytorch as pl
 from omegaconf import DictConfig
 
 from mmfusion.build import build_datamodule, build_module
+from mmfusion.callbacks.divergence import DivergenceGuard
 from mmfusion.callbacks.resume import continue_wandb_run
-from mmfusion.utils import runtime
+from mmfusion.utils import runtime, validate
 from mmfusion.utils.instantiate import instantiate, instantiate_dict
 from mmfusion.utils.report import print_metrics, save_json
 from mmfusion.utils.safe_load import check_checkpoint
@@ -26,6 +27,7 @@ CONFIG_DIR = runtime.CONFIG_DIR
 
 def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """Fit on train, select on validation, test the best-on-validation checkpoint. Returns (metrics, objects)."""
+    validate.check_train_cfg(cfg)  # types/ranges of the config: one-line ConfigError before anything is built
     if cfg.get("stage"):
         fn = instantiate(cfg.stage, _partial_=True)
         return fn(cfg), {}
@@ -36,7 +38,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     module = build_module(cfg, dm)
     ckpt_path = runtime.resolve_ckpt_path(cfg.get("ckpt_path"), cfg)
     continue_wandb_run(cfg, ckpt_path)  # resume: same W&B run (id saved next to the checkpoint)
-    callbacks = list(instantiate_dict(cfg.get("callbacks")).values())
+    callbacks = [DivergenceGuard(), *instantiate_dict(cfg.get("callbacks")).values()]  # NaN loss/metric: error
     loggers = list(instantiate_dict(cfg.get("logger")).values())
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     runtime.log_run_info(trainer, module, cfg)

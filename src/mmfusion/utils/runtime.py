@@ -117,9 +117,10 @@ def quiet_third_party() -> None:
         lambda r: "litlogger" not in r.getMessage() and "litmodels" not in r.getMessage())
 
 
-def prepare_cli(config_dir: Path) -> None:
-    """Before Hydra parses argv: one-line errors for unknown choices, quiet logs."""
-    exit_on_bad_overrides(config_dir)
+def prepare_cli(config_dir: Path, config_name: str = "train.yaml") -> None:
+    """Before Hydra parses argv: one-line errors for unknown choices and keys, ``trainer.<arg>=`` without ``+``,
+    quiet logs."""
+    exit_on_bad_overrides(config_dir, config_name)
     quiet_third_party()
 
 
