@@ -185,7 +185,23 @@ class MultimodalDataModule(pl.LightningDataModule):
             for name in ("train", "valid", "test"):
                 if name not in self.splits:
                     raise DataError(f"{type(self).__name__}: split {name!r} is missing")
+            self.check_labels()
             log.info("%s: %s", type(self).__name__, {k: len(v) for k, v in self.splits.items()})
+
+    def check_labels(self) -> None:
+        """NaN/inf labels (``y``) in any split are a one-line DataError naming the datamodule, its file, the split
+        and the first bad samples (a NaN label otherwise trains to a NaN loss without a word)."""
+        source = getattr(self, "labels", None) or getattr(self, "path", None)
+        where = f"{type(self).__name__}" + (f" ({source})" if isinstance(source, str) else "")
+        for name, ds in (self.splits or {}).items():
+            y = getattr(ds, "tensors", {}).get("y")
+            if not isinstance(y, Tensor) or not y.is_floating_point():
+                continue
+            bad = ~torch.isfinite(y.reshape(len(y), -1)).all(dim=1)
+            if bad.any():
+                rows = bad.nonzero().flatten()[:5].tolist()
+                raise DataError(f"{where}: {int(bad.sum())} non-finite (NaN/inf) label(s) in the {name} split, "
+                                f"samples {rows}; every label must be a finite number (fix or drop those rows)")
 
     def model_kwargs(self) -> dict[str, Any]:
         """Keyword arguments a model needs from the data (passed when the model is built)."""
