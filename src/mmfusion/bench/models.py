@@ -41,19 +41,21 @@ from mmfusion.bench.core import device_sync, environment
 SHAPES = {"mosi": {"text": 300, "audio": 74, "vision": 47}, "mosei": {"text": 768, "audio": 74, "vision": 35}}
 BATCH = {"mosi": 32, "mosei": 64}
 SEQ_LEN = 50
-MODELS = ("tfn", "lfn", "mfn", "ef_lstm")
-MMSA_CLASS = {"tfn": "TFN", "lfn": "LMF", "mfn": "MFN", "ef_lstm": "EF_LSTM"}
-MMSA_KEY = {"tfn": "tfn", "lfn": "lmf", "mfn": "mfn", "ef_lstm": "ef_lstm"}
+MODELS = ("tfn", "lfn", "mfn", "ef_lstm", "mult")
+MMSA_CLASS = {"tfn": "TFN", "lfn": "LMF", "mfn": "MFN", "ef_lstm": "EF_LSTM", "mult": "MULT"}
+MMSA_KEY = {"tfn": "tfn", "lfn": "lmf", "mfn": "mfn", "ef_lstm": "ef_lstm", "mult": "mult"}
 AVERAGED_AV = ("tfn", "lfn")  # MMSA feeds these time-averaged audio/vision (need_normalized)
 
 
 def mmsa_params(name: str, data: str) -> dict[str, Any]:
-    """``datasetParams[data]`` of the model's entry in MMSA's packaged ``config_regression.json``."""
+    """``commonParams`` updated by ``datasetParams[data]`` of the model's entry in MMSA's packaged
+    ``config_regression.json`` (MULT reads ``attn_mask`` / ``use_bert`` from ``commonParams``)."""
     from importlib import resources
 
     path = resources.files("MMSA") / "config" / "config_regression.json"
     cfg = json.loads(path.read_text())
-    return dict(cfg[MMSA_KEY[name]]["datasetParams"][data])
+    entry = cfg[MMSA_KEY[name]]
+    return {**entry.get("commonParams", {}), **entry["datasetParams"][data]}
 
 
 def build_mmsa(name: str, data: str, seq_len: int = SEQ_LEN) -> nn.Module:
@@ -100,6 +102,16 @@ def build_ours(name: str, data: str, seq_len: int = SEQ_LEN) -> nn.Module:
 
         return EFLSTM(input_dims=dims, proj_dim=None, hidden=p["hidden_dims"], num_layers=p["num_layers"],
                       dropout=p["dropout"], seq_norm=seq_len)
+    if name == "mult":  # MMSA's computation: valid convolutions, no positional embedding, its attn_mask
+        from mmfusion.models.mult import MulT
+
+        d, heads = p["dst_feature_dim_nheads"]
+        return MulT(input_dims=dims, d_model=d, heads=heads, layers=p["nlevels"],
+                    kernel_size={m: p[f"conv1d_kernel_size_{k}"] for m, k in zip(dims, "lav")}, conv_padding="valid",
+                    positional=False, causal_mask=p["attn_mask"], input_dropout={"text": p["text_dropout"]},
+                    embed_dropout=p["embed_dropout"], memory_attn_dropout=p["attn_dropout"],
+                    attn_dropout={m: p[k] for m, k in zip(dims, ("attn_dropout", "attn_dropout_a", "attn_dropout_v"))},
+                    relu_dropout=p["relu_dropout"], res_dropout=p["res_dropout"], output_dropout=p["output_dropout"])
     raise ValueError(f"unknown model {name!r}; expected one of {MODELS}")
 
 
@@ -290,8 +302,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--figure", default="docs/figures/bench_models_scaling.png")
     p.add_argument("--raw", default=None, help="JSONL of raw rows (resumable); default <out>.jsonl")
     p.add_argument("--out", default=None)
+    p.add_argument("--table", default=None, help="print the markdown table of a result JSON and exit")
     p.add_argument("--child", nargs=2, default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
+    if a.table:
+        print(markdown_table(json.loads(Path(a.table).read_text())["rows"]))
+        return
     if a.child:
         kind, spec = a.child[0], json.loads(a.child[1])
         print(json.dumps(pair(**spec) if kind == "pair" else memory(**spec)))
@@ -319,6 +335,24 @@ def main(argv: list[str] | None = None) -> None:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         Path(a.out).write_text(json.dumps({"environment": environment(), "mmsa": _mmsa_version(),
                                            "rows": rows}, indent=1))
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """The pairs and the peak-memory rows of a result file as one markdown table (docs/benchmarks_models.md)."""
+    mem = {(r["model"], r["data"], r["impl"]): r.get("step_peak_mb") for r in rows if r.get("kind") == "memory"}
+    out = ["| model | data (batch) | threads | params (equal) | ours ms | MMSA ms | MMSA / ours: median [IQR] "
+           "| load avg (1 min) | step peak MB ours / MMSA |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r.get("kind") != "pair" or "ratio_median" not in r:
+            continue
+        m = (mem.get((r["model"], r["data"], "ours")), mem.get((r["model"], r["data"], "mmsa")))
+        mtxt = f"{m[0]:.0f} / {m[1]:.0f}" if r["threads"] == 1 and None not in m else ""
+        lo, hi = r["ratio_iqr"]
+        out.append(f"| {r['model']} | {r['data']} ({r['batch']}) | {r['threads']}"
+                   f"{' bf16' if r.get('bf16') else ''} | {r['params']:,} | {r['ms_ours']:.0f} | {r['ms_mmsa']:.0f} "
+                   f"| **{r['ratio_median']:.2f}x** [{lo:.2f}, {hi:.2f}] "
+                   f"| {r['loadavg_start'][0]:.1f}-{r['loadavg_end'][0]:.1f} | {mtxt} |")
+    return "\n".join(out)
 
 
 def _mmsa_version() -> str | None:
