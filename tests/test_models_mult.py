@@ -169,6 +169,54 @@ def test_crossmodal_layer_by_hand() -> None:
     torch.testing.assert_close(got[0], ln(z, enc.norm))
 
 
+def test_equals_mmsa_mult_with_its_weights() -> None:
+    """With MMSA's settings (valid convolutions, no positional embedding, its attn_mask) and MMSA's weights copied
+    in, our MulT computes MMSA 2.2.1's ``MULT`` exactly (eval mode, unaligned full-length inputs): every target's
+    last state (Feature_t/a/v) and the prediction."""
+    from types import SimpleNamespace
+
+    mmsa_mult = pytest.importorskip("MMSA.models.singleTask.MULT", reason="the bench extra (mmsa) is not installed")
+    args = SimpleNamespace(use_bert=False, dst_feature_dim_nheads=[8, 2], feature_dims=[6, 5, 4], nlevels=2,
+                           attn_dropout=0.0, attn_dropout_a=0.0, attn_dropout_v=0.0, relu_dropout=0.0,
+                           embed_dropout=0.0, res_dropout=0.0, output_dropout=0.0, text_dropout=0.0, attn_mask=True,
+                           conv1d_kernel_size_l=3, conv1d_kernel_size_a=1, conv1d_kernel_size_v=3,
+                           train_mode="regression", num_classes=1)
+    torch.manual_seed(0)
+    ref = mmsa_mult.MULT(args).eval()
+    ours = small(kernel_size={"text": 3, "audio": 1, "vision": 3}, conv_padding="valid", positional=False,
+                 causal_mask=True).eval()
+    assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in ref.parameters())
+    short = {"text": "l", "audio": "a", "vision": "v"}
+    names = {f"proj.{m}.weight": f"proj_{s}.weight" for m, s in short.items()}
+    names.update({"head.proj1.weight": "proj1.weight", "head.proj1.bias": "proj1.bias",
+                  "head.proj2.weight": "proj2.weight", "head.proj2.bias": "proj2.bias",
+                  "head.out.weight": "out_layer.weight", "head.out.bias": "out_layer.bias"})
+    layer = {"attn.in_proj.weight": "self_attn.in_proj_weight", "attn.in_proj.bias": "self_attn.in_proj_bias",
+             "attn.out_proj.weight": "self_attn.out_proj.weight", "attn.out_proj.bias": "self_attn.out_proj.bias",
+             "fc1.weight": "fc1.weight", "fc1.bias": "fc1.bias", "fc2.weight": "fc2.weight", "fc2.bias": "fc2.bias",
+             "norm_attn.weight": "layer_norms.0.weight", "norm_attn.bias": "layer_norms.0.bias",
+             "norm_ffn.weight": "layer_norms.1.weight", "norm_ffn.bias": "layer_norms.1.bias"}
+    encoders = {f"crossmodal.{a}_to_{b}": f"trans_{short[b]}_with_{short[a]}" for a in short for b in short if a != b}
+    encoders.update({f"memory.{m}": f"trans_{s}_mem" for m, s in short.items()})
+    for ours_enc, ref_enc in encoders.items():
+        names[f"{ours_enc}.norm.weight"], names[f"{ours_enc}.norm.bias"] = (f"{ref_enc}.layer_norm.weight",
+                                                                          f"{ref_enc}.layer_norm.bias")
+        for i in range(len(ours.get_submodule(ours_enc).layers)):
+            names.update({f"{ours_enc}.layers.{i}.{k}": f"{ref_enc}.layers.{i}.{v}" for k, v in layer.items()})
+    ref_state = ref.state_dict()
+    assert sorted(names) == sorted(n for n, _ in ours.named_parameters())
+    ours.load_state_dict({k: ref_state[v] for k, v in names.items()})
+    batch = unaligned_batch(b=3, t=(7, 9, 11))
+    batch["lengths"] = {m: torch.full((3,), x.shape[1]) for m, x in batch["x"].items()}  # MMSA reads h[-1]
+    with torch.no_grad():
+        got = ours(batch)
+        exp = ref(batch["x"]["text"], batch["x"]["audio"], batch["x"]["vision"])
+    for m, key in (("text", "Feature_t"), ("audio", "Feature_a"), ("vision", "Feature_v")):
+        torch.testing.assert_close(got.unimodal[m], exp[key], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got.fused, exp["Feature_f"], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got.prediction, exp["M"], rtol=1e-5, atol=1e-5)
+
+
 # -- padding and unaligned input ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("conv_padding", ["same", "valid"])
 @pytest.mark.parametrize("causal", [True, False])
