@@ -11,6 +11,7 @@ from mmfusion.utils.runtime import compose_train_cfg
 
 DIMS = {"text": 100, "audio": 73, "vision": 100}
 EXPERIMENTS = [f"{d}_{m}" for d in ("mosi", "mosei") for m in ("tfn", "lfn", "mfn", "ef_lstm", "magbert")]
+EXPERIMENTS += ["mosi_mult"]
 
 
 def _compose(overrides: list[str]):
