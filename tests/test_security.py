@@ -362,6 +362,25 @@ def test_cli_eval_refuses_hostile_and_truncated_checkpoints(tmp_path):
     assert "truncated" in _one_error_line(proc)
 
 
+def test_eval_refuses_in_process(make_cfg, tmp_path, capsys):
+    """eval.py's ``evaluate`` through the CLI error path: hostile and truncated checkpoints, one line, exit 2."""
+    from mmfusion.eval import evaluate
+    from mmfusion.utils import runtime
+
+    marker = tmp_path / "PWNED"
+    evil = _evil_ckpt(tmp_path / "evil.ckpt", marker)
+    cut = tmp_path / "cut.ckpt"
+    cut.write_bytes(evil.read_bytes()[:300])
+    for path, expected in ((evil, SYSTEM), (cut, "truncated")):
+        cfg = make_cfg([f"ckpt_path={path}"], fast=False, config_name="eval.yaml")
+        with pytest.raises(SystemExit) as e, runtime.task_wrapper(cfg):
+            evaluate(cfg)
+        assert e.value.code == 2
+        lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:")]
+        assert len(lines) == 1
+        _assert_refused(lines[0], path, marker, expected)
+
+
 def test_urfunny_and_resume_refuse_in_process(make_cfg, tmp_path, capsys):
     """data=urfunny with a hostile pickle; ``ckpt_path=`` (resume) with a hostile and a truncated checkpoint:
     refused before data or model are built."""
