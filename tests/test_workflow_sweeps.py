@@ -104,24 +104,30 @@ def test_make_table_vqa_columns(tmp_path):
     assert rows[0]["stats"]["VQA acc"][:2] == pytest.approx((61.5, np.std([61.0, 62.0], ddof=1)))
 
 
+STUDY = "synergy_optuna-model=ef_lstm-data=synthetic-reg=none"
+
+
 @pytest.mark.slow
 def test_optuna_sqlite_failed_trials_and_resume(tmp_path):
     """Grid of 4 (2 of them fail: min_len > seq_len); 3 trials, then the same command with n_trials=4 resumes
-    the stored study and runs the one missing point."""
+    the stored study and runs the one missing point; a third run of the finished study runs nothing, prints
+    "complete, 4 trials, best ..." and exits 0."""
     import optuna
 
-    common = ["train.py", "-m", "hparams_search=synergy_optuna", "hydra.sweeper.params=null",
+    common = ["train.py", "-m", "hparams_search=synergy_optuna", "hydra.sweeper.params=null", "model=ef_lstm",
               "optim.lr=choice(0.001,0.003)", "data.min_len=choice(3,50)", f"paths.log_dir={tmp_path}",
               "logger=none", *[a for a in TINY if not a.startswith("data.min_len")]]
     p1 = run_cli([*common, "hydra.sweeper.n_trials=3", f"hydra.sweep.dir={tmp_path / 's1'}"])
     assert p1.returncode == 0, p1.stderr[-3000:]
-    storage = f"sqlite:///{tmp_path / 'optuna' / 'synergy_optuna.db'}"
-    study = optuna.load_study(study_name="synergy_optuna", storage=storage)
+    storage = f"sqlite:///{tmp_path / 'optuna' / 'studies.db'}"
+    assert optuna.get_all_study_names(storage) == [STUDY]  # named after the search and the run's choices
+    study = optuna.load_study(study_name=STUDY, storage=storage)
     assert len(study.trials) == 3
     p2 = run_cli([*common, "hydra.sweeper.n_trials=4", f"hydra.sweep.dir={tmp_path / 's2'}"])
     assert p2.returncode == 0, p2.stderr[-3000:]
     assert len([p for p in (tmp_path / "s2").iterdir() if p.name.isdigit()]) == 1  # one more job
-    trials = optuna.load_study(study_name="synergy_optuna", storage=storage).trials
+    assert (tmp_path / "s2" / "3").is_dir()  # job folders are numbered by trial
+    trials = optuna.load_study(study_name=STUDY, storage=storage).trials
     assert len(trials) == 4
     assert {(t.params["optim.lr"], t.params["data.min_len"]) for t in trials} == {
         (0.001, 3), (0.003, 3), (0.001, 50), (0.003, 50)}  # the whole grid, no repeats
@@ -131,7 +137,19 @@ def test_optuna_sqlite_failed_trials_and_resume(tmp_path):
     maes = sorted(json.loads(f.read_text())["val"]["MAE"] for f in tmp_path.glob("s[12]/*/metrics.json"))
     assert sorted(t.value for t in trials if t.value is not None) == pytest.approx(maes)
     best = (tmp_path / "s2" / "optimization_results.yaml").read_text()
-    assert "best_value" in best
+    assert f"best_value: {min(maes)}" in best
+    # the finished study: nothing runs, a summary line, exit 0 (hydra-optuna-sweeper 1.3 crashed here)
+    p3 = run_cli([*common, "hydra.sweeper.n_trials=4", f"hydra.sweep.dir={tmp_path / 's3'}"])
+    assert p3.returncode == 0, p3.stderr[-3000:]
+    out = p3.stdout + p3.stderr
+    assert f"study {STUDY} complete, 4 trials, best val/MAE = {min(maes):.6g}" in out
+    assert not [p for p in (tmp_path / "s3").iterdir() if p.name.isdigit()]
+    # another model is another study: it does not continue (nor report) the ef_lstm study
+    p4 = run_cli([*[a if a != "model=ef_lstm" else "model=lfn" for a in common], "hydra.sweeper.n_trials=1",
+                  "data.min_len=3", f"hydra.sweep.dir={tmp_path / 's4'}"])
+    assert p4.returncode == 0, p4.stderr[-3000:]
+    assert sorted(optuna.get_all_study_names(storage)) == sorted([STUDY, STUDY.replace("ef_lstm", "lfn")])
+    assert len(optuna.load_study(study_name=STUDY.replace("ef_lstm", "lfn"), storage=storage).trials) == 1
 
 
 def test_objective_reports_worst_value_for_nan():
@@ -159,7 +177,8 @@ def test_launcher_and_search_configs_compose(tmp_path):
         sw = cfg.hydra.sweeper
         assert get_class(sw._target_).__name__ == "ResumableOptunaSweeper"
         assert sw.direction == "minimize" and sw.n_trials == n and sw.max_failure_rate == 1.0
-        assert str(sw.storage).startswith("sqlite:///") and str(sw.storage).endswith(f"{name}.db")
+        assert sw.study_name is None  # derived from the search and the run's choices
+        assert str(sw.storage) == f"sqlite:///{tmp_path / 'optuna' / 'studies.db'}"
         assert cfg.hydra.mode is None or str(cfg.hydra.mode) != "RunMode.MULTIRUN"  # -m stays on the CLI
     cfg = compose_cfg(["hparams_search=synergy_optuna"], tmp_path)
     assert dict(cfg.hydra.sweeper.params) == {"data.batch_size": "choice(32, 64)",
