@@ -209,6 +209,56 @@ def memory(model: str, data: str, impl: str, batch: int | None = None, seq_len: 
     return {**row, "step_peak_mb": round(peak - base, 1), "peak_rss_mb": round(peak, 1)}
 
 
+def _sdpa_forward(self: nn.Module, v: torch.Tensor, k: torch.Tensor, q: torch.Tensor,
+                  kv_valid: torch.Tensor) -> torch.Tensor:
+    """``MHAtt.forward`` through ``F.scaled_dot_product_attention`` (fused kernels on GPU). Same function: the boolean
+    mask drops the masked keys as MCAN's ``masked_fill(-1e9)`` does (rows always keep a valid key)."""
+    vh, kh, qh = self._split(self.linear_v(v)), self._split(self.linear_k(k)), self._split(self.linear_q(q))
+    out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=kv_valid[:, None, None, :],
+                                         dropout_p=self.dropout.p if self.training else 0.0)
+    return self.linear_merge(out.transpose(1, 2).reshape(q.shape[0], q.shape[1], -1))
+
+
+def mcan(device: str = "cpu", sdpa: bool = False, bf16: bool = False, batch: int = 64, regions: int = 100,
+         rounds: int = 10, warmup: int = 3, threads: int = 1) -> dict[str, Any]:
+    """MCAN-small (6 + 6 layers, d = 512) training throughput on VQA-v2 shapes (14 question tokens, ``regions``
+    2048-d image features, 3129 answers, BCE loss, AdamW), with MCAN's attention or with
+    ``scaled_dot_product_attention`` (``sdpa``), optionally under bf16 autocast."""
+    import types
+
+    from mmfusion.models.mcan import MCAN, MHAtt
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    net = MCAN(input_dims={"question": 14, "image": 2048}, output_dim=3129, vocab_size=1000).to(device).train()
+    if sdpa:
+        for mod in net.modules():
+            if isinstance(mod, MHAtt):
+                mod.forward = types.MethodType(_sdpa_forward, mod)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1, 1000, (batch, 14), generator=g)
+    ids[:, 10:] = 0  # padded question tokens
+    x = {"question": ids.to(device), "image": torch.randn(batch, regions, 2048, generator=g).to(device)}
+    target = (torch.rand(batch, 3129, generator=g) < 0.002).float().to(device)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
+            pred = net({"x": x}).prediction
+        F.binary_cross_entropy_with_logits(pred.float(), target).backward()
+        opt.step()
+
+    for _ in range(warmup):
+        step()
+    times = [_timed(step, device) for _ in range(rounds)]
+    med = float(np.median(times))
+    return {"model": "mcan_small", "device": device, "sdpa": sdpa, "bf16": bf16, "batch": batch, "regions": regions,
+            "threads": threads, "params": n_params(net), "step_ms": round(med, 2),
+            "step_ms_iqr": [round(float(np.percentile(times, q)), 2) for q in (25, 75)],
+            "samples_per_s": round(batch / med * 1e3, 1)}
+
+
 def _child(kind: str, spec: dict[str, Any]) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "mmfusion.bench.models", "--child", kind, json.dumps(spec)]
     res = subprocess.run(cmd, capture_output=True, text=True)
@@ -228,7 +278,7 @@ def _jsonl_rows(path: Path | None) -> list[dict]:
 
 def _key(r: dict) -> tuple:
     return (r.get("kind"), r.get("model"), r.get("data"), r.get("impl"), r.get("threads"), r.get("batch"),
-            r.get("seq_len"), r.get("bf16"), r.get("device"))
+            r.get("seq_len"), r.get("bf16"), r.get("device"), r.get("sdpa"))
 
 
 def run_specs(specs: list[tuple[str, dict]], raw: Path | None) -> list[dict]:
@@ -264,7 +314,7 @@ def plot_scaling(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    colors = dict(zip(MODELS, ("C0", "C1", "C2", "C3")))
+    colors = {m: f"C{i}" for i, m in enumerate(MODELS)}
     for ax, (var, fixed, label) in zip(axes, (("seq_len", ("batch", 32), "sequence length T (batch 32)"),
                                               ("batch", ("seq_len", 50), "batch size (T = 50)"))):
         for m in MODELS:
@@ -298,6 +348,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rounds", type=int, default=15)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--no-memory", action="store_true")
+    p.add_argument("--mcan", action="store_true", help="MCAN-small throughput with / without SDPA instead")
     p.add_argument("--scaling", action="store_true", help="step time vs T and batch (+ PNG next to --figure)")
     p.add_argument("--figure", default="docs/figures/bench_models_scaling.png")
     p.add_argument("--raw", default=None, help="JSONL of raw rows (resumable); default <out>.jsonl")
@@ -310,11 +361,15 @@ def main(argv: list[str] | None = None) -> None:
         return
     if a.child:
         kind, spec = a.child[0], json.loads(a.child[1])
-        print(json.dumps(pair(**spec) if kind == "pair" else memory(**spec)))
+        fn = {"pair": pair, "memory": memory, "mcan": mcan}[kind]
+        print(json.dumps(fn(**spec)))
         return
-    models = a.models.split(",")
+    models = [m for m in a.models.split(",") if m]
     raw = Path(a.raw) if a.raw else (Path(a.out).with_suffix(".jsonl") if a.out else None)
-    if a.scaling:
+    if a.mcan:  # MCAN-small throughput, MCAN's attention vs scaled_dot_product_attention (meant for GPUs)
+        specs = [("mcan", dict(device=a.device, sdpa=sd, bf16=bf, rounds=a.rounds, warmup=a.warmup))
+                 for bf in ((False, True) if a.bf16 else (False,)) for sd in (False, True)]
+    elif a.scaling:
         specs = scaling_specs(models, a.device, max(3, a.rounds // 5))
     else:
         specs = []
