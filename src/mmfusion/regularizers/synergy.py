@@ -97,6 +97,11 @@ class Synergy(Plugin):
         kurt_cap: centred vectors are capped at ``kurt_cap * sqrt(tr S)`` (``None``: no cap).
         kurt_sign: ``+1`` minimises the kurtosis (the paper's Algorithm D), ``-1`` maximises it.
         grad_clip: gradient-norm clip of the C-network before its step (``None`` or 0: no clipping).
+        align_normalize: ``layernorm`` (non-affine LayerNorm on both sides of ``L_d``, so the alignment compares
+            distributions, not scales) or ``none``.
+        side_maps: ``shared`` (one invertible network ``G_i`` for the unimodal and the fused side) or
+            ``separate`` (one per side); ``None``: separate for ``kl``, shared for ``mmd``.
+        warmup: linear warm-up of beta over this fraction of the run's steps (in [0, 1]).
         seed: seed of the C-network's initialisation and of the fixed random projections.
     """
 
