@@ -9,6 +9,7 @@ exit 0 and a test table or ``metrics.json`` computed from NaN predictions. The r
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -18,6 +19,9 @@ import torch
 from torch import Tensor
 
 from mmfusion.errors import DivergenceError
+
+log = logging.getLogger(__name__)
+GROWTH_WARNING = 1e3  # a finite val/loss this many times the first training loss is logged as a warning
 
 
 def nonfinite_entries(batch: Any, prefix: str = "batch") -> list[str]:
@@ -53,12 +57,22 @@ def _loss_value(outputs: Any) -> Tensor | None:
 
 class DivergenceGuard(pl.Callback):
     """Raises :class:`DivergenceError` on a non-finite training loss (every step) and on a non-finite
-    validation/test loss or monitored metric (end of each evaluation, from the module's whole-split metrics)."""
+    validation/test loss or monitored metric (end of each evaluation, from the module's whole-split metrics).
+    A finite validation loss ``GROWTH_WARNING`` times the first training loss is logged once as a warning (a run
+    exploding without reaching inf, e.g. ``optim.lr=1e3``)."""
+
+    def __init__(self) -> None:
+        self.first_loss: float | None = None
+        self.warned = False
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         loss = _loss_value(outputs)
-        if loss is None or bool(torch.isfinite(loss).all()):
+        if loss is None:
+            return
+        if bool(torch.isfinite(loss).all()):
+            if self.first_loss is None:
+                self.first_loss = float(loss.float().mean())
             return
         raise DivergenceError(
             f"training diverged at epoch {trainer.current_epoch}, step {trainer.global_step} (batch {batch_idx}): "
@@ -71,12 +85,23 @@ class DivergenceGuard(pl.Callback):
         checked = {"loss": metrics.get("loss"), monitor: metrics.get(monitor)}
         bad = {k: v for k, v in checked.items() if isinstance(v, int | float) and not math.isfinite(v)}
         if not bad:
+            self._warn_growth(metrics.get("loss"), trainer, pl_module, stage)
             return
         values = ", ".join(f"{stage}/{k} = {v}" for k, v in bad.items())
         when = (f"after epoch {trainer.current_epoch}, step {trainer.global_step}" if trainer.state.fn == "fit"
                 else "on the evaluated checkpoint")
         raise DivergenceError(f"{'validation' if stage == 'val' else 'test'} predictions are not finite {when}: "
                               f"{values}; likely cause: {likely_cause(pl_module)}")
+
+    def _warn_growth(self, loss: Any, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        first = self.first_loss
+        if self.warned or stage != "val" or not isinstance(loss, int | float) or not first or first <= 0:
+            return
+        if loss > GROWTH_WARNING * first:
+            self.warned = True
+            log.warning("%s/loss = %.4g after epoch %d is %.3g x the first training loss (%.4g): the run is "
+                        "diverging; likely cause: %s", stage, loss, trainer.current_epoch, loss / first, first,
+                        likely_cause(pl_module))
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.sanity_checking:

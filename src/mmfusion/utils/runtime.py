@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mmfusion.errors import MMFusionError
 from mmfusion.utils.cli import exit_on_bad_overrides
+from mmfusion.utils.wandb_offline import offline_unless_logged_in
 
 log = logging.getLogger("mmfusion")
 
@@ -102,6 +103,7 @@ def sqlite_url(path: str) -> str:
 
 for _name, _fn in (("mmf_sweep_group", sweep_group), ("mmf_run_tags", run_tags), ("mmf_run_name", run_name),
                    ("mmf_sqlite", sqlite_url),
+                   ("mmf_wandb_offline", offline_unless_logged_in),  # logger=wandb without a login
                    ("mmf_direction", lambda mode: "maximize" if str(mode).startswith("max") else "minimize")):
     if not OmegaConf.has_resolver(_name):
         OmegaConf.register_new_resolver(_name, _fn)
