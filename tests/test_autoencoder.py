@@ -13,7 +13,12 @@ import torch.nn.functional as F
 from mmfusion.bench.train_step import build_step
 from mmfusion.contract import ModelInfo
 from mmfusion.errors import ConfigError
-from mmfusion.regularizers.autoencoder import MultimodalAutoencoder, drop_per_sample, input_summary, sample_keep
+from mmfusion.regularizers.autoencoder import (
+    MultimodalAutoencoder,
+    drop_per_sample,
+    input_summary,
+    sample_keep,
+)
 from mmfusion.regularizers.estimators import LN_EPS
 
 from .objective_helpers import ridge_reconstruction_error, short_run
