@@ -122,3 +122,71 @@ def test_same_as_before_batch_of_one_and_long_sequence() -> None:
     _check("ef_lstm", False, torch.float32, b=1, t=30)
     _check("tfn", True, torch.float32, b=2, t=40)
     _check("tfn_wide", True, torch.float64, b=1, t=30)
+
+
+# -- the hand-written backward passes against autograd's numerical Jacobians (float64) --------------------------
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_lstm_scan_gradcheck(masked: bool) -> None:
+    from mmfusion.models.subnets import _LSTMScan
+
+    g = torch.Generator().manual_seed(0)
+    b, t, h = 3, 5, 2
+    xproj = torch.randn(b, t, 4 * h, generator=g, dtype=torch.float64, requires_grad=True)
+    w_hh = torch.randn(4 * h, h, generator=g, dtype=torch.float64, requires_grad=True)
+    mask = (torch.arange(t)[:, None] < torch.tensor([5, 2, 4])[None, :])[..., None] if masked else None
+
+    def f(xp: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return _LSTMScan.apply(xp, w, mask)
+
+    assert torch.autograd.gradcheck(f, (xproj, w_hh))
+
+
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("see_memory", [True, False])
+def test_memory_scan_gradcheck(masked: bool, see_memory: bool) -> None:
+    from mmfusion.models.mfn import _MemoryScan
+
+    g = torch.Generator().manual_seed(1)
+    t, b, m, g1, g2 = 4, 3, 3, 2, 3
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64, requires_grad=True)  # noqa: E731
+    pre, chat = r(t, b, g1 + g2), torch.tanh(r(t, b, m)).detach().requires_grad_(True)
+    w_mem = r(g1 + g2, m) if see_memory else None
+    w1, b1, w2, b2 = r(m, g1), r(m), r(m, g2), r(m)
+    valid = (torch.arange(t)[:, None] < torch.tensor([4, 1, 3])[None, :])[..., None] if masked else None
+
+    def f(pre, chat, w1, b1, w2, b2, *wm):
+        return _MemoryScan.apply(pre, chat, valid, wm[0] if wm else None, w1, b1, w2, b2, g1, 0.0, 0.0, True)
+
+    args = (pre, chat, w1, b1, w2, b2) + ((w_mem,) if see_memory else ())
+    assert torch.autograd.gradcheck(f, args)
+
+
+def test_ef_lstm_seq_norm_is_batchnorm_over_time_steps() -> None:
+    """``seq_norm: T`` = MMSA's EF_LSTM input normalisation: BatchNorm1d(T) on (B, T, D), time steps as channels."""
+    torch.manual_seed(0)
+    b, t = 5, 6
+    model = EFLSTM(input_dims=DIMS, proj_dim=None, hidden=4, dropout=0.0, seq_norm=t).train()
+    model.seq_norm.weight.data.uniform_(0.5, 1.5)
+    model.seq_norm.bias.data.normal_()
+    batch = _batch(b, t, False, torch.float32)
+    x = torch.cat([batch["x"][m] for m in DIMS], -1)
+    mean, var = x.mean((0, 2), keepdim=True), x.var((0, 2), unbiased=False, keepdim=True)
+    xn = (x - mean) / torch.sqrt(var + 1e-5) * model.seq_norm.weight[None, :, None] + model.seq_norm.bias[None, :, None]
+    _, (h, _) = model.lstm(xn)
+    torch.testing.assert_close(model(batch).fused, h[-1], rtol=1e-5, atol=1e-6)
+    with pytest.raises(Exception, match="seq_norm=6"):
+        model(_batch(b, t + 1, False, torch.float32))
+
+
+def test_benchmark_pairs_have_equal_parameter_counts() -> None:
+    """The benchmark compares our models with MMSA's own classes at MMSA's sizes with identical parameter counts
+    (needs the optional ``bench`` extra: ``mmsa``)."""
+    pytest.importorskip("MMSA")
+    from mmfusion.bench.models import build_mmsa, build_ours, n_params
+
+    for name in ("tfn", "lfn", "mfn", "ef_lstm"):
+        for data in ("mosi", "mosei"):
+            ours, theirs = n_params(build_ours(name, data)), n_params(build_mmsa(name, data))
+            assert ours == theirs > 0, (name, data, ours, theirs)
