@@ -37,16 +37,21 @@ from mmfusion.models.subnets import ModalityEncoders, encoder_hidden
 class LowRankFusion(nn.Module):
     """``h = sum_i lambda_i prod_m ([1; z_m] W_m^(i)) + b`` for (B, d_m) inputs -> (B, out_dim)."""
 
-    def __init__(self, dims: Mapping[str, int], rank: int, out_dim: int) -> None:
+    def __init__(self, dims: Mapping[str, int], rank: int, out_dim: int, factor_init: str = "xavier") -> None:
         super().__init__()
         if rank < 1:
             raise ConfigError(f"model.rank must be >= 1, got {rank}")
+        if factor_init not in ("xavier", "unit_bias"):
+            raise ConfigError(f"model.factor_init must be 'xavier' or 'unit_bias', got {factor_init!r}")
         self.rank, self.out_dim = int(rank), int(out_dim)
         self.factors = nn.ParameterDict({m: nn.Parameter(torch.empty(rank, d + 1, out_dim)) for m, d in dims.items()})
         self.fusion_weights = nn.Parameter(torch.empty(1, rank))
         self.fusion_bias = nn.Parameter(torch.zeros(1, out_dim))
         for p in self.factors.values():
             nn.init.xavier_normal_(p)
+            if factor_init == "unit_bias":  # each factor starts as 1 + W z: the product keeps an O(1) scale
+                with torch.no_grad():
+                    p[:, 0, :] = 1.0
         nn.init.xavier_normal_(self.fusion_weights)
 
     def forward(self, z: Mapping[str, Tensor]) -> Tensor:
@@ -76,6 +81,10 @@ class LFN(FusionModel):
         fusion_dim: ``d_h``, the size of the fused vector ``h``, followed by a linear head; ``None`` makes ``h`` the
             prediction itself (``d_h`` = ``output_dim``, no head), as in the paper and the released code.
         post_fusion_dropout: dropout on ``h`` inside the head (no effect when ``fusion_dim`` is ``None``).
+        factor_init: ``xavier`` (the released code: every factor Xavier-normal, so ``h`` is a product of M small
+            numbers, ``|h|`` ~ 1e-3 at initialisation) or ``unit_bias`` (optional, ours: the weight of each factor's
+            constant input is set to 1, so each factor starts as ``1 + W z`` and ``h`` at an O(1) scale with
+            first-order unimodal terms, as in TFN's appended 1).
         sequence_modalities: modalities encoded by an LSTM sub-network; the others are time-averaged over their true
             lengths and go through a vector sub-network.
     """
@@ -95,6 +104,7 @@ class LFN(FusionModel):
         fusion_dim: int | None = 32,
         post_fusion_dropout: float = 0.0,
         sequence_modalities: Sequence[str] = ("text",),
+        factor_init: str = "xavier",
     ) -> None:
         super().__init__()
         self.modalities = tuple(input_dims)
@@ -102,7 +112,7 @@ class LFN(FusionModel):
         self.encoders = ModalityEncoders(input_dims, hid, dropout, text_out, sequence_modalities)
         self.unimodal_dims = dict(self.encoders.out_dims)
         self.fused_dim = int(fusion_dim) if fusion_dim else int(output_dim)
-        self.fusion = LowRankFusion(self.unimodal_dims, rank, self.fused_dim)
+        self.fusion = LowRankFusion(self.unimodal_dims, rank, self.fused_dim, factor_init)
         self.head = (nn.Sequential(nn.Dropout(post_fusion_dropout), nn.Linear(self.fused_dim, output_dim))
                      if fusion_dim else nn.Identity())
 
