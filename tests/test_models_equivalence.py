@@ -190,3 +190,22 @@ def test_benchmark_pairs_have_equal_parameter_counts() -> None:
         for data in ("mosi", "mosei"):
             ours, theirs = n_params(build_ours(name, data)), n_params(build_mmsa(name, data))
             assert ours == theirs > 0, (name, data, ours, theirs)
+
+
+def test_dropout_keep_is_f_dropout_mask_at_any_thread_count() -> None:
+    """The chunking of ``dropout_keep`` depends on the thread count; the mask (F.dropout's, bit for bit) does not."""
+    from mmfusion.models.subnets import dropout_keep
+
+    n, p = 3 * (1 << 16) + 123, 0.3
+    old = torch.get_num_threads()
+    try:
+        masks = []
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            torch.manual_seed(7)
+            masks.append(dropout_keep(n, p))
+        torch.manual_seed(7)
+        ref = torch.nn.functional.dropout(torch.ones(n), p) != 0
+    finally:
+        torch.set_num_threads(old)
+    assert torch.equal(masks[0], ref) and torch.equal(masks[1], ref)

@@ -220,7 +220,11 @@ class ModalityEncoders(nn.Module):
         return z
 
 
-_CHUNK = 1 << 16  # values per chunk of the dropout loops (the 64-bit draws and the noise stay in cache)
+def _chunk() -> int:
+    """Values per chunk of the dropout loops (the 64-bit draws and the noise stay in cache): 2^16 with one thread;
+    with more, 2^14, below ATen's parallel grain size (32768), so each chunk op runs serially (an OpenMP region per
+    chunk costs a barrier, and on a loaded machine each barrier waits for a descheduled thread: 6x slower)."""
+    return 1 << 16 if torch.get_num_threads() == 1 else 1 << 14
 
 
 def dropout_keep(n: int, p: float) -> Tensor:
@@ -234,9 +238,10 @@ def dropout_keep(n: int, p: float) -> Tensor:
     """
     thr = math.ceil((1.0 - p) * 2.0**53)
     keep = torch.empty(n, dtype=torch.bool)
-    draws = torch.empty(min(_CHUNK, n), dtype=torch.int64)
-    for s in range(0, n, _CHUNK):
-        e = min(n, s + _CHUNK)
+    chunk = _chunk()
+    draws = torch.empty(min(chunk, n), dtype=torch.int64)
+    for s in range(0, n, chunk):
+        e = min(n, s + chunk)
         torch.lt(draws[: e - s].random_(0, 2**53), thr, out=keep[s:e])
     return keep
 
@@ -251,9 +256,10 @@ def apply_keep(x: Tensor, keep: Tensor, scale: float, out: Tensor | None = None)
     that the float noise is never materialised at full size; ``out=x`` works in place."""
     out = torch.empty_like(x, memory_format=torch.contiguous_format) if out is None else out
     xf, of = x.reshape(-1), out.view(-1)
-    noise = torch.empty(min(_CHUNK, xf.numel()), dtype=x.dtype)
-    for s in range(0, xf.numel(), _CHUNK):
-        e = min(xf.numel(), s + _CHUNK)
+    chunk = _chunk()
+    noise = torch.empty(min(chunk, xf.numel()), dtype=x.dtype)
+    for s in range(0, xf.numel(), chunk):
+        e = min(xf.numel(), s + chunk)
         nz = noise[: e - s].copy_(keep[s:e]).mul_(scale)
         torch.mul(xf[s:e], nz, out=of[s:e])
     return out
