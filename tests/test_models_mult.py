@@ -298,10 +298,10 @@ def test_learns_an_unaligned_crossmodal_target() -> None:
         return b
 
     train, test = make(512, 1), make(256, 2)
-    model = small({"text": 3, "audio": 2, "vision": 2}, d_model=16, heads=2, layers=2, kernel_size=1,
+    model = small({"text": 3, "audio": 2, "vision": 2}, d_model=8, heads=2, layers=1, kernel_size=1,
                   causal_mask=False)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(250):
+    opt = torch.optim.Adam(model.parameters(), lr=5e-3)
+    for _ in range(120):  # reaches 0.44x the mean predictor's MAE
         idx = torch.randint(0, 512, (64,))
         batch = {"x": {m: x[idx] for m, x in train["x"].items()}, "lengths": {m: l[idx] for m, l in train["lengths"].items()}}
         loss = (model(batch).prediction[:, 0] - train["y"][idx]).abs().mean()
