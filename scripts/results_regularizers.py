@@ -7,8 +7,15 @@ written to ``<out>/regularizers.json`` and ``<out>/regularizers.md`` (mean +- st
 each regulariser against ``reg=none`` on the same model/data/test condition); only runs with ``--epochs`` enter the
 aggregate.
 
-    nice -n 10 python scripts/results_regularizers.py --seeds 0,1,2,3,4 --epochs 3
+Each run also records the loss plug-in's gradient influence (``||grad term|| / ||grad L_task||`` and the cosine,
+measured every ``--influence-every`` steps; the row holds the mean over the second half of training, i.e. after any
+warm-up) and its last validation diagnostics (MDM: critic estimate and Gaussian TC probe).
+
+    OMP_NUM_THREADS=1 nohup python scripts/results_regularizers.py --seeds 0,1,2,3,4 --epochs 3 &
     python scripts/results_regularizers.py --aggregate-only
+    # the lambda sweep behind the MDM default (validation MAE selects; raw runs regularizers_sweep_runs.jsonl):
+    python scripts/results_regularizers.py --name regularizers_sweep --models ef_lstm --datas synthetic \
+        --seeds 0,1,2 --regs mdm_kl@weight=0.0,mdm_kl@weight=0.05,mdm_kl@weight=0.1,mdm_kl@weight=0.2,mdm_kl@weight=0.5
 """
 
 from __future__ import annotations
@@ -26,6 +33,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 REGS = ["none", "synergy_mmd", "synergy_kl", "mdm_kl", "mdm_f", "mdm_wasserstein"]
+# zero-weight controls: the plug-in is built and its own networks train, nothing reaches the task loss
+CONTROLS = ["mdm_kl@weight=0.0", "synergy_mmd@beta=0.0"]
 METRICS = ["MAE", "Corr", "Has0_acc_2", "Mult_acc_7"]
 DATA_OVERRIDES = {
     # half of MOSI's training size and 20 instead of 50 steps, to fit the shared-CPU budget (dims, valid/test as MOSI)
@@ -41,18 +50,34 @@ MODEL_OVERRIDES = {
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--regs", default=",".join(REGS))
-    p.add_argument("--models", default="ef_lstm,tfn")
+    p.add_argument("--regs", default=",".join(REGS + CONTROLS))
+    p.add_argument("--models", default="ef_lstm,tfn,lfn,mfn")
     p.add_argument("--datas", default="synthetic,mosi_utterance")
     p.add_argument("--seeds", default="0,1,2,3,4")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--corrupt", default="drop_text")
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "results")
+    p.add_argument("--name", default="regularizers", help="output files <name>_runs.jsonl, <name>.json, <name>.md")
+    p.add_argument("--influence-every", type=int, default=5)
     p.add_argument("--aggregate-only", action="store_true")
     return p.parse_args(argv)
 
 
-def run_one(data: str, model: str, reg: str, seed: int, epochs: int, corrupt: str) -> dict[str, Any]:
+def plugin_record(module: Any) -> dict[str, Any]:
+    """Influence (mean over the second half of the measured steps) and the last validation diagnostics."""
+    rec: dict[str, Any] = {}
+    hist = module.influence_history
+    half = hist[len(hist) // 2:]
+    for name in module.plugins:
+        vals = {k: [r[f"{name}/{k}"] for r in half if f"{name}/{k}" in r] for k in ("influence", "cosine")}
+        rec[name] = {k: float(np.mean(v)) for k, v in vals.items() if v}
+        rec[name].update(module.plugin_diagnostics.get(name, {}))
+        rec[name]["skipped_batches"] = int(module.skipped_batches.get(name, 0))
+    return rec
+
+
+def run_one(data: str, model: str, reg: str, seed: int, epochs: int, corrupt: str,
+            influence_every: int = 5) -> dict[str, Any]:
     import torch
     from hydra.core.global_hydra import GlobalHydra
 
@@ -66,6 +91,7 @@ def run_one(data: str, model: str, reg: str, seed: int, epochs: int, corrupt: st
     reg_overrides = [f"reg.{reg_name}.{kv}" for kv in reg_kv.split(",") if kv]
     overrides = [f"data={data}", f"model={model}", f"reg={reg_name}", *reg_overrides, f"seed={seed}", f"trainer.max_epochs={epochs}",
                  "logger=none", "trainer.enable_progress_bar=false", "~callbacks.model_summary",
+                 f"callbacks.plugin_influence.every_n_steps={influence_every}",
                  *DATA_OVERRIDES.get(data, []), *MODEL_OVERRIDES.get(model, [])]
     try:
         cfg = compose_train_cfg(overrides, out_dir)
@@ -75,7 +101,7 @@ def run_one(data: str, model: str, reg: str, seed: int, epochs: int, corrupt: st
         module.test_corruption = corrupt
         trainer.test(module, datamodule=dm, ckpt_path=result.get("best_ckpt") or None, verbose=False, weights_only=True)
         corrupted = dict(module.last_metrics.get("test", {}))
-        return {"data": data, "model": model, "reg": reg, "seed": seed, "epochs": epochs, "overrides": overrides,
+        return {"plugin": plugin_record(module),"data": data, "model": model, "reg": reg, "seed": seed, "epochs": epochs, "overrides": overrides,
                 "clean": {k: float(v) for k, v in result["test"].items()},
                 corrupt: {k: float(v) for k, v in corrupted.items()},
                 "val": {k: float(v) for k, v in result["val"].items()},
@@ -123,8 +149,22 @@ def aggregate(runs: list[dict], corrupt: str) -> dict[str, Any]:
                     bvals = [r[cond][m] for r in base if m in r.get(cond, {})]
                     row[f"{cond}/{m}"]["delta_vs_none"] = float(np.mean(vals) - np.mean(bvals))
                     row[f"{cond}/{m}"]["p_vs_none"] = welch_p(vals, bvals)
+        infl = influence_cell(rs)
+        if infl is not None:
+            row["influence"] = infl
+        diag = [v for r in rs for v in r.get("plugin", {}).values()]
+        for key in ("tc_probe", "critic_estimate"):
+            vals = [d[key] for d in diag if d.get(key) is not None and np.isfinite(d[key])]
+            if vals:
+                row[key] = {"mean": float(np.mean(vals)), "std": float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0}
         table.append(row)
     return {"corruption": corrupt, "metrics": METRICS, "rows": table, "n_runs": len(runs)}
+
+
+def influence_cell(rs: list[dict]) -> dict[str, float] | None:
+    vals = [v.get("influence") for r in rs for v in r.get("plugin", {}).values() if v.get("influence") is not None]
+    return {"mean": float(np.mean(vals)), "std": float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0} \
+        if vals else None
 
 
 def markdown(agg: dict[str, Any]) -> str:
@@ -132,8 +172,8 @@ def markdown(agg: dict[str, Any]) -> str:
     lines = [f"Mean ± std over seeds (n = number of seeds). `{corrupt}`: text features zeroed at test time only. "
              "MAE lower is better; Corr, Acc2 (has-0) higher. Δ vs `none` in brackets, * where Welch p < 0.05.", ""]
     head = ("| data | model | reg | n | MAE | Corr | Acc2 | " + f"MAE ({corrupt}) | Corr ({corrupt}) | "
-            f"Acc2 ({corrupt}) |")
-    lines += [head, "|" + "---|" * 10]
+            f"Acc2 ({corrupt}) | influence |")
+    lines += [head, "|" + "---|" * 11]
 
     def cell(row: dict, key: str, pct: bool = False) -> str:
         if key not in row:
@@ -146,18 +186,22 @@ def markdown(agg: dict[str, Any]) -> str:
             txt += f" ({s * v['delta_vs_none']:+.{1 if pct else 3}f}{star})"
         return txt
 
+    def infl(row: dict) -> str:
+        v = row.get("influence")
+        return "–" if v is None else f"{v['mean']:.2f} ± {v['std']:.2f}"
+
     for r in agg["rows"]:
         n = r.get("clean/MAE", {}).get("n", 0)
         lines.append(f"| {r['data']} | {r['model']} | {r['reg']} | {n} | {cell(r, 'clean/MAE')} | "
                      f"{cell(r, 'clean/Corr')} | {cell(r, 'clean/Has0_acc_2', True)} | {cell(r, f'{corrupt}/MAE')} | "
-                     f"{cell(r, f'{corrupt}/Corr')} | {cell(r, f'{corrupt}/Has0_acc_2', True)} |")
+                     f"{cell(r, f'{corrupt}/Corr')} | {cell(r, f'{corrupt}/Has0_acc_2', True)} | {infl(r)} |")
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    runs_path = args.out / "regularizers_runs.jsonl"
+    runs_path = args.out / f"{args.name}_runs.jsonl"
     runs = [json.loads(line) for line in runs_path.read_text().splitlines() if line.strip()] \
         if runs_path.is_file() else []
     done = {(r["data"], r["model"], r["reg"], r["seed"], r["epochs"]) for r in runs}
@@ -172,7 +216,7 @@ def main(argv: list[str] | None = None) -> None:
                         if (data, model, reg, seed, args.epochs) in done | finished(runs_path):
                             continue  # also skips runs finished meanwhile by a parallel worker
                         try:
-                            r = run_one(data, model, reg, seed, args.epochs, args.corrupt)
+                            r = run_one(data, model, reg, seed, args.epochs, args.corrupt, args.influence_every)
                         except Exception as e:  # noqa: BLE001 - report, skip, retry on the next invocation
                             print(f"FAILED {data} {model} {reg} seed={seed}: {e!r}"[:500], flush=True)
                             continue
@@ -182,11 +226,11 @@ def main(argv: list[str] | None = None) -> None:
                         print(f"{data} {model} {reg} seed={seed}: MAE {r['clean']['MAE']:.3f} "
                               f"({args.corrupt} {r[args.corrupt]['MAE']:.3f}) in {r['seconds']:.0f}s", flush=True)
                         agg = aggregate([r for r in runs if r["epochs"] == args.epochs], args.corrupt)
-                        (args.out / "regularizers.json").write_text(json.dumps(agg, indent=1))
-                        (args.out / "regularizers.md").write_text(markdown(agg))
+                        (args.out / f"{args.name}.json").write_text(json.dumps(agg, indent=1))
+                        (args.out / f"{args.name}.md").write_text(markdown(agg))
     agg = aggregate([r for r in runs if r["epochs"] == args.epochs], args.corrupt)
-    (args.out / "regularizers.json").write_text(json.dumps(agg, indent=1))
-    (args.out / "regularizers.md").write_text(markdown(agg))
+    (args.out / f"{args.name}.json").write_text(json.dumps(agg, indent=1))
+    (args.out / f"{args.name}.md").write_text(markdown(agg))
     print(markdown(agg))
 
 
