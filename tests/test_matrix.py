@@ -12,7 +12,8 @@ from mmfusion.bench.train_step import build_step
 from .conftest import CONFIG_DIR, compose_cfg
 
 SENTIMENT_MODELS = ["ef_lstm", "tfn", "lfn", "mfn", "magbert"]
-LOSS_PLUGINS = ["none", "synergy_mmd", "synergy_kl", "mdm_kl", "mdm_f", "mdm_wasserstein"]
+LOSS_PLUGINS = ["none", "synergy_mmd", "synergy_kl", "mdm_kl", "mdm_f", "mdm_wasserstein", "contrastive", "dcca",
+                "autoencoder"]
 GROUPS = ["data", "model", "reg", "optim", "trainer", "logger", "callbacks", "debug", "experiment",
           "hparams_search", "stage"]
 
@@ -33,7 +34,8 @@ def test_model_x_plugin_training_step(model, reg):
     torch.manual_seed(0)
     regs = [] if reg == "none" else [reg]
     extra = ["data.seq_len=8", "data.min_len=4"]
-    module, batch, opts = build_step(model, regs, "mosi", 8, extra=extra)
+    bs = 16 if reg == "dcca" else 8  # dcca needs more than k = 8 samples (out_dim 8)
+    module, batch, opts = build_step(model, regs, "mosi", bs, extra=extra)
     net0 = [p.detach().clone() for p in module.net.parameters() if p.requires_grad]
     plug0 = [p.detach().clone() for p in module.plugins.parameters() if p.requires_grad]
     loss, task_loss, logs = module.optimization_step(batch, opts, lambda l: l.backward())
@@ -57,3 +59,42 @@ def test_one_d_continuous_attention_replaces_ef_lstm_time_pool(reg):
     loss, _, _ = module.optimization_step(batch, opts, lambda l: l.backward())
     assert math.isfinite(float(loss))
     assert all(p.grad is None or torch.isfinite(p.grad).all() for p in module.net.parameters())
+
+
+@pytest.mark.parametrize("model", SENTIMENT_MODELS)
+@pytest.mark.parametrize("reg", ["contrastive", "dcca", "autoencoder"])
+def test_representation_objectives_on_batches_of_one_and_two(model, reg):
+    """The lecture-4.1 objectives on every sentiment model with a last batch of 1 and 2 samples: no crash; a term
+    that cannot be formed (contrastive: no negative in a batch of 1; dcca: <= k samples) adds nothing and is
+    counted in skipped_batches."""
+    torch.manual_seed(0)
+    extra = ["data.seq_len=8", "data.min_len=4"]
+    module, batch, opts = build_step(model, [reg], "mosi", 8, extra=extra)
+    plugin = module.plugins[reg]
+    for n in (1, 2):
+        small = {k: ({m: v[:n] for m, v in batch[k].items()} if isinstance(batch[k], dict) else batch[k][:n])
+                 for k in batch}
+        loss, task_loss, logs = module.optimization_step(small, opts, lambda l: l.backward())
+        assert math.isfinite(float(loss)) and math.isfinite(float(task_loss))
+        if n < plugin.min_batch_size:
+            assert float(loss) == float(task_loss) and f"train/reg/{reg}/loss" not in logs
+        else:
+            assert f"train/reg/{reg}/loss" in logs
+    assert module.skipped_batches[reg] == sum(n < plugin.min_batch_size for n in (1, 2))
+
+
+def test_representation_objectives_carry_the_influence_diagnostic():
+    """The generic influence diagnostic (train/reg/<name>/{influence,cosine}) covers the new plug-ins: they are
+    discovered as loss plug-ins, and on a real model (TFN, reg=dcca) each term gets a finite, non-zero ratio."""
+    from .test_plugin_small_batch import LOSS_PLUGINS as DISCOVERED
+
+    assert {"contrastive", "dcca", "autoencoder"} <= set(DISCOVERED)
+    torch.manual_seed(0)
+    module, batch, opts = build_step("tfn", ["dcca", "contrastive", "autoencoder"], "mosi", 16,
+                                     extra=["data.seq_len=8", "data.min_len=4"])
+    module.influence_every = 1
+    module.optimization_step(batch, opts, lambda l: l.backward())
+    (rec,) = module.influence_history
+    for name in ("dcca", "contrastive", "autoencoder"):
+        assert math.isfinite(rec[f"{name}/influence"]) and rec[f"{name}/influence"] > 0
+        assert -1.0 <= rec[f"{name}/cosine"] <= 1.0
