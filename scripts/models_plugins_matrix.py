@@ -21,7 +21,8 @@ from mmfusion.train import train
 from mmfusion.utils.runtime import compose_train_cfg
 
 MODELS = ["ef_lstm", "tfn", "lfn", "mfn", "magbert"]
-REGS = ["none", "synergy_mmd", "synergy_kl", "mdm_kl", "mdm_f", "mdm_wasserstein", "emma"]
+REGS = ["none", "synergy_mmd", "synergy_kl", "mdm_kl", "mdm_f", "mdm_wasserstein", "contrastive", "dcca", "autoencoder",
+        "emma"]
 SMALL = {
     "tfn": ["model.hidden=8", "model.text_hidden=32", "model.text_out=8", "model.post_fusion_dim=32"],
     "lfn": ["model.hidden=16", "model.text_hidden=32", "model.text_out=16"],

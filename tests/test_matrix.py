@@ -98,3 +98,17 @@ def test_representation_objectives_carry_the_influence_diagnostic():
     for name in ("dcca", "contrastive", "autoencoder"):
         assert math.isfinite(rec[f"{name}/influence"]) and rec[f"{name}/influence"] > 0
         assert -1.0 <= rec[f"{name}/cosine"] <= 1.0
+
+
+@pytest.mark.parametrize("reg", ["contrastive", "dcca", "autoencoder"])
+def test_representation_objectives_on_mult(reg):
+    """MulT (per-modality crossmodal outputs as unimodal, concatenated final state as fused) with the lecture-4.1
+    objectives: one real training step moves the model and the plug-in's networks."""
+    torch.manual_seed(0)
+    module, batch, opts = build_step("mult", [reg], "mosi", 16, extra=["data.seq_len=8", "data.min_len=4"])
+    net0 = [p.detach().clone() for p in module.net.parameters() if p.requires_grad]
+    plug0 = [p.detach().clone() for p in module.plugins.parameters() if p.requires_grad]
+    loss, task_loss, logs = module.optimization_step(batch, opts, lambda l: l.backward())
+    assert math.isfinite(float(loss)) and float(loss) != float(task_loss) and f"train/reg/{reg}/loss" in logs
+    assert any(not torch.equal(a, b) for a, b in zip(net0, [p for p in module.net.parameters() if p.requires_grad]))
+    assert any(not torch.equal(a, b) for a, b in zip(plug0, [p for p in module.plugins.parameters() if p.requires_grad]))
