@@ -152,9 +152,6 @@ def check_keys(argv: list[str], config_dir: Path, config_name: str = "train.yaml
 
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
-    from omegaconf import OmegaConf
-
-    missing = object()
 
     def composed(args: list[str]):
         GlobalHydra.instance().clear()
@@ -177,9 +174,29 @@ def check_keys(argv: list[str], config_dir: Path, config_name: str = "train.yaml
                 cfgs.append((c, alt))
     for key, arg in plain:
         for c, choice in cfgs:
-            if OmegaConf.select(c, key, default=missing, throw_on_resolution_failure=False) is missing:
+            if not _has_key(c, key):
                 return _unknown_key_message(c, key, arg, f" with {choice.lstrip('+')}" if choice else "")
     return None
+
+
+def _has_key(cfg, key: str) -> bool:
+    """Whether the dotted ``key`` exists in ``cfg``, whatever its value: a mandatory ``???`` value or an
+    interpolation that does not resolve yet (``paths.output_dir`` before Hydra runs) still counts as present."""
+    from omegaconf import OmegaConf
+
+    node = cfg
+    for part in key.split("."):
+        if OmegaConf.is_list(node):
+            if not part.lstrip("-").isdigit() or not -len(node) <= int(part) < len(node):
+                return False
+            node = node._get_node(int(part))
+        elif OmegaConf.is_dict(node):
+            if part not in node.keys():
+                return False
+            node = node._get_node(part)
+        else:
+            return False
+    return True
 
 
 def exit_on_bad_overrides(config_dir: Path, config_name: str = "train.yaml") -> None:
