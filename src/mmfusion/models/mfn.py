@@ -13,12 +13,17 @@ Learning"); released code ``pliang279/MFN/test_mosi.py``, MMSA ``models/singleTa
   (Linear -> ReLU -> Dropout -> Linear) of configurable width/dropout.
 
 Cost: the LSTMs do not read the memory, so they run before it. ``lstm: loop`` (default, fastest on CPU): input
-projections of all steps in one matmul per modality, then one ``addmm`` per modality and step. ``lstm: fused``
-(for GPUs): whole-sequence packed cuDNN ``nn.LSTM`` calls, with the cell states recovered exactly from the hidden
+projections of all steps in one matmul per modality, then :func:`~mmfusion.models.subnets.lstm_scan`, an
+autograd Function with a hand-written backward (per step one ``addmm`` and a few in-place elementwise ops
+forward, one ``mm`` backward; the recurrent weight gradient is one GEMM over all steps). ``lstm: fused`` (for
+GPUs): whole-sequence packed cuDNN ``nn.LSTM`` calls, with the cell states recovered exactly from the hidden
 states (gates recomputed for all steps in one matmul, then a 2-op scan ``c_t = f_t c_{t-1} + i_t g_t``). The
-attention, ``D_u`` and the c^-part of the gate networks run for all steps at once. Only ``u_{t-1} -> (g1, g2) -> u_t`` is a per-step loop: one matmul for both
-gates plus a few elementwise ops, batched over samples, no per-step allocation beyond its outputs.
-``compile: true`` wraps that loop in ``torch.compile``. Padding: LSTM states and the memory stop at each
+attention, ``D_u`` and the c^-part of the gate networks run for all steps at once. Only
+``u_{t-1} -> (g1, g2) -> u_t`` is a per-step loop (:class:`_MemoryScan`, hand-written backward, the same
+dropout draws as ``F.dropout``; gate-weight gradients as one GEMM over all steps). ``compile: true`` runs that
+loop as plain autograd ops (:func:`memory_scan`) under ``torch.compile`` instead. Outputs, gradients and random
+draws equal those of the plain-autograd implementation (tests/test_models_equivalence.py). Padding: LSTM states
+and the memory stop at each
 sample's true length (the released code reads padding). Sequences must be word-aligned (same T per modality).
 """
 
@@ -51,32 +56,6 @@ def lstm_cell_states(lstm: nn.LSTM, x: Tensor, h: Tensor, valid: Tensor) -> tupl
     ig = torch.sigmoid(i) * torch.tanh(g) * v
     f = torch.where(v, torch.sigmoid(f), torch.ones_like(f))
     return f, ig
-
-
-def lstm_loop(lstms: list[nn.LSTM], xs: list[Tensor], valids: list[Tensor]) -> tuple[list[Tensor], Tensor]:
-    """Several 1-layer LSTMs stepped together: input projections for all steps in one matmul each, then per step
-    one ``addmm`` on the recurrent weights per modality. Padded steps carry (h, c). Returns the last valid hidden
-    state per modality and the concatenated cell states (B, T, sum h)."""
-    b, t = xs[0].shape[:2]
-    # unbind once: per-step views whose backward is one stack (indexing [step] would build a full-size zero
-    # gradient per step, O(T^2) memory traffic)
-    proj = [F.linear(x, l.weight_ih_l0, l.bias_ih_l0 + l.bias_hh_l0).unbind(1) for l, x in zip(lstms, xs)]
-    w_hh = [l.weight_hh_l0.t() for l in lstms]
-    hs = [x.new_zeros(b, l.hidden_size) for l, x in zip(lstms, xs)]
-    cs = [x.new_zeros(b, l.hidden_size) for l, x in zip(lstms, xs)]
-    masks = None if all(bool(v.all()) for v in valids) else [v[..., None].unbind(1) for v in valids]
-    cells = []
-    for step in range(t):
-        for k in range(len(lstms)):
-            i, f, g, o = torch.addmm(proj[k][step], hs[k], w_hh[k]).chunk(4, dim=1)
-            c = torch.addcmul(torch.sigmoid(f) * cs[k], torch.sigmoid(i), torch.tanh(g))
-            h = torch.sigmoid(o) * torch.tanh(c)
-            if masks is not None:
-                c = torch.where(masks[k][step], c, cs[k])
-                h = torch.where(masks[k][step], h, hs[k])
-            hs[k], cs[k] = h, c
-        cells.append(torch.cat(cs, dim=1))
-    return hs, torch.stack(cells, dim=1)
 
 
 def cell_scan(f: Tensor, ig: Tensor) -> Tensor:
