@@ -81,7 +81,8 @@ def read_run(run_dir: Path, split: str) -> dict[str, Any] | None:
 def collect_folder(folder: Path, split: str) -> list[dict[str, Any]]:
     if not folder.exists():
         raise TableError(f"{folder}: no such folder")
-    runs = [r for f in sorted(folder.rglob("metrics.json")) if (r := read_run(f.parent, split)) is not None]
+    files = [f for f in sorted(folder.rglob("metrics.json")) if f.parent.parent.name != "eval"]  # eval.py's results
+    runs = [r for f in files if (r := read_run(f.parent, split)) is not None]
     if not runs:
         raise TableError(f"{folder}: no run with metrics.json (split {split!r}) below this folder")
     return runs
@@ -160,6 +161,14 @@ def published_rows(rows: list[dict[str, Any]], path: Path) -> list[dict[str, Any
     return out
 
 
+def without_published(rows: list[dict[str, Any]], path: Path) -> tuple[list[str], list[str]]:
+    """(our ``data/model/reg`` groups with no published row, the ``data/model/reg`` groups the file covers)."""
+    pub = json.loads(path.read_text())
+    covered = sorted({f"{p['data']}/{p['model']}/{p['reg']}" for p in pub["rows"]})
+    ours = sorted({f"{r['data']}/{r['model']}/{r['reg']}" for r in rows})
+    return [g for g in ours if g not in covered], covered
+
+
 def render(rows, cols, published=None) -> tuple[str, list[dict[str, Any]]]:
     """Markdown text and CSV records."""
     has_variant = any(r["variant"] for r in rows)
@@ -214,6 +223,13 @@ def main(argv: list[str] | None = None) -> int:
     text = f"### {title}\n\n{md}"
     if pub:
         text += "\nPublished rows are copied from the papers (not re-run); their Acc-2 convention is not stated.\n"
+    if args.published:
+        missing, covered = without_published(rows, HERE / "published_results.json")
+        if missing:
+            note = (f"No published numbers apply to {', '.join(missing)} (data/model/reg); "
+                    f"scripts/published_results.json has {', '.join(covered)}.")
+            text += f"\n{note}\n"
+            print(f"--published: {note}", file=sys.stderr)
     out = Path(args.out) if args.out else (Path(args.sources[0]) / "table" if not args.sources[0].startswith("wandb:")
                                           else Path("table"))
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -3,6 +3,9 @@ weights (and optimiser state) of an uninterrupted run: data position, RNG (dropo
 
 from __future__ import annotations
 
+import csv
+import hashlib
+
 import pytest
 import torch
 
@@ -42,13 +45,27 @@ def _final_state(path):
     return ck["state_dict"], ck["optimizer_states"], ck["global_step"], ck["epoch"]
 
 
+def _csv_rows(run):
+    with (run / "csv" / "metrics.csv").open(newline="") as f:
+        return list(csv.reader(f))
+
+
+def _no_duplicate_checkpoints(ckpt_dir):
+    """No two regular files with the same bytes: ``last.ckpt`` is a link when it is the best checkpoint."""
+    files = [p for p in ckpt_dir.iterdir() if p.is_file() and not p.is_symlink()]
+    digests = [hashlib.sha256(p.read_bytes()).hexdigest() for p in files]
+    assert len(set(digests)) == len(digests), [p.name for p in files]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("reg,steps_per_batch", [("none", 1), ("mdm_kl", 2)])
 def test_resume_after_kill_equals_uninterrupted(make_cfg, tmp_path, reg, steps_per_batch):
     """``mdm_kl``: the plug-in's critic has its own Adam (one inner step per batch, so Lightning counts two
-    optimiser steps per batch), a moving average and random negatives: all must resume exactly too."""
+    optimiser steps per batch), a moving average and random negatives: all must resume exactly too. The CSV
+    log of the killed-and-resumed run has exactly the rows of the uninterrupted one (history kept)."""
     k = steps_per_batch
-    args = [*TINY, f"reg={reg}", f"callbacks.step_checkpoint.every_n_train_steps={3 * k}"]
+    args = [*TINY, f"reg={reg}", f"callbacks.step_checkpoint.every_n_train_steps={3 * k}", "logger=csv",
+            "trainer.log_every_n_steps=1"]
     # uninterrupted reference, in-process
     cfg = make_cfg(args, fast=False)
     cfg.paths.output_dir = str(tmp_path / "ref")
@@ -79,6 +96,13 @@ def test_resume_after_kill_equals_uninterrupted(make_cfg, tmp_path, reg, steps_p
             for name, t in a["state"][pid].items():
                 assert torch.equal(torch.as_tensor(t), torch.as_tensor(b["state"][pid][name])), (pid, name)
     assert res["test"] == ref["test"]
+    ref_rows, res_rows = _csv_rows(tmp_path / "ref"), _csv_rows(run)
+    assert res_rows[0] == ref_rows[0]  # header
+    epochs = {r[ref_rows[0].index("epoch")] for r in ref_rows[1:]}
+    assert {"0", "1", "2"} <= epochs and len(ref_rows) > 12  # every step and epoch is in the log
+    assert res_rows == ref_rows
+    for d in (tmp_path / "ref" / "checkpoints", run / "checkpoints"):
+        _no_duplicate_checkpoints(d)
 
 
 def test_wandb_run_id_is_reused_on_resume(tmp_path):
@@ -95,3 +119,29 @@ def test_wandb_run_id_is_reused_on_resume(tmp_path):
     continue_wandb_run(cfg2, ckpt)
     assert cfg2.logger.wandb.id == "mine"  # an explicit id wins
     assert previous_wandb_id(str(tmp_path / "nothing" / "last.ckpt")) is None
+
+
+def _snapshot(folder):
+    return {str(p.relative_to(folder)): (p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.slow
+def test_resume_that_changes_the_run_is_refused_and_touches_nothing(tmp_path):
+    """``ckpt_path=last`` with another model (or data): one line, exit 2, no file of the run deleted or rewritten
+    (csv/metrics.csv and .hydra/config.yaml included)."""
+    run = tmp_path / "run"
+    base = ["train.py", "data.n_train=64", "data.n_valid=32", "data.n_test=32", "data.seq_len=8", "data.min_len=3",
+            "trainer.max_epochs=1", "trainer.enable_progress_bar=false", "~callbacks.model_summary",
+            f"hydra.run.dir={run}"]
+    proc = run_cli(base)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (run / "csv" / "metrics.csv").is_file() and (run / ".hydra" / "config.yaml").is_file()
+    before = _snapshot(run)
+    for change, key in (("model=tfn", "model._target_"), ("data.noise=0.5", "data.noise")):
+        proc = run_cli([*base, change, "ckpt_path=last"])
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error: ckpt_path=last: this config changes the run"), lines
+        assert key in lines[0]
+        assert _snapshot(run) == before

@@ -86,12 +86,15 @@ def _hydra_main(cfg: DictConfig) -> None:
             from mmfusion import robustness
 
             robustness.print_table(robustness.evaluate_suite(cfg))
+            out = Path(cfg.paths.output_dir)
+            print(f"results folder: {out}\nresults:        {out / 'robustness.json'} (+ .csv, _auc.csv, figures)")
             return
         result, objs = evaluate(cfg)
         keys = ["loss", *objs["datamodule"].task.summary_keys()]
         print_metrics(f"{result['split'].upper()} split, corruption: {result['corruption'] or 'none'}",
                       result["metrics"], keys)
         save_json(Path(cfg.paths.output_dir) / "metrics.json", result)
+        print(f"results folder: {cfg.paths.output_dir}\nmetrics:        {Path(cfg.paths.output_dir) / 'metrics.json'}")
 
 
 def main() -> None:

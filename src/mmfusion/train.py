@@ -15,7 +15,8 @@ from omegaconf import DictConfig
 
 from mmfusion.build import build_datamodule, build_module
 from mmfusion.callbacks.divergence import DivergenceGuard
-from mmfusion.callbacks.resume import continue_wandb_run
+from mmfusion.callbacks.figures import save_learning_curve
+from mmfusion.callbacks.resume import check_resume, continue_wandb_run
 from mmfusion.utils import runtime, validate
 from mmfusion.utils.instantiate import instantiate, instantiate_dict
 from mmfusion.utils.report import print_metrics, save_json
@@ -34,6 +35,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     if cfg.get("seed") is not None:
         pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     check_checkpoint(runtime.resolve_ckpt_path(cfg.get("ckpt_path"), cfg))  # hostile/truncated: one line, now
+    check_resume(cfg, cfg.paths.output_dir)  # a resume that changes model/data/reg: one line, nothing touched
     dm = build_datamodule(cfg)
     module = build_module(cfg, dm)
     ckpt_path = runtime.resolve_ckpt_path(cfg.get("ckpt_path"), cfg)
@@ -45,6 +47,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
 
     if cfg.get("train", True):
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
+        save_learning_curve(trainer, Path(cfg.paths.output_dir) / "learning_curve.png")  # from csv/metrics.csv
     ckpt_cb = trainer.checkpoint_callback
     monitor = getattr(ckpt_cb, "monitor", None)
     selection = f"{monitor} ({getattr(ckpt_cb, 'mode', '')})" if monitor else "last epoch (no monitored checkpoint)"
@@ -69,6 +72,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     out_dir = Path(cfg.paths.output_dir)
     if trainer.is_global_zero:
         save_json(out_dir / "metrics.json", result)
+        print(f"run folder: {out_dir}\nmetrics:    {out_dir / 'metrics.json'}")
     return result, {"trainer": trainer, "module": module, "datamodule": dm}
 
 

@@ -132,3 +132,103 @@ class FigureLogger(pl.Callback):
         out_dir = self.out_dir or str(Path(trainer.default_root_dir) / "figures")
         for name, fig in figs.items():
             log_figure(trainer, f"figures/{name}", fig, out_dir)
+
+
+def _read_csv_log(csv_path: Path) -> list[dict[str, float]]:
+    import csv
+    import math
+
+    rows = []
+    with Path(csv_path).open(newline="") as f:
+        for r in csv.DictReader(f):
+            row = {}
+            for k, v in r.items():
+                try:
+                    row[k] = float(v)
+                except (TypeError, ValueError):
+                    continue
+            if "epoch" in row and math.isfinite(row["epoch"]):
+                rows.append(row)
+    return rows
+
+
+def per_epoch(rows: list[dict[str, float]], key: str) -> tuple[list[int], list[float]]:
+    """Mean of ``key`` over the CSV rows of each epoch that have it (step rows average, epoch rows as is)."""
+    acc: dict[int, list[float]] = {}
+    for r in rows:
+        if key in r:
+            acc.setdefault(int(r["epoch"]), []).append(r[key])
+    epochs = sorted(acc)
+    return epochs, [sum(acc[e]) / len(acc[e]) for e in epochs]
+
+
+def learning_curve(csv_path: str | Path, monitor: str | None, out_png: str | Path, mode: str = "min") -> Path | None:
+    """``learning_curve.png`` from the CSV log (``csv/metrics.csv``): train loss (mean of the epoch's steps) and
+    validation loss per epoch, and the selection metric ``monitor`` per epoch with its best epoch marked.
+    Returns the PNG path, or ``None`` (and logs why) when there is no CSV log or nothing per epoch in it.
+
+    Args:
+        csv_path: the CSV logger's ``metrics.csv``.
+        monitor: the selection metric (e.g. ``val/MAE``), or ``None``.
+        out_png: where to write the figure.
+        mode: ``min`` or ``max``: which end of ``monitor`` is best.
+    """
+    csv_path = Path(csv_path)
+    if not csv_path.is_file():
+        log.info("no %s (logger without csv): no learning-curve figure", csv_path)
+        return None
+    rows = _read_csv_log(csv_path)
+    train_key = next((k for k in ("train/loss_epoch", "train/loss") if any(k in r for r in rows)), None)
+    series = {"train loss": per_epoch(rows, train_key) if train_key else ([], []),
+              "val loss": per_epoch(rows, "val/loss")}
+    mon = per_epoch(rows, monitor) if monitor and monitor != "val/loss" else ([], [])
+    if not any(e for e, _ in series.values()) and not mon[0]:
+        log.info("%s has no per-epoch losses: no learning-curve figure", csv_path)
+        return None
+    plt = _plt()
+    n = 2 if mon[0] else 1
+    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.2), squeeze=False)
+    ax = axes[0][0]
+    for name, (e, v) in series.items():
+        if e:
+            ax.plot(e, v, marker="o", ms=3, label=name)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel("loss")
+    ax.legend()
+    ax.set_title("loss")
+    if mon[0]:
+        ax = axes[0][1]
+        ax.plot(mon[0], mon[1], marker="o", ms=3, color="C2", label=monitor)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_title(f"selection metric: {monitor}")
+        finite = [(v, e) for e, v in zip(*mon) if v == v]
+        if finite:
+            v, e = (max if str(mode).startswith("max") else min)(finite)
+            ax.axvline(e, color="grey", ls=":", lw=1)
+            ax.annotate(f"best {v:.4g} (epoch {e})", (e, v), fontsize=8)
+    fig.tight_layout()
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=90)
+    plt.close(fig)
+    return out_png
+
+
+def save_learning_curve(trainer: pl.Trainer, out_png: str | Path) -> Path | None:
+    """Right after ``fit`` (before the final validate/test add rows): flush the CSV logger and draw
+    :func:`learning_curve` with the checkpoint callback's monitor and mode."""
+    lg = next((lg for lg in trainer.loggers if type(lg).__name__ == "CSVLogger"), None)
+    if lg is None or not trainer.is_global_zero:
+        return None
+    lg.save()
+    cb = trainer.checkpoint_callback
+    try:
+        return learning_curve(lg.experiment.metrics_file_path, getattr(cb, "monitor", None), out_png,
+                              getattr(cb, "mode", "min"))
+    except Exception as e:  # noqa: BLE001 - a figure must never fail a finished run
+        log.warning("learning-curve figure not written: %s", e)
+        return None

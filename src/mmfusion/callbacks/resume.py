@@ -6,11 +6,20 @@ auxiliary ones included), the schedulers, the loop counters and the train loader
 plug-ins' negative sampling after a resume would differ from an uninterrupted run. :class:`ExactResume` stores
 the torch / numpy / python (and CUDA) generator states in its callback state and restores them just before
 training continues. It also writes the W&B run id next to the checkpoints (``checkpoints/wandb_run_id.txt``), which
-``train.py`` reads on ``ckpt_path=...`` to continue the same W&B run.
+``train.py`` reads on ``ckpt_path=...`` to continue the same W&B run, and it keeps the CSV log's history: the
+rows of ``csv/metrics.csv`` logged up to a checkpoint are stored in it, and a resumed run writes them back and
+appends its own, so an interrupted-and-resumed run has the same rows as an uninterrupted one (Lightning's CSV
+logger deletes an existing ``metrics.csv``; rows the killed process logged after its last checkpoint are logged
+again, identically, by the resumed run).
+
+:func:`check_resume` refuses a resume whose config changes the run's model, data or plug-ins (one line, exit 2,
+before any file is written); :class:`ResumeGuard` runs it as a Hydra callback, before Hydra saves the new
+``.hydra/config.yaml``.
 """
 
 from __future__ import annotations
 
+import csv
 import logging
 import os
 import random
@@ -22,11 +31,15 @@ from typing import Any
 import lightning.pytorch as pl
 import numpy as np
 import torch
+from hydra.experimental.callback import Callback as HydraCallback
 from lightning.pytorch.callbacks import ModelCheckpoint
+
+from mmfusion.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 WANDB_ID_FILE = "wandb_run_id.txt"
+CSV_KEY = "mmfusion_csv_log"
 
 
 def rng_states() -> dict[str, Any]:
@@ -62,11 +75,48 @@ def wandb_run_id(trainer: pl.Trainer) -> str | None:
     return None
 
 
+def csv_logger(trainer: pl.Trainer) -> Any:
+    for lg in trainer.loggers:
+        if type(lg).__name__ == "CSVLogger":
+            return lg
+    return None
+
+
+def csv_history(lg: Any) -> dict[str, Any] | None:
+    """The CSV logger's rows so far (flushed first): ``{"keys": header, "rows": [[str, ...], ...]}``."""
+    lg.save()
+    path = Path(lg.experiment.metrics_file_path)
+    if not path.is_file():
+        return None
+    with path.open(newline="") as f:
+        reader = csv.reader(f)
+        keys = next(reader, None)
+        rows = [list(r) for r in reader]
+    return {"keys": list(keys or []), "rows": rows} if keys else None
+
+
+def restore_csv_history(lg: Any, hist: dict[str, Any]) -> None:
+    """Write the stored rows back to ``metrics.csv``; the logger appends after them (same header keys)."""
+    exp = lg.experiment
+    path = Path(exp.metrics_file_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    exp.save()  # nothing should be pending; if anything is, it is written before being replaced below
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(hist["keys"])
+        w.writerows(hist["rows"])
+    exp.metrics_keys = sorted(set(exp.metrics_keys) | set(hist["keys"]))
+    if exp.metrics_keys != list(hist["keys"]):  # keep the header and the writer's keys identical
+        exp._rewrite_with_new_header(exp.metrics_keys)
+
+
 class ExactResume(pl.Callback):
-    """Checkpoint the RNG states (restored at ``on_train_start`` of a resumed fit) and persist the W&B run id."""
+    """Checkpoint the RNG states (restored at ``on_train_start`` of a resumed fit) and the CSV log's rows (written
+    back then), and persist the W&B run id."""
 
     def __init__(self) -> None:
         self._pending: dict[str, Any] | None = None
+        self._csv_pending: dict[str, Any] | None = None
 
     def state_dict(self) -> dict[str, Any]:
         return {"rng": rng_states()}
@@ -74,15 +124,62 @@ class ExactResume(pl.Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._pending = state_dict.get("rng")
 
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        lg = csv_logger(trainer)
+        if lg is not None and trainer.is_global_zero:
+            hist = csv_history(lg)
+            if hist is not None:
+                checkpoint[CSV_KEY] = hist
+
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        self._csv_pending = checkpoint.get(CSV_KEY)
+
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._pending is not None:
             set_rng_states(self._pending)  # after setup, data loading and sanity checks: training continues from here
             self._pending = None
+        lg = csv_logger(trainer)
+        if self._csv_pending is not None and lg is not None and trainer.is_global_zero:
+            restore_csv_history(lg, self._csv_pending)
+            log.info("resume: %d CSV rows from the checkpoint restored in %s", len(self._csv_pending["rows"]),
+                     lg.experiment.metrics_file_path)
+        self._csv_pending = None
         if trainer.is_global_zero:
             run_id, ckpt_dir = wandb_run_id(trainer), checkpoint_dir(trainer)
             if run_id and ckpt_dir is not None:
                 ckpt_dir.mkdir(parents=True, exist_ok=True)
                 (ckpt_dir / WANDB_ID_FILE).write_text(run_id + "\n")
+
+
+class LinkedModelCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` whose ``last.ckpt`` is a relative symlink to the top-k checkpoint saved at the same
+    step, instead of a second copy of the same weights (a TFN checkpoint is 113 MB): at an epoch that improves
+    the monitor, ``epoch_XXX.ckpt`` is written once and ``last.ckpt`` links to it; at an epoch that does not,
+    ``last.ckpt`` is written as a file (it is the resume point, newer than the best). Unlike Lightning's
+    ``save_last="link"``, ``last.ckpt`` always holds the newest epoch. A link is never written through."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["save_last"] = "link" if kwargs.get("save_last", True) else False
+        super().__init__(*args, **kwargs)
+
+    def _save_last_checkpoint(self, trainer: pl.Trainer, monitor_candidates: dict[str, Any]) -> None:
+        if not self.save_last:
+            return
+        last = self.format_checkpoint_name(monitor_candidates, self.CHECKPOINT_NAME_LAST)
+        saved = self._last_checkpoint_saved
+        fresh = (bool(saved) and self._last_global_step_saved == trainer.global_step and self.save_top_k != 0
+                 and os.path.abspath(saved) != os.path.abspath(last) and os.path.isfile(saved))
+        if not fresh:
+            if trainer.is_global_zero and os.path.islink(last):
+                os.remove(last)  # torch.save would write through the link into the best checkpoint
+            previous, self.last_model_path = self.last_model_path, last
+            self._save_checkpoint(trainer, last)
+            if previous and self._should_remove_checkpoint(trainer, previous, last):
+                self._remove_checkpoint(trainer, previous)
+            return
+        super()._save_last_checkpoint(trainer, monitor_candidates)
 
 
 class StepCheckpoint(ModelCheckpoint):
@@ -136,3 +233,83 @@ def continue_wandb_run(cfg: Any, ckpt_path: str | None) -> None:
             wb.id = run_id
             wb.resume = "allow"
         log.info("resuming W&B run %s", run_id)
+
+
+# -- refuse a resume that changes the run -------------------------------------------------------------------------
+DATA_FREE_KEYS = ("num_workers", "pin_memory", "persistent_workers")
+
+
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, dict):
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: d}
+
+
+def run_differences(stored: Any, cfg: Any) -> list[str]:
+    """``key: stored -> new`` for every model/reg key and every data key (but loader settings) that differs."""
+    from omegaconf import OmegaConf
+
+    def part(c: Any, k: str) -> dict[str, Any]:
+        v = c.get(k) if c is not None else None
+        if v is None:
+            return {}
+        v = OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
+        return _flat(v, f"{k}.") if isinstance(v, dict) else {k: v}
+
+    diffs = []
+    for group in ("model", "data", "reg"):
+        a, b = part(stored, group), part(cfg, group)
+        for key in sorted(set(a) | set(b)):
+            if group == "data" and key.split(".")[-1] in DATA_FREE_KEYS:
+                continue
+            if a.get(key, "<absent>") != b.get(key, "<absent>"):
+                diffs.append(f"{key}: {a.get(key, '<absent>')} -> {b.get(key, '<absent>')}")
+    return diffs
+
+
+def find_resume_checkpoint(ckpt: Any, run_dir: str | Path) -> str | None:
+    """The checkpoint ``ckpt_path`` names (``last``/``auto``: the newest ``last*.ckpt`` under ``run_dir``)."""
+    if ckpt in (None, "", "null"):
+        return None
+    if ckpt in ("last", "auto"):
+        cands = sorted(Path(run_dir).glob("**/last*.ckpt"), key=lambda p: p.stat().st_mtime)
+        return str(cands[-1]) if cands else None
+    return str(ckpt) if Path(str(ckpt)).is_file() else None
+
+
+def check_resume(cfg: Any, run_dir: str | Path) -> None:
+    """Raise a one-line :class:`ConfigError` if ``cfg`` (with ``ckpt_path`` set) changes the model, data or
+    plug-ins of the run stored in the checkpoint it resumes."""
+    path = find_resume_checkpoint(cfg.get("ckpt_path"), run_dir)
+    if path is None:
+        return
+    from mmfusion.eval import read_checkpoint
+
+    _, stored = read_checkpoint(path)
+    diffs = run_differences(stored, cfg)
+    if diffs:
+        more = f" (+{len(diffs) - 3} more)" if len(diffs) > 3 else ""
+        raise ConfigError(f"ckpt_path={cfg.get('ckpt_path')}: this config changes the run stored in {path}: "
+                          f"{'; '.join(diffs[:3])}{more}; resume with the run's own model/data/reg overrides "
+                          "(see its .hydra/overrides.yaml), or drop ckpt_path to start a new run")
+
+
+class ResumeGuard(HydraCallback):
+    """Hydra callback: :func:`check_resume` before the job starts (and before Hydra overwrites the run's
+    ``.hydra/`` files); one line on stderr and exit 2 when the resume would change the run."""
+
+    def on_run_start(self, config: Any, **kwargs: Any) -> None:
+        from mmfusion.errors import MMFusionError
+
+        if config.get("ckpt_path") in (None, "", "null") or "model" not in config:
+            return
+        try:
+            check_resume(config, str(config.hydra.run.dir))
+        except MMFusionError as e:
+            import sys
+
+            print(f"error: {e}", file=sys.stderr)
+            raise SystemExit(2) from None

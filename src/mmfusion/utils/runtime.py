@@ -101,8 +101,17 @@ def sqlite_url(path: str) -> str:
     return f"sqlite:///{p}"
 
 
+def checkpoint_run_dir(ckpt_path: Any, fallback: Any) -> str:
+    """The training run a checkpoint belongs to (``<run>/checkpoints/x.ckpt`` -> ``<run>``; else the checkpoint's
+    folder), where ``eval.py`` writes its results (``<run>/eval/<time>``); ``fallback`` without a checkpoint."""
+    if ckpt_path in (None, "", "???"):
+        return str(fallback)
+    p = Path(str(ckpt_path)).expanduser().resolve()
+    return str(p.parent.parent if p.parent.name == "checkpoints" else p.parent)
+
+
 for _name, _fn in (("mmf_sweep_group", sweep_group), ("mmf_run_tags", run_tags), ("mmf_run_name", run_name),
-                   ("mmf_sqlite", sqlite_url),
+                   ("mmf_sqlite", sqlite_url), ("mmf_ckpt_run", checkpoint_run_dir),
                    ("mmf_wandb_offline", offline_unless_logged_in),  # logger=wandb without a login
                    ("mmf_direction", lambda mode: "maximize" if str(mode).startswith("max") else "minimize")):
     if not OmegaConf.has_resolver(_name):
