@@ -125,6 +125,21 @@ def fx_mnist(work: Path) -> None:
     mnist_fixture(work / "mnist", np.random.default_rng(0), gz=True)
 
 
+def fx_csd(work: Path) -> None:
+    from tests.data_fixtures import write_csd_dataset
+
+    (work / "csd").mkdir(parents=True, exist_ok=True)
+    write_csd_dataset(work / "csd")  # text/audio/vision/labels.csd and folds.json in that folder
+
+
+def csd_args(work: Path) -> list[str]:
+    """Overrides pointing data=mosi_csd at the fixture written by ``fx_csd``."""
+    root = work / "csd"
+    names = {"text": "text.csd", "audio": "audio.csd", "vision": "vision.csd", "labels": "labels.csd"}
+    return [f"data.sequences.{m}={root / names[m]}" for m in ("text", "audio", "vision")] + [
+        f"data.labels={root / names['labels']}", f"data.folds={root / 'folds.json'}", f"data.cache_dir={root / 'cache'}"]
+
+
 def fx_base_run(work: Path) -> None:
     """A finished 2-epoch run (checkpoints + csv history) for the resume and truncated-checkpoint cases."""
     run = work / "base_run"
@@ -252,6 +267,8 @@ def cases(work: Path) -> list[Case]:
              run("dl_urf")], "success", setup=fx_urfunny),
         Case("doc_debug_limit_mnist", "documented", [*tr, "debug=limit", "data=mnist", f"data.path={w}/mnist",
              "data.n_valid=10", run("dl_mnist")], "success", setup=fx_mnist),
+        Case("doc_debug_limit_mosi_csd", "documented", [*tr, "debug=limit", "data=mosi_csd", *csd_args(work),
+             run("dl_csd")], "success", setup=fx_csd),
         Case("doc_debug_limit_easyvqa", "documented", [*tr, "debug=limit", "data=easyvqa", "model=mcan",
              "model.hidden=64", "model.ff=128", "model.layers=1", "model.heads=4", "model.flat_mlp=64",
              "model.flat_out=64", "model.word_dim=32", "model.cnn_channels=[8,16,32]", "data.image_size=32",
