@@ -138,7 +138,7 @@ def aggregate(runs: list[dict], corrupt: str) -> dict[str, Any]:
     for (data, model, reg), rs in sorted(groups.items(), key=lambda kv: order(kv[0])):
         row: dict[str, Any] = {"data": data, "model": model, "reg": reg, "seeds": sorted(r["seed"] for r in rs)}
         base = groups.get((data, model, "none"), [])
-        for cond in ("clean", corrupt):
+        for cond in ("val", "clean", corrupt):  # val: the selected checkpoint's validation metrics (selection)
             for m in METRICS:
                 vals = [r[cond][m] for r in rs if m in r.get(cond, {})]
                 if not vals:
@@ -169,11 +169,13 @@ def influence_cell(rs: list[dict]) -> dict[str, float] | None:
 
 def markdown(agg: dict[str, Any]) -> str:
     corrupt = agg["corruption"]
-    lines = [f"Mean ± std over seeds (n = number of seeds). `{corrupt}`: text features zeroed at test time only. "
-             "MAE lower is better; Corr, Acc2 (has-0) higher. Δ vs `none` in brackets, * where Welch p < 0.05.", ""]
-    head = ("| data | model | reg | n | MAE | Corr | Acc2 | " + f"MAE ({corrupt}) | Corr ({corrupt}) | "
+    lines = [f"Mean ± std over seeds (n = number of seeds). val MAE: validation split, checkpoint selected on it; the "
+             f"other columns are the test split. `{corrupt}`: text features zeroed at test time only. MAE lower is "
+             "better; Corr, Acc2 (has-0) higher. Δ vs `none` in brackets, * where Welch p < 0.05. influence: "
+             "||grad term|| / ||grad task loss|| over the second half of training.", ""]
+    head = ("| data | model | reg | n | val MAE | MAE | Corr | Acc2 | " + f"MAE ({corrupt}) | Corr ({corrupt}) | "
             f"Acc2 ({corrupt}) | influence |")
-    lines += [head, "|" + "---|" * 11]
+    lines += [head, "|" + "---|" * 12]
 
     def cell(row: dict, key: str, pct: bool = False) -> str:
         if key not in row:
@@ -192,7 +194,7 @@ def markdown(agg: dict[str, Any]) -> str:
 
     for r in agg["rows"]:
         n = r.get("clean/MAE", {}).get("n", 0)
-        lines.append(f"| {r['data']} | {r['model']} | {r['reg']} | {n} | {cell(r, 'clean/MAE')} | "
+        lines.append(f"| {r['data']} | {r['model']} | {r['reg']} | {n} | {cell(r, 'val/MAE')} | {cell(r, 'clean/MAE')} | "
                      f"{cell(r, 'clean/Corr')} | {cell(r, 'clean/Has0_acc_2', True)} | {cell(r, f'{corrupt}/MAE')} | "
                      f"{cell(r, f'{corrupt}/Corr')} | {cell(r, f'{corrupt}/Has0_acc_2', True)} | {infl(r)} |")
     return "\n".join(lines) + "\n"
