@@ -221,7 +221,9 @@ def learning_curve(csv_path: str | Path, monitor: str | None, out_png: str | Pat
 def save_learning_curve(trainer: pl.Trainer, out_png: str | Path) -> Path | None:
     """Right after ``fit`` (before the final validate/test add rows): flush the CSV logger and draw
     :func:`learning_curve` with the checkpoint callback's monitor and mode."""
-    lg = next((lg for lg in trainer.loggers if type(lg).__name__ == "CSVLogger"), None)
+    from lightning.pytorch.loggers import CSVLogger
+
+    lg = next((lg for lg in trainer.loggers if isinstance(lg, CSVLogger)), None)
     if lg is None or not trainer.is_global_zero:
         return None
     lg.save()

@@ -6,11 +6,9 @@ auxiliary ones included), the schedulers, the loop counters and the train loader
 plug-ins' negative sampling after a resume would differ from an uninterrupted run. :class:`ExactResume` stores
 the torch / numpy / python (and CUDA) generator states in its callback state and restores them just before
 training continues. It also writes the W&B run id next to the checkpoints (``checkpoints/wandb_run_id.txt``), which
-``train.py`` reads on ``ckpt_path=...`` to continue the same W&B run, and it keeps the CSV log's history: the
-rows of ``csv/metrics.csv`` logged up to a checkpoint are stored in it, and a resumed run writes them back and
-appends its own, so an interrupted-and-resumed run has the same rows as an uninterrupted one (Lightning's CSV
-logger deletes an existing ``metrics.csv``; rows the killed process logged after its last checkpoint are logged
-again, identically, by the resumed run).
+``train.py`` reads on ``ckpt_path=...`` to continue the same W&B run. With :class:`ResumableCSVLogger` (the default
+``logger=csv``) the CSV log's history survives: an interrupted-and-resumed run has the same rows in
+``csv/metrics.csv`` as an uninterrupted one (Lightning's CSV logger deletes an existing ``metrics.csv``).
 
 :func:`check_resume` refuses a resume whose config changes the run's model, data or plug-ins (one line, exit 2,
 before any file is written); :class:`ResumeGuard` runs it as a Hydra callback, before Hydra saves the new
@@ -33,13 +31,14 @@ import numpy as np
 import torch
 from hydra.experimental.callback import Callback as HydraCallback
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
 from mmfusion.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 WANDB_ID_FILE = "wandb_run_id.txt"
-CSV_KEY = "mmfusion_csv_log"
 
 
 def rng_states() -> dict[str, Any]:
@@ -75,48 +74,68 @@ def wandb_run_id(trainer: pl.Trainer) -> str | None:
     return None
 
 
-def csv_logger(trainer: pl.Trainer) -> Any:
-    for lg in trainer.loggers:
-        if type(lg).__name__ == "CSVLogger":
-            return lg
-    return None
+class KeepingExperimentWriter(ExperimentWriter):
+    """Lightning's CSV writer, but an existing ``metrics.csv`` is not deleted when the writer is created. At the
+    first save of metrics: a resumed run (``resumed`` set when the checkpoint is loaded) keeps the rows logged
+    before the first step it logs itself (``step <`` that step) and appends after them; a fresh run replaces the
+    file as Lightning does."""
+
+    resumed: bool = False
+    _prepared: bool = False
+
+    def _check_log_dir_exists(self) -> None:  # Lightning deletes metrics.csv here
+        pass
+
+    def _prepare_file(self) -> None:
+        path = Path(self.metrics_file_path)
+        if not path.is_file():
+            return
+        if not self.resumed:
+            path.unlink()  # a fresh run in a folder with an old log: start over (Lightning's behaviour)
+            return
+        first = min(int(m["step"]) for m in self.metrics)  # the first step the resumed run logs (again)
+        with path.open(newline="") as f:
+            reader = csv.DictReader(f)
+            keys = list(reader.fieldnames or [])
+            rows = [r for r in reader if not r.get("step") or int(float(r["step"])) < first]
+        with path.open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=keys)
+            w.writeheader()
+            w.writerows(rows)
+        self.metrics_keys = sorted(keys)
+        if self.metrics_keys != keys:
+            self._rewrite_with_new_header(self.metrics_keys)
+
+    def save(self) -> None:
+        if not self._prepared and self.metrics:
+            self._prepared = True
+            self._prepare_file()
+        super().save()
 
 
-def csv_history(lg: Any) -> dict[str, Any] | None:
-    """The CSV logger's rows so far (flushed first): ``{"keys": header, "rows": [[str, ...], ...]}``."""
-    lg.save()
-    path = Path(lg.experiment.metrics_file_path)
-    if not path.is_file():
-        return None
-    with path.open(newline="") as f:
-        reader = csv.reader(f)
-        keys = next(reader, None)
-        rows = [list(r) for r in reader]
-    return {"keys": list(keys or []), "rows": rows} if keys else None
+class ResumableCSVLogger(CSVLogger):
+    """``CSVLogger`` (configs/logger/csv.yaml) whose history survives a resume: rows are flushed at every logging
+    step (``flush_logs_every_n_steps=1``), so a killed run's file holds every row it logged, and a resumed run keeps
+    the rows before its checkpoint's position (:class:`KeepingExperimentWriter`) instead of deleting the file.
+    Rows the killed process logged after its checkpoint are logged again, identically, by the resumed run."""
 
+    def __init__(self, *args: Any, flush_logs_every_n_steps: int = 1, **kwargs: Any) -> None:
+        super().__init__(*args, flush_logs_every_n_steps=flush_logs_every_n_steps, **kwargs)
 
-def restore_csv_history(lg: Any, hist: dict[str, Any]) -> None:
-    """Write the stored rows back to ``metrics.csv``; the logger appends after them (same header keys)."""
-    exp = lg.experiment
-    path = Path(exp.metrics_file_path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    exp.save()  # nothing should be pending; if anything is, it is written before being replaced below
-    with path.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(hist["keys"])
-        w.writerows(hist["rows"])
-    exp.metrics_keys = sorted(set(exp.metrics_keys) | set(hist["keys"]))
-    if exp.metrics_keys != list(hist["keys"]):  # keep the header and the writer's keys identical
-        exp._rewrite_with_new_header(exp.metrics_keys)
+    @property
+    def experiment(self) -> KeepingExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = KeepingExperimentWriter(log_dir=self.log_dir)
+        return self._experiment
 
 
 class ExactResume(pl.Callback):
-    """Checkpoint the RNG states (restored at ``on_train_start`` of a resumed fit) and the CSV log's rows (written
-    back then), and persist the W&B run id."""
+    """Checkpoint the RNG states (restored at ``on_train_start`` of a resumed fit), tell a
+    :class:`ResumableCSVLogger` where the resumed run continues, and persist the W&B run id."""
 
     def __init__(self) -> None:
         self._pending: dict[str, Any] | None = None
-        self._csv_pending: dict[str, Any] | None = None
 
     def state_dict(self) -> dict[str, Any]:
         return {"rng": rng_states()}
@@ -124,28 +143,18 @@ class ExactResume(pl.Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._pending = state_dict.get("rng")
 
-    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
-                           checkpoint: dict[str, Any]) -> None:
-        lg = csv_logger(trainer)
-        if lg is not None and trainer.is_global_zero:
-            hist = csv_history(lg)
-            if hist is not None:
-                checkpoint[CSV_KEY] = hist
-
     def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                            checkpoint: dict[str, Any]) -> None:
-        self._csv_pending = checkpoint.get(CSV_KEY)
+        for lg in trainer.loggers:
+            if isinstance(lg, ResumableCSVLogger):
+                lg.experiment.resumed = True
+                log.info("resume: %s keeps the rows logged before the resumed position",
+                         lg.experiment.metrics_file_path)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._pending is not None:
             set_rng_states(self._pending)  # after setup, data loading and sanity checks: training continues from here
             self._pending = None
-        lg = csv_logger(trainer)
-        if self._csv_pending is not None and lg is not None and trainer.is_global_zero:
-            restore_csv_history(lg, self._csv_pending)
-            log.info("resume: %d CSV rows from the checkpoint restored in %s", len(self._csv_pending["rows"]),
-                     lg.experiment.metrics_file_path)
-        self._csv_pending = None
         if trainer.is_global_zero:
             run_id, ckpt_dir = wandb_run_id(trainer), checkpoint_dir(trainer)
             if run_id and ckpt_dir is not None:
