@@ -25,6 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import results_regularizers as rr  # noqa: E402  (the shared machinery)
 
 REGS = ["none", "contrastive", "dcca", "autoencoder"]
+# ablations, e.g. --regs "autoencoder@modality_dropout=0.0,dcca@weight=0.01" (reg.<name>.<key>=<value>), are
+# sorted after their plug-in in the table
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -46,7 +48,11 @@ def load(path: Path) -> list[dict]:
 
 def write(out: Path, runs: list[dict], epochs: int, corrupt: str, total: int) -> str:
     agg = rr.aggregate([r for r in runs if r["epochs"] == epochs], corrupt)
-    agg["rows"].sort(key=lambda r: (r["data"], r["model"], REGS.index(r["reg"]) if r["reg"] in REGS else 99))
+    def order(r: dict) -> tuple:
+        name = r["reg"].partition("@")[0]
+        return r["data"], r["model"], REGS.index(name) if name in REGS else 99, r["reg"]
+
+    agg["rows"].sort(key=order)
     agg["runs_done"], agg["runs_planned"] = sum(r["epochs"] == epochs for r in runs), total
     (out / "objectives.json").write_text(json.dumps(agg, indent=1))
     head = (f"Representation objectives (lecture 4.1), {epochs} epochs, checkpoint selected on validation MAE, "
@@ -62,7 +68,9 @@ def main(argv: list[str] | None = None) -> None:
     runs_path = a.out / "objectives_runs.jsonl"
     seeds, datas, models, regs = ([int(s) for s in a.seeds.split(",")], a.datas.split(","), a.models.split(","),
                                   a.regs.split(","))
-    total = len(seeds) * len(datas) * len(models) * len(regs)
+    planned = {(d, m, r, s, a.epochs) for s in seeds for d in datas for m in models for r in regs}
+    total = len(planned | {(r["data"], r["model"], r["reg"], r["seed"], r["epochs"]) for r in load(runs_path)
+                           if r["epochs"] == a.epochs})
     if not a.aggregate_only:
         logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
         logging.getLogger("lightning.fabric").setLevel(logging.ERROR)
