@@ -176,6 +176,13 @@ def no_metrics(run: str) -> Callable[[Path, subprocess.CompletedProcess], str | 
     return check
 
 
+def sweep_went_on(work: Path, proc: subprocess.CompletedProcess) -> str | None:
+    sweep = work / "sweeps" / "grid_diverged"
+    if (sweep / "0" / "metrics.json").exists():
+        return "the diverged job wrote metrics.json"
+    return None if (sweep / "1" / "metrics.json").is_file() else "the job after the diverged one did not run"
+
+
 def history_kept(work: Path, proc: subprocess.CompletedProcess) -> str | None:
     run, base = work / "resume_wrong", work / "base_run"
     if not (run / "csv" / "metrics.csv").is_file():
@@ -204,6 +211,9 @@ def cases(work: Path) -> list[Case]:
              "NaN loss: used to exit 0 with a test table from NaN predictions", check=no_metrics("runs/div_lr_1e30")),
         Case("div_lr_1e3", "divergence", [*tr, "optim.lr=1e3", *TINY, run("div_lr_1e3")], "warning",
              "finite but exploding (MAE ~1e8): used to give no warning", warning="unusually large"),
+        Case("div_grid_sweep_one_job_diverges", "divergence", [*tr, "-m", "optim.lr=1e30,1e-3", *TINY,
+             f"hydra.sweep.dir={w}/sweeps/grid_diverged"], "error",
+             "the sweep goes on (job 1 finishes), then one line for the failed job", check=sweep_went_on),
         Case("div_nan_label_mosi_index", "divergence", [*tr, "data=mosi_utterance", f"data.path={w}/mosi_nan_label",
              *QUICK, run("nan_label")], "error", "NaN label in mosi_index.csv", setup=fx_nan_label),
         Case("div_negative_lr", "divergence", [*tr, "optim.lr=-0.001", run("neg_lr")], "error",
@@ -280,7 +290,8 @@ def cases(work: Path) -> list[Case]:
 # -- running and classifying ---------------------------------------------------------------------------------------
 def _run(cmd: list[str], env_changes: dict[str, str | None], timeout: int) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "WANDB_MODE": "offline",
-           "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "0"}
+           "WANDB_SILENT": "true"}
+    env.pop("HYDRA_FULL_ERROR", None)  # as a user runs it
     for k, v in env_changes.items():
         if v is None:
             env.pop(k, None)

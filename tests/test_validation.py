@@ -156,3 +156,26 @@ def _one_line(proc) -> str:
 def test_cli_exit_2_one_line(args, needle, tmp_path):
     assert needle in _one_line(run_cli(["train.py", *args, f"hydra.run.dir={tmp_path}"], timeout=300))
     assert not (Path(tmp_path) / "metrics.json").exists()
+
+
+def test_failed_sweep_ends_in_one_line(capsys, monkeypatch):
+    """-m: Hydra re-raises a failed job's exception (HYDRA_FULL_ERROR=1) and the hook prints bad input as one line;
+    a bug keeps its traceback."""
+    import sys
+
+    from mmfusion.errors import DivergenceError
+
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
+    cli.one_line_sweep_errors(["model=tfn"])
+    assert "HYDRA_FULL_ERROR" not in __import__("os").environ  # single runs: Hydra's behaviour unchanged
+    cli.one_line_sweep_errors(["-m", "seed=1,2"])
+    assert __import__("os").environ["HYDRA_FULL_ERROR"] == "1" and sys.excepthook is cli._sweep_excepthook
+    monkeypatch.delenv("HYDRA_FULL_ERROR")
+    cli._sweep_excepthook(DivergenceError, DivergenceError("training diverged\nat step 2"), None)
+    assert capsys.readouterr().err == "error: training diverged at step 2\n"
+    try:
+        raise ValueError("a bug")
+    except ValueError as exc:
+        cli._sweep_excepthook(ValueError, exc, exc.__traceback__)
+    assert "Traceback" in capsys.readouterr().err

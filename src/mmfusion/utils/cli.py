@@ -199,12 +199,40 @@ def _has_key(cfg, key: str) -> bool:
     return True
 
 
+def _sweep_excepthook(exc_type, exc, tb) -> None:  # noqa: ANN001 - sys.excepthook's signature
+    """After a multirun, Hydra's basic sweeper re-raises the first failed job's exception: bad input
+    (``MMFusionError``, e.g. a diverged job) and Hydra's own compact errors end in one ``error: ...`` line (exit 1);
+    anything else is a bug and keeps its traceback."""
+    from hydra.errors import CompactHydraException
+
+    from mmfusion.errors import MMFusionError
+
+    if isinstance(exc, MMFusionError | CompactHydraException):
+        msg = " ".join(ln.strip() for ln in str(exc).splitlines() if ln.strip())
+        print(msg if msg.startswith("error: ") else f"error: {msg}", file=sys.stderr)
+        return
+    sys.__excepthook__(exc_type, exc, tb)
+
+
+def one_line_sweep_errors(argv: list[str]) -> None:
+    """In a multirun (``-m``), let Hydra re-raise a failed job's exception (``HYDRA_FULL_ERROR=1``) instead of
+    printing a trimmed traceback plus a hint, and print bad input as one line (:func:`_sweep_excepthook`). A
+    ``HYDRA_FULL_ERROR=1`` set by the user keeps Hydra's behaviour (full tracebacks)."""
+    import os
+
+    if any(a in ("-m", "--multirun") for a in argv) and os.environ.get("HYDRA_FULL_ERROR", "") in ("", "0"):
+        os.environ["HYDRA_FULL_ERROR"] = "1"
+        sys.excepthook = _sweep_excepthook
+
+
 def exit_on_bad_overrides(config_dir: Path, config_name: str = "train.yaml") -> None:
     """Unknown choices or keys, unparsable overrides: one line on stderr and exit 2. Then ``trainer.<arg>=`` is
-    rewritten to ``++trainer.<arg>=`` in ``sys.argv`` (any Trainer argument, no ``+`` needed)."""
+    rewritten to ``++trainer.<arg>=`` in ``sys.argv`` (any Trainer argument, no ``+`` needed), and a multirun's
+    failed jobs end in one line (:func:`one_line_sweep_errors`)."""
     argv = rewrite_trainer_overrides(sys.argv[1:])
     msg = check_overrides(argv, config_dir) or check_keys(argv, config_dir, config_name)
     if msg:
         print(msg, file=sys.stderr)
         raise SystemExit(2)
     sys.argv[1:] = argv
+    one_line_sweep_errors(argv)

@@ -157,8 +157,8 @@ def task_wrapper(cfg: DictConfig) -> Iterator[None]:
         if err is None:
             raise
         print(f"error: {err}", file=sys.stderr)
-        if sweep_group() is not None:
-            raise  # multirun: the launcher records this job as failed; the sweep (Optuna trials) goes on
+        if sweep_group() is not None:  # multirun: the launcher records this job as failed; the sweep goes on
+            raise _sweep_job_error(err) from exc  # one line (not a traceback) when Hydra re-raises it at the end
         raise SystemExit(2) from None
     finally:
         if "wandb" in sys.modules:
@@ -166,6 +166,18 @@ def task_wrapper(cfg: DictConfig) -> Iterator[None]:
 
             if wandb.run is not None:
                 wandb.finish()
+
+
+def _sweep_job_error(err: MMFusionError) -> Exception:
+    """``err`` as an instance of its own class *and* Hydra's ``CompactHydraException``: sweepers still see the
+    class (``DivergenceError`` -> a failed trial), and when Hydra's basic sweeper re-raises the first failed job
+    after running all of them it prints one line instead of a traceback."""
+    from hydra.errors import CompactHydraException
+
+    hc = _hydra_cfg()
+    job = f"sweep job {hc.job.num} ({' '.join(hc.overrides.task)})" if hc is not None else "sweep job"
+    cls = type(type(err).__name__, (type(err), CompactHydraException), {})
+    return cls(f"error: {job} failed: {err}")
 
 
 def resolve_ckpt_path(ckpt: str | None, cfg: DictConfig) -> str | None:
