@@ -195,7 +195,8 @@ def memory(model: str, data: str, impl: str, batch: int | None = None, seq_len: 
     net = (build_ours if impl == "ours" else build_mmsa)(name, data, seq_len).to(device).train()
     ours_in, mmsa_in = make_inputs(name, data, batch, seq_len, device)
     step = make_step(net, ours_in if impl == "ours" else mmsa_in, ours_in["y"], device)
-    row = {"model": name, "data": data, "impl": impl, "batch": batch, "seq_len": seq_len, "device": device}
+    row = {"model": name, "data": data, "impl": impl, "batch": batch, "seq_len": seq_len, "threads": threads,
+           "device": device}
     if torch.device(device).type == "cuda":
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
