@@ -256,7 +256,8 @@ def cases(work: Path) -> list[Case]:
         Case("optuna_tfn_after_mfn", "sweeps", [*tr, *opt, "model=tfn", f"hydra.sweep.dir={w}/sweeps/tfn"],
              "success", "used to continue the mfn study and crash (optimization_results.yaml)"),
         Case("optuna_rerun_finished", "sweeps", [*tr, *opt, "model=tfn", f"hydra.sweep.dir={w}/sweeps/tfn2"],
-             "success", "re-running a finished search (the README's way to resume) used to crash"),
+             "success", "re-running a finished search (the README's way to resume) used to crash",
+             check=output_has(" complete, ")),
         # 5. documented paths
         Case("doc_wandb_without_account", "documented", [*tr, "logger=wandb", *TINY, run("wandb")], "success",
              "used to give a 40-line traceback", env={"WANDB_MODE": None, "WANDB_API_KEY": None,
