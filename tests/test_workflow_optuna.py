@@ -167,7 +167,7 @@ def test_search_config_runs_as_written(tmp_path, search, model, reg):
     args = ["train.py", "-m", f"hparams_search={search}", f"model={model}", f"reg={reg}",
             f"paths.log_dir={tmp_path}", f"hydra.sweep.dir={tmp_path / 's'}", *TINY]
     if search == "synergy_grid":  # Hydra's basic sweeper: one point of the grid as written
-        args += ["hydra.sweeper.params.optim.lr=1.0e-2", "hydra.sweeper.params.data.batch_size=32"]
+        args += ["hydra.sweeper.params={data.batch_size:32,optim.lr:1.0e-2}"]
     else:
         args += ["hydra.sweeper.n_trials=1"]
     proc = run_cli(args)
@@ -188,3 +188,24 @@ def test_search_config_runs_as_written(tmp_path, search, model, reg):
             assert searched
             for k, v in searched.items():
                 assert OmegaConf.select(run_cfg, k) == pytest.approx(v)
+
+
+def test_optuna_dashboard_reads_the_sweeper_storage(tmp_path):
+    """optuna-dashboard (the `dashboard` extra) lists a study the sweeper's storage holds, by its derived name."""
+    import io
+
+    from optuna_dashboard import wsgi
+
+    from mmfusion.utils.runtime import sqlite_url
+
+    storage = sqlite_url(str(tmp_path / "optuna" / "studies.db"))  # what the sweeper config resolves to
+    name = study_name_for("optuna_tpe", {"model": "mfn", "data": "mosi", "reg": "none"}, {})
+    study = optuna.create_study(study_name=name, storage=storage)
+    study.tell(study.ask({"x": FloatDistribution(0, 1)}), 0.3)
+    env = {"REQUEST_METHOD": "GET", "PATH_INFO": "/api/studies", "wsgi.input": io.BytesIO(),
+           "wsgi.errors": sys.stderr, "SERVER_NAME": "x", "SERVER_PORT": "1", "wsgi.url_scheme": "http"}
+    status: list[str] = []
+    body = b"".join(wsgi(storage)(env, lambda s, h, e=None: status.append(s)))
+    assert status == ["200 OK"]
+    (summary,) = json.loads(body)["study_summaries"]
+    assert summary["study_name"] == "optuna_tpe-model=mfn-data=mosi-reg=none"
