@@ -125,7 +125,8 @@ def test_attention_mask_matches_mult_future_mask() -> None:
 
 
 def test_multihead_attention_equals_torch_reference() -> None:
-    """Our attention = torch.nn.MultiheadAttention with the same (3d, d) in-projection and out-projection."""
+    """Our attention = torch.nn.MultiheadAttention with the same (3d, d) in-projection and out-projection, with a
+    bool mask (fused kernel) and with the additive mask the encoders use on CPU."""
     torch.manual_seed(0)
     d, h = 12, 3
     ours = MultiheadAttention(d, h, 0.0).double()
@@ -141,6 +142,8 @@ def test_multihead_attention_equals_torch_reference() -> None:
     mask = attention_mask(torch.tensor([5, 3]), torch.tensor([7, 4]), 5, 7, causal=True)
     expect, _ = ref(x, src, src, attn_mask=~mask.repeat_interleave(h, 0).reshape(2 * h, 5, 7))
     torch.testing.assert_close(ours(x, src, mask), expect)
+    additive = torch.zeros(mask.shape, dtype=torch.float64).masked_fill(~mask, float("-inf"))
+    torch.testing.assert_close(ours(x, src, additive), expect)  # the CPU path: explicit matmul + softmax
     self_mask = attention_mask(torch.tensor([5, 2]), torch.tensor([5, 2]), 5, 5, causal=False)
     expect, _ = ref(x, x, x, attn_mask=~self_mask.repeat_interleave(h, 0).reshape(2 * h, 5, 5))
     torch.testing.assert_close(ours(x, None, self_mask), expect)

@@ -104,7 +104,9 @@ class MultiheadAttention(nn.Module):
         nn.init.zeros_(self.out_proj.bias)
 
     def forward(self, x: Tensor, src: Tensor | None, mask: Tensor) -> Tensor:
-        """x: (B, Tq, d) queries; src: (B, Tk, d) keys/values (None: self-attention); mask (B, 1, Tq, Tk) bool."""
+        """x: (B, Tq, d) queries; src: (B, Tk, d) keys/values (None: self-attention); mask (B, 1, Tq, Tk): bool
+        (True = attend; fused ``scaled_dot_product_attention``) or additive float (0 / -inf; explicit matmul +
+        softmax, faster on CPU where the fused kernel re-checks a bool mask in every call)."""
         d, w, b = self.dim, self.in_proj.weight, self.in_proj.bias
         if src is None:
             q, k, v = self.in_proj(x).chunk(3, dim=-1)
@@ -115,8 +117,12 @@ class MultiheadAttention(nn.Module):
         q = q.reshape(bsz, tq, self.heads, -1).transpose(1, 2)
         k = k.reshape(bsz, tk, self.heads, -1).transpose(1, 2)
         v = v.reshape(bsz, tk, self.heads, -1).transpose(1, 2)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
-                                             dropout_p=self.dropout if self.training else 0.0)
+        p = self.dropout if self.training else 0.0
+        if mask.dtype == torch.bool:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+        else:
+            w = torch.softmax(torch.matmul(q * q.shape[-1] ** -0.5, k.transpose(-1, -2)) + mask, dim=-1)
+            out = torch.matmul(F.dropout(w, p, self.training) if p > 0 else w, v)
         return self.out_proj(out.transpose(1, 2).reshape(bsz, tq, d))
 
 
@@ -170,6 +176,8 @@ class TransformerEncoder(nn.Module):
         else:
             src = self.embed(src)
             mask = attention_mask(x_len, src_len, x.shape[1], src.shape[1], self.causal)
+        if x.device.type == "cpu":  # additive mask, built once for all layers
+            mask = torch.zeros(mask.shape, dtype=x.dtype, device=x.device).masked_fill_(~mask, float("-inf"))
         for layer in self.layers:
             x = layer(x, src, mask)
         return self.norm(x)
