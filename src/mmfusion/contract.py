@@ -185,7 +185,7 @@ class Plugin(nn.Module):
         return 1
 
     def set_total_steps(self, total_steps: int) -> None:
-        """Told once, when the optimisers are configured, how many task steps the run will take (for schedules
+        """Told once, when training starts (``on_train_start``), how many task steps the run will take (for schedules
         expressed as a fraction of the run, e.g. a warm-up)."""
 
     def attach(self, model: FusionModel, info: ModelInfo) -> None:

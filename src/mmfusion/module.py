@@ -119,11 +119,16 @@ class FusionModule(pl.LightningModule):
                 kwargs["num_training_steps"] = int(self.trainer.estimated_stepping_batches)
             sched = self.scheduler_factory(main, **kwargs)
             scheds.append({"scheduler": sched, "interval": self.scheduler_interval})
-        if self._trainer is not None:
+        return opts, scheds
+
+    def on_train_start(self) -> None:
+        """Tell the plug-ins the run's length (:meth:`Plugin.set_total_steps`). Here rather than in
+        ``configure_optimizers``: ``trainer.estimated_stepping_batches`` sets the train loader up, and set up that
+        early, a resumed run's loader position is never restored (it replays consumed batches)."""
+        if self.plugins:
             total = int(self.trainer.estimated_stepping_batches)
             for p in self.plugins.values():
                 p.set_total_steps(total)
-        return opts, scheds
 
     def _optimizers(self) -> list:
         opts = self.optimizers()
@@ -296,3 +301,10 @@ class FusionModule(pl.LightningModule):
     # -- checkpoints --------------------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint.update(self.extra_checkpoint)
+        # diagnostics' counters, so a resumed run measures influence on the same steps and keeps its counts
+        checkpoint["mmfusion_counters"] = {"steps": int(self._n_steps), "skipped_batches": dict(self.skipped_batches)}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        counters = checkpoint.get("mmfusion_counters") or {}
+        self._n_steps = int(counters.get("steps", self._n_steps))
+        self.skipped_batches.update({k: int(v) for k, v in (counters.get("skipped_batches") or {}).items()})
