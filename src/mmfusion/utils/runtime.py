@@ -175,7 +175,9 @@ def _sweep_job_error(err: MMFusionError) -> Exception:
     from hydra.errors import CompactHydraException
 
     hc = _hydra_cfg()
-    job = f"sweep job {hc.job.num} ({' '.join(hc.overrides.task)})" if hc is not None else "sweep job"
+    num = OmegaConf.select(hc, "job.num", default=None, throw_on_missing=False) if hc is not None else None
+    task = OmegaConf.select(hc, "overrides.task", default=None, throw_on_missing=False) if hc is not None else None
+    job = "sweep job" + (f" {num}" if num is not None else "") + (f" ({' '.join(task)})" if task else "")
     cls = type(type(err).__name__, (type(err), CompactHydraException), {})
     return cls(f"error: {job} failed: {err}")
 
