@@ -156,7 +156,7 @@ def check_keys(argv: list[str], config_dir: Path, config_name: str = "train.yaml
     def composed(args: list[str]):
         GlobalHydra.instance().clear()
         try:
-            with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+            with initialize_config_dir(config_dir=str(Path(config_dir).resolve()), version_base="1.3"):
                 return compose(config_name=config_name, overrides=args)
         except Exception:  # noqa: BLE001 - composition problems are Hydra's to report
             return None
