@@ -150,6 +150,7 @@ class _MemoryScan(torch.autograd.Function):
         return us[t].clone()
 
     @staticmethod
+    @torch.autograd.function.once_differentiable  # no double backward (a clear error instead of a wrong one)
     def backward(ctx: Any, du: Tensor) -> tuple[Tensor | None, ...]:
         chat, valid, w_mem, w1, w2, us, act, g1s, g2s, *rest = ctx.saved_tensors
         split, drop = ctx.split, ctx.drop

@@ -143,6 +143,7 @@ class _LSTMScan(torch.autograd.Function):
         return cs, hs[t].clone()
 
     @staticmethod
+    @torch.autograd.function.once_differentiable  # no double backward (a clear error instead of a wrong one)
     def backward(ctx: Any, d_cs: Tensor | None, d_hlast: Tensor | None) -> tuple[Tensor | None, ...]:
         w_hh, s, tg, cs, tc, hs, mask = ctx.saved_tensors
         t, b, g4 = s.shape
