@@ -6,12 +6,14 @@ The fusion model is the encoder; the plug-in adds one decoder per modality ``D_m
 ``h`` back to that modality's *input summary* ``s_m`` (the masked time mean of ``batch["x"][m]`` over its true
 length ``batch["lengths"][m]`` for sequences, the vector itself for utterance-level data)::
 
-    L_AE(h) = sum_m w_m * || D_m(LN(h)) - (s_m - mu_m) / sigma_m ||^2 / d_m  /  sum_m w_m
+    L_AE(h) = sum_m w_m * || D_m(h) - (s_m - mu_m) / sigma_m ||^2 / d_m  /  sum_m w_m
 
 ``mu_m, sigma_m`` are running per-feature moments of the training targets (buffers, momentum ``target_momentum``),
 so every modality's error is in units of its own variance whatever its feature scale, and ``w_m`` are the
-documented per-modality weights (``modality_weights``; default 1 each). ``LN`` is a non-affine LayerNorm, so the
-encoders cannot change the decoders' input scale to game the term.
+documented per-modality weights (``modality_weights``; default 1 each). The decoders read the fused vector as
+the task head does. ``normalize_fused=True`` puts a non-affine LayerNorm in front of them instead; it is off by
+default because normalising amplifies the term's gradient into the encoders by ``1 / std(h)``: LFN's fused
+vector starts at a scale of ~1e-3, and with the LayerNorm the term's gradient was 371x the task's at step 0.
 
 **Modality dropout on the input side** (Ngiam et al. 2011, Sect. 3.3: train with examples whose other modality is
 zeroed and still reconstruct *both*, so the shared code must carry cross-modal information -- the lecture's
@@ -111,15 +113,16 @@ class MultimodalAutoencoder(Plugin):
         modality_dropout: ``p`` of the input-side modality dropout (0 = off: no second forward).
         hidden, layers: decoder MLP width and number of hidden layers.
         target_momentum: momentum of the running target moments.
+        normalize_fused: non-affine LayerNorm of the fused vector before the decoders (off: see above).
         lr, weight_decay: the decoders' own AdamW optimiser.
         seed: decoder initialisation and the dropout draws (private generator, saved in checkpoints).
     """
 
     training_only = True
 
-    def __init__(self, weight: float = 0.5, modality_weights: Mapping[str, float] | None = None,
+    def __init__(self, weight: float = 5.0, modality_weights: Mapping[str, float] | None = None,
                  modality_dropout: float = 0.5, hidden: int = 64, layers: int = 1, target_momentum: float = 0.01,
-                 lr: float = 1e-3, weight_decay: float = 0.0, seed: int = 0) -> None:
+                 normalize_fused: bool = False, lr: float = 1e-3, weight_decay: float = 0.0, seed: int = 0) -> None:
         super().__init__()
         if weight < 0:
             raise ConfigError(f"reg.autoencoder weight must be >= 0, got {weight}")
@@ -133,6 +136,7 @@ class MultimodalAutoencoder(Plugin):
             if float(w) < 0:
                 raise ConfigError(f"reg.autoencoder modality_weights.{m} must be >= 0, got {w}")
         self.hidden, self.layers, self.momentum = int(hidden), int(layers), float(target_momentum)
+        self.normalize_fused = bool(normalize_fused)
         self.lr, self.weight_decay, self.seed = float(lr), float(weight_decay), seed
         self.rng = torch.Generator().manual_seed(seed)
         self.decoders = nn.ModuleDict()
@@ -202,7 +206,9 @@ class MultimodalAutoencoder(Plugin):
 
     def reconstruction(self, fused: Tensor, targets: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         """``L_AE`` (weighted mean over modalities) and the per-modality normalised MSE."""
-        h = F.layer_norm(fused.float(), fused.shape[-1:], eps=LN_EPS)
+        h = fused.float()
+        if self.normalize_fused:
+            h = F.layer_norm(h, h.shape[-1:], eps=LN_EPS)
         per = {m: ((self.decoders[m](h) - t) ** 2).mean() for m, t in targets.items()}
         total = sum(self.w[m] * v for m, v in per.items()) / sum(self.w.values())
         return total, per
