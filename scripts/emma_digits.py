@@ -16,7 +16,9 @@ import json
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from mmfusion.utils.runtime import ROOT_DIR
+
+ROOT = ROOT_DIR  # the one root locator (MMFUSION_ROOT overrides it)
 
 
 def main(argv: list[str] | None = None) -> int:

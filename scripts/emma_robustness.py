@@ -25,7 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+from mmfusion.utils.runtime import ROOT_DIR
+
+ROOT = ROOT_DIR  # the one root locator (MMFUSION_ROOT overrides it)
 RUNS = ROOT / "outputs" / "emma_robustness"
 ROWS = ("baseline", "control", "emma")
 

@@ -21,8 +21,9 @@ import torch
 
 from mmfusion.regularizers.estimators import DependencyEstimator
 from mmfusion.regularizers.gaussian import total_correlation, train_estimator, w1_bounds
+from mmfusion.utils.runtime import ROOT_DIR
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = ROOT_DIR  # the one root locator (MMFUSION_ROOT overrides it)
 MEASURES = {
     "kl": dict(measure="mine"),
     "f": dict(measure="nwj"),

@@ -18,7 +18,9 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from mmfusion.utils.runtime import ROOT_DIR
+
+ROOT = ROOT_DIR  # the one root locator (MMFUSION_ROOT overrides it)
 OUT = ROOT / "docs" / "results"
 
 

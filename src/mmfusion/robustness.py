@@ -43,12 +43,13 @@ from torch import Tensor, nn
 
 from mmfusion import corruption
 from mmfusion.errors import ConfigError
+from mmfusion.utils import runtime
 from mmfusion.utils.report import save_json, write_csv
 
 log = logging.getLogger(__name__)
 
 DROP_MODES = ("input", "representation", "unk")
-SUITE_DIR = Path(__file__).resolve().parents[2] / "configs" / "eval_robustness"
+SUITE_DIR = runtime.CONFIG_DIR / "eval_robustness"  # follows MMFUSION_CONFIG_DIR
 
 
 # -- the suite ---------------------------------------------------------------------------------------------------

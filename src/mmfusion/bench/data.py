@@ -28,8 +28,8 @@ import numpy as np
 import torch
 
 from mmfusion.bench.core import environment
+from mmfusion.utils.runtime import CONFIG_DIR, ROOT_DIR
 
-ROOT = Path(__file__).resolve().parents[3]
 MOSEI = {"n_train": 16326, "text": (50, 768), "audio": (500, 74), "vision": (500, 35)}
 
 
@@ -125,7 +125,7 @@ def step_throughput(model_name: str, batch: int, seq: dict[str, int], repeats: i
 
     torch.manual_seed(0)
     dims = {"text": 768, "audio": 74, "vision": 35}
-    cfg = OmegaConf.load(ROOT / "configs" / "model" / f"{model_name}.yaml")
+    cfg = OmegaConf.load(CONFIG_DIR / "model" / f"{model_name}.yaml")
     model = instantiate(cfg, input_dims=dims, output_dim=1)
     opt = torch.optim.Adam(model.parameters(), 1e-3)
     lengths = {m: torch.randint(max(1, seq[m] // 2), seq[m] + 1, (batch,)) for m in dims}
@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--scale", type=float, default=1.0, help="fraction of the 16,326 training samples")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--tmp-dir", default=None)
-    p.add_argument("--out", type=Path, default=ROOT / "docs" / "results" / "bench_data.json")
+    p.add_argument("--out", type=Path, default=ROOT_DIR / "docs" / "results" / "bench_data.json")
     a = p.parse_args(argv)
     rows = run(a)
     a.out.parent.mkdir(parents=True, exist_ok=True)

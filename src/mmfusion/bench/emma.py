@@ -32,13 +32,13 @@ from mmfusion.emma.attention import AttentionStep
 from mmfusion.emma.composition import Composition
 from mmfusion.emma.dae import TiedDAE, fit_dae
 from mmfusion.emma.gate import EMMAGate
+from mmfusion.utils.runtime import CONFIG_DIR, ROOT_DIR
 
-ROOT = Path(__file__).resolve().parents[3]
 N_TRAIN = 1284
 
 
 def make_model(name: str) -> FusionModel:
-    cfg = OmegaConf.load(ROOT / "configs" / "model" / f"{name}.yaml")
+    cfg = OmegaConf.load(CONFIG_DIR / "model" / f"{name}.yaml")
     return instantiate(cfg, input_dims=dict(MOSI_DIMS), output_dim=1).eval()
 
 
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--epochs", type=int, default=50)
-    ap.add_argument("--out", default=str(ROOT / "docs/results/bench_emma.json"))
+    ap.add_argument("--out", default=str(ROOT_DIR / "docs/results/bench_emma.json"))
     args = ap.parse_args(argv)
     rows = run(args)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
