@@ -72,17 +72,17 @@ def test_gate_scales_each_modality_by_beta():
     daes = {m: TiedDAE(d, 2 * d, seed=i) for i, (m, d) in enumerate(DIMS.items())}
     gate = EMMAGate(MODS, daes, Composition(3, coldness=0.5), AttentionStep(3))
     uni = {m: torch.randn(7, d) * (1 + 3 * (m == "audio")) for m, d in DIMS.items()}
-    gated = gate(uni, {})
-    ex = gate.last_extras
+    res = gate(uni, {})
+    gated, ex = res.unimodal, res.extras
     assert torch.allclose(ex["emma/alpha"].sum(-1), torch.ones(7))
     assert torch.allclose(ex["emma/log_alpha"].exp(), ex["emma/alpha"], atol=1e-6)
     assert torch.allclose(ex["emma/energy"], ex["emma/modal_energy"].sum(-1))
     for i, m in enumerate(MODS):
         assert torch.allclose(gated[m], ex["emma/beta"][:, i:i + 1] * uni[m])
-        assert torch.equal(gate.last_scales[m], ex["emma/beta"][:, i])
+        assert torch.equal(res.scales[m], ex["emma/beta"][:, i])
     # a sample's weights do not depend on the rest of the batch
-    gate({m: u[:1] for m, u in uni.items()}, {})
-    assert torch.allclose(gate.last_extras["emma/alpha"][0], ex["emma/alpha"][0], atol=1e-6)
+    one = gate({m: u[:1] for m, u in uni.items()}, {})
+    assert torch.allclose(one.extras["emma/alpha"][0], ex["emma/alpha"][0], atol=1e-6)
     # the DAEs are frozen; composition and attention are trainable
     names = {n for n, p in gate.named_parameters() if p.requires_grad}
     assert names and all(not n.startswith("daes.") for n in names)

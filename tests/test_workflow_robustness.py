@@ -40,9 +40,10 @@ def test_conditions_and_area():
 def test_drop_gate_and_unk_and_missing_steps():
     h = {"text": torch.ones(4, 3), "audio": torch.full((4, 2), 2.0)}
     gate = DropGate(["text"])
-    out = gate(h, {})
+    res = gate(h, {})
+    out = res.unimodal
     assert torch.equal(out["text"], torch.zeros(4, 3)) and torch.equal(out["audio"], h["audio"])
-    assert torch.equal(gate.last_scales["text"], torch.zeros(4)) and torch.equal(gate.last_scales["audio"], torch.ones(4))
+    assert torch.equal(res.scales["text"], torch.zeros(4)) and torch.equal(res.scales["audio"], torch.ones(4))
     tok = {"input_ids": torch.tensor([[101, 7, 8, 102, 0]]), "attention_mask": torch.tensor([[1, 1, 1, 1, 0]]),
            "word_index": torch.tensor([[-1, 0, 1, -1, -1]])}
     assert unk_text({"tokens": tok}, 100)["tokens"]["input_ids"].tolist() == [[101, 100, 100, 102, 0]]

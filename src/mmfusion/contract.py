@@ -55,6 +55,23 @@ class Encoded:
     state: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass
+class GateOutput:
+    """What a gate returns (:attr:`FusionModel.gate`).
+
+    Args:
+        unimodal: the gated unimodal representations ``{m: (B, d_m)}``.
+        scales: per-modality factors ``{m: (B,)}`` when the gate scales whole modalities (EMMA's beta, Eq. 17);
+            models that fuse sequences (EF-LSTM, MFN, MAG-BERT) receive them as ``state["gate_scales"]`` and scale
+            each modality's sequence by the same factor. ``None``: the gate does not scale modalities.
+        extras: diagnostics added to :attr:`FusionOutput.extras` (e.g. ``emma/alpha``).
+    """
+
+    unimodal: dict[str, Tensor]
+    scales: dict[str, Tensor] | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
 class FusionModel(nn.Module):
     """Base class of every fusion model.
 
@@ -62,10 +79,10 @@ class FusionModel(nn.Module):
     ``self.modalities`` (ordered names) and ``self.unimodal_dims`` (``{modality: d_m}``) and ``self.fused_dim``,
     so that plug-ins can size their networks in :meth:`Plugin.attach`.
 
-    ``gate`` (optional) is inserted between encoders and fusion: ``gate(unimodal, batch) -> unimodal'`` (EMMA).
-    A gate that scales whole modalities also sets ``gate.last_scales = {m: (B,)}``; ``forward`` passes them to
-    ``fuse`` as ``state["gate_scales"]`` so that models fusing sequences (EF-LSTM, MFN) scale each modality's
-    sequence by the same factor.
+    ``gate`` (optional) is inserted between encoders and fusion: ``gate(unimodal, batch) ->``
+    :class:`GateOutput` (EMMA). A gate that scales whole modalities returns ``scales = {m: (B,)}``; ``forward``
+    passes them to ``fuse`` as ``state["gate_scales"]`` so that models fusing sequences (EF-LSTM, MFN) scale each
+    modality's sequence by the same factor.
     ``pools`` holds the attention-pooling modules that an attention plug-in may replace; each maps
     ``(x: (B, L, D), mask: (B, L) bool) -> (B, D')`` (see :class:`AttentionPool`).
 
@@ -100,11 +117,11 @@ class FusionModel(nn.Module):
         unimodal = enc.unimodal
         if self.gate is not None:
             extras["unimodal_pre_gate"] = unimodal
-            unimodal = self.gate(unimodal, batch)
-            extras.update(getattr(self.gate, "last_extras", {}))
-            scales = getattr(self.gate, "last_scales", None)
-            if scales is not None:  # per-modality factors {m: (B,)} for models that fuse sequences
-                enc.state["gate_scales"] = scales
+            gated: GateOutput = self.gate(unimodal, batch)
+            unimodal = gated.unimodal
+            extras.update(gated.extras)
+            if gated.scales is not None:  # per-modality factors {m: (B,)} for models that fuse sequences
+                enc.state["gate_scales"] = gated.scales
         fused = self.fuse(unimodal, enc.state, batch)
         prediction = self.predict(fused)
         extras.update(enc.state.get("extras", {}))

@@ -42,6 +42,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from mmfusion import corruption
+from mmfusion.contract import GateOutput
 from mmfusion.errors import ConfigError
 from mmfusion.utils import runtime
 from mmfusion.utils.report import save_json, write_csv
@@ -111,23 +112,19 @@ class DropGate(nn.Module):
         super().__init__()
         self.drop = set(drop)
         self.inner = inner
-        self.last_scales: dict[str, Tensor] | None = None
-        self.last_extras: dict[str, Any] = {}
-
-    def forward(self, unimodal: dict[str, Tensor], batch: Mapping[str, Any]) -> dict[str, Tensor]:
+    def forward(self, unimodal: dict[str, Tensor], batch: Mapping[str, Any]) -> GateOutput:
         scales: dict[str, Tensor] = {}
+        extras: dict[str, Any] = {}
         if self.inner is not None:
-            unimodal = self.inner(unimodal, batch)
-            scales = dict(getattr(self.inner, "last_scales", None) or {})
-            self.last_extras = dict(getattr(self.inner, "last_extras", {}) or {})
+            inner: GateOutput = self.inner(unimodal, batch)
+            unimodal, scales, extras = inner.unimodal, dict(inner.scales or {}), dict(inner.extras)
         out, new_scales = {}, {}
         for m, h in unimodal.items():
             s = scales.get(m, torch.ones(h.shape[0], device=h.device, dtype=h.dtype))
             if m in self.drop:
                 h, s = torch.zeros_like(h), torch.zeros_like(s)
             out[m], new_scales[m] = h, s
-        self.last_scales = new_scales
-        return out
+        return GateOutput(out, scales=new_scales, extras=extras)
 
 
 def unk_text(batch: Mapping[str, Any], unk_id: int) -> dict[str, Any]:
