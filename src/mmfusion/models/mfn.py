@@ -42,8 +42,29 @@ from mmfusion.models.common import length_mask, lengths_of, run_lstm
 from mmfusion.models.subnets import as_sequence, lstm_scan, per_modality
 
 
-def mlp2(in_dim: int, hidden: int, out_dim: int, dropout: float) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, out_dim))
+class MLP2(nn.Sequential):
+    """Linear -> ReLU -> Dropout -> Linear (MFN's D_a, D_u, D_g1, D_g2), with the parts named for the fused memory
+    scan: :attr:`inner`, :attr:`dropout`, :attr:`outer`. A ``Sequential`` underneath, so parameter names (and
+    checkpoints) stay ``0.weight`` / ``3.weight``."""
+
+    def __init__(self, in_dim: int, hidden: int, out_dim: int, dropout: float) -> None:
+        super().__init__(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, out_dim))
+
+    @property
+    def inner(self) -> nn.Linear:
+        return self[0]
+
+    @property
+    def dropout(self) -> nn.Dropout:
+        return self[2]
+
+    @property
+    def outer(self) -> nn.Linear:
+        return self[3]
+
+
+def mlp2(in_dim: int, hidden: int, out_dim: int, dropout: float) -> MLP2:
+    return MLP2(in_dim, hidden, out_dim, dropout)
 
 
 def lstm_cell_states(lstm: nn.LSTM, x: Tensor, h: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
@@ -320,7 +341,7 @@ class MFN(FusionModel):
         cstar = torch.cat([F.pad(cells, (0, 0, k, 0))[:, :t] for k in range(self.window - 1, -1, -1)], dim=-1)
         attended = torch.softmax(self.attention(cstar), dim=-1) * cstar
         chat = torch.tanh(self.memory_net(attended))  # (B, T, M)
-        g1_in, g2_in = self.gamma1[0], self.gamma2[0]
+        g1_in, g2_in = self.gamma1.inner, self.gamma2.inner
         cd = cstar.shape[-1]
         w_c = torch.cat([g1_in.weight[:, :cd], g2_in.weight[:, :cd]], 0)
         bias = torch.cat([g1_in.bias, g2_in.bias], 0)
@@ -328,11 +349,11 @@ class MFN(FusionModel):
         w_mem = torch.cat([g1_in.weight[:, cd:], g2_in.weight[:, cd:]], 0) if self.gates_see_memory else None
         valid = state["valid"]
         valid_t = None if bool(valid.all()) else valid.transpose(0, 1)[..., None]
-        g1_out, g2_out, split = self.gamma1[3], self.gamma2[3], g1_in.out_features
+        g1_out, g2_out, split = self.gamma1.outer, self.gamma2.outer, g1_in.out_features
+        p1, p2 = self.gamma1.dropout.p, self.gamma2.dropout.p
         if self.compile:
-            u = self._scan(pre, chat.transpose(0, 1), valid_t, w_mem, split, g1_out, g2_out, self.gamma1[2].p,
-                           self.gamma2[2].p, self.training)
+            u = self._scan(pre, chat.transpose(0, 1), valid_t, w_mem, split, g1_out, g2_out, p1, p2, self.training)
         else:
             u = _MemoryScan.apply(pre, chat.transpose(0, 1), valid_t, w_mem, g1_out.weight, g1_out.bias,
-                                  g2_out.weight, g2_out.bias, split, self.gamma1[2].p, self.gamma2[2].p, self.training)
+                                  g2_out.weight, g2_out.bias, split, p1, p2, self.training)
         return torch.cat([unimodal[m] for m in self.modalities] + [u], dim=-1)
