@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from mmfusion.attention.discrete import DiscreteAttentionPool
 from mmfusion.contract import Batch, Encoded, FusionModel
 from mmfusion.errors import ConfigError
+
 from .common import length_mask, lengths_of, masked_mean, run_lstm
 
 

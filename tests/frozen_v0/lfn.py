@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from mmfusion.contract import Batch, Encoded, FusionModel
 from mmfusion.errors import ConfigError
+
 from .subnets import ModalityEncoders, encoder_hidden
 
 

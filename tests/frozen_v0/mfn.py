@@ -35,6 +35,7 @@ from torch import Tensor, nn
 
 from mmfusion.contract import Batch, Encoded, FusionModel
 from mmfusion.errors import ConfigError, DataError
+
 from .common import length_mask, lengths_of, run_lstm
 from .subnets import as_sequence, per_modality
 

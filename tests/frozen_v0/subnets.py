@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from mmfusion.contract import Batch
 from mmfusion.errors import ConfigError
+
 from .common import lengths_of, masked_mean, run_lstm
 
 

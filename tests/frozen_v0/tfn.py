@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from mmfusion.contract import Batch, Encoded, FusionModel
+
 from .subnets import ModalityEncoders, PostFusionMLP, encoder_hidden
 
 
