@@ -37,7 +37,7 @@ SYNTH = ["data.n_train=512", "data.n_valid=128", "data.n_test=256", "data.seq_le
 def cell(model: str, reg: str, data: str, epochs: int, out_dir: Path) -> dict:
     ov = [f"model={model}", f"data={data}", f"trainer.max_epochs={epochs}", "logger=none",
           "trainer.enable_progress_bar=false", "trainer.accelerator=cpu"]
-    ov += SMALL[model] + (SYNTH if data == "synthetic" else [])
+    ov += SMALL.get(model, []) + (SYNTH if data == "synthetic" else [])
     ov += ["experiment=emma_pipeline"] if reg == "emma" else [f"reg={reg}"]
     t0 = time.time()
     try:
