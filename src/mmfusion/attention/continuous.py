@@ -21,6 +21,7 @@ long axis with the support boundary), so K = 100 is accurate to ~1e-7 on every m
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -229,6 +230,26 @@ def _angle_features(mt: Tensor, prec: Tensor, detp: Tensor, n_angles: int) -> tu
     return torch.stack([th_c, th_p, th_m], -1), torch.stack(gam, -1)
 
 
+@dataclass
+class _NodePlacement:
+    """Where the angle nodes of each RBF cluster (``_place_nodes``), all (B, N).
+
+    Attributes:
+        theta0: direction of the first cluster (theta*); theta(0) = theta0.
+        delta: offset in u of the second cluster's dip, solving psi(delta) = angle to the second feature.
+        g0, g1: dip depths gamma_0, gamma_1 after the monotonicity bound (0: no dip).
+        kappa: atan2 squeeze of the single-feature map (1 when there are dips).
+        r: Poisson-kernel parameter fixed by the cluster half-width (a float, shared).
+    """
+
+    theta0: Tensor
+    delta: Tensor
+    g0: Tensor
+    g1: Tensor
+    kappa: Tensor
+    r: float
+
+
 def _adaptive_angles(mt: Tensor, prec: Tensor, detp: Tensor, n_angles: int) -> tuple[Tensor, Tensor, Tensor]:
     """Per-RBF periodic change of variables theta(u) of the angle integral: cos, sin theta_k and weights
     theta'(u_k) 2 pi / K at the K distinct nodes u_k = 2 pi k / K (``_sparsemax2d_terms``).
@@ -245,6 +266,13 @@ def _adaptive_angles(mt: Tensor, prec: Tensor, detp: Tensor, n_angles: int) -> t
     D(Delta / 2) <= 1 - _MONOTONE_MARGIN bounds sum_m gamma_m D < 1, so theta is a smooth increasing bijection of
     the circle: the trapezoid stays spectrally accurate and converges to the integral as K -> infinity.
     """
+    placement = _place_nodes(mt, prec, detp, n_angles)
+    return _evaluate_nodes(placement, n_angles)
+
+
+def _place_nodes(mt: Tensor, prec: Tensor, detp: Tensor, n_angles: int) -> _NodePlacement:
+    """Features -> the change of variables' parameters (merge close features, choose theta*, solve for Delta,
+    bound the dips for monotonicity); see :func:`_adaptive_angles`."""
     dt = mt.dtype
     th, gam = _angle_features(mt, prec, detp, n_angles)
     # half-width of a dip in u (Poisson kernel width (1 - r) / sqrt(r)); <= pi / 3 keeps c = 1 / (1 - G) <= 6
@@ -293,33 +321,50 @@ def _adaptive_angles(mt: Tensor, prec: Tensor, detp: Tensor, n_angles: int) -> t
     sep = torch.minimum(delta, 2 * math.pi - delta)
     bound = torch.maximum(g0, g1) + torch.minimum(g0, g1) * _poisson((0.5 * sep).sin(), (0.5 * sep).cos(), r)[1]
     scale = ((1 - _MONOTONE_MARGIN) / bound.clamp_min(torch.finfo(dt).tiny)).clamp_max(1.0)
-    g0, g1 = g0 * scale, g1 * scale
+    return _NodePlacement(theta0=th0, delta=delta, g0=g0 * scale, g1=g1 * scale, kappa=kappa, r=r)
+
+
+def _evaluate_nodes(pl: _NodePlacement, n_angles: int) -> tuple[Tensor, Tensor, Tensor]:
+    """cos theta_k, sin theta_k and the weights theta'(u_k) 2 pi / K at u_k = 2 pi k / K, each (B, N, K).
+
+    Every (B, N, K) buffer is allocated once and then updated in place (a fresh one costs page faults on CPU);
+    the comments name what a buffer holds after each step, and a name is deleted once its buffer is re-used."""
+    theta0, delta, g0, g1, kappa, r = pl.theta0, pl.delta, pl.g0, pl.g1, pl.kappa, pl.r
+    dt = theta0.dtype
+    bk = (1 - r) / (1 + r)
     c = 1 / (1 - bk * (g0 + g1))
     cg0, cg1 = c * bk * g0, c * bk * g1
-    # nodes (B, N, K); in-place ops: every fresh (B, N, K) buffer costs page faults on CPU
-    u = 2 * math.pi * torch.arange(n_angles, dtype=dt, device=mt.device) / n_angles
+    u = 2 * math.pi * torch.arange(n_angles, dtype=dt, device=theta0.device) / n_angles
     su, cu = u.sin(), u.cos()
-    a_0, d_0 = _poisson(su, cu, r)
+    a_u, d_u = _poisson(su, cu, r)  # A(u), D(u)
     sd, cd = delta.sin()[..., None], delta.cos()[..., None]
-    a_1, _ = _poisson(sd, cd, r)  # A(Delta); psi(0) = 0: psi = u - c g0 A(u) - c g1 (A(u - Delta) + A(Delta))
-    sn = (su * cd).addcmul_(cu, sd, value=-1)  # sin(u - Delta)
-    cs = (cu * cd).addcmul_(su, sd)  # cos(u - Delta)
-    dps = (cs * (-2 * r)).add_(1 + r * r).reciprocal_().mul_((1 - r) ** 2)  # D(u - Delta)
-    psi = sn.mul_(r).atan2_(cs.mul_(-r).add_(1)).mul_(2).add_(a_1)  # A(u - Delta) + A(Delta)
-    psi.mul_(-cg1[..., None]).addcmul_(a_0, cg0[..., None], value=-1).add_(u)
+    a_delta, _ = _poisson(sd, cd, r)  # A(Delta); psi(0) = 0: psi = u - c g0 A(u) - c g1 (A(u - Delta) + A(Delta))
+    sin_shift = (su * cd).addcmul_(cu, sd, value=-1)  # sin(u - Delta)
+    cos_shift = (cu * cd).addcmul_(su, sd)  # cos(u - Delta)
+    d_shift = (cos_shift * (-2 * r)).add_(1 + r * r).reciprocal_().mul_((1 - r) ** 2)  # D(u - Delta)
+    psi = sin_shift.mul_(r).atan2_(cos_shift.mul_(-r).add_(1)).mul_(2).add_(a_delta)  # A(u - Delta) + A(Delta)
+    del sin_shift  # its buffer is psi now
+    psi.mul_(-cg1[..., None]).addcmul_(a_u, cg0[..., None], value=-1).add_(u)  # psi(u)
     # psi' = c (1 - g0 D(u) - g1 D(u - Delta)); weight = psi' kappa / (cos^2 psi + kappa^2 sin^2 psi) 2 pi / K
-    dps.mul_(-g1[..., None]).addcmul_(d_0, g0[..., None], value=-1).add_(1)
-    cp = torch.cos(psi, out=cs)
-    sp = psi.sin_().mul_(kappa[..., None])
-    den = cp.square().addcmul_(sp, sp)
-    w = dps.div_(den).mul_((c * kappa * (2 * math.pi / n_angles))[..., None])
-    den.rsqrt_()
-    cp.mul_(den)
-    sp.mul_(den)
-    ct, st = th0.cos()[..., None], th0.sin()[..., None]
-    a0 = torch.mul(cp, ct, out=den).addcmul_(sp, st, value=-1)
-    a1 = sp.mul_(ct).addcmul_(cp, st)
-    return a0, a1, w
+    dpsi = d_shift.mul_(-g1[..., None]).addcmul_(d_u, g0[..., None], value=-1).add_(1)  # psi' / c
+    del d_shift
+    cos_psi = torch.cos(psi, out=cos_shift)
+    del cos_shift
+    ksin_psi = psi.sin_().mul_(kappa[..., None])  # kappa sin psi
+    del psi
+    norm2 = cos_psi.square().addcmul_(ksin_psi, ksin_psi)  # cos^2 psi + kappa^2 sin^2 psi
+    weights = dpsi.div_(norm2).mul_((c * kappa * (2 * math.pi / n_angles))[..., None])
+    del dpsi
+    inv_norm = norm2.rsqrt_()
+    del norm2
+    cos_rel = cos_psi.mul_(inv_norm)  # cos(theta - theta0) = cos psi / |.|
+    sin_rel = ksin_psi.mul_(inv_norm)  # sin(theta - theta0) = kappa sin psi / |.|
+    del cos_psi, ksin_psi
+    ct, st = theta0.cos()[..., None], theta0.sin()[..., None]
+    cos_theta = torch.mul(cos_rel, ct, out=inv_norm).addcmul_(sin_rel, st, value=-1)
+    del inv_norm
+    sin_theta = sin_rel.mul_(ct).addcmul_(cos_rel, st)
+    return cos_theta, sin_theta, weights
 
 
 def _whiten(mu: Tensor, sigma: Tensor, centres: Tensor, covs: Tensor) -> tuple[Tensor, ...]:
