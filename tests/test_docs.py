@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 
-import mmfusion
 from mmfusion.contract import FusionModel, Plugin
 from mmfusion.data.base import MultimodalDataModule
 from mmfusion.module import FusionModule
