@@ -230,7 +230,9 @@ def main(argv: list[str] | None = None) -> None:
                         agg = aggregate([r for r in runs if r["epochs"] == args.epochs], args.corrupt)
                         (args.out / f"{args.name}.json").write_text(json.dumps(agg, indent=1))
                         (args.out / f"{args.name}.md").write_text(markdown(agg))
-    agg = aggregate([r for r in runs if r["epochs"] == args.epochs], args.corrupt)
+    # the final aggregate holds only the --seeds given (e.g. the seeds every configuration has finished)
+    seeds = {int(s) for s in args.seeds.split(",")}
+    agg = aggregate([r for r in runs if r["epochs"] == args.epochs and r["seed"] in seeds], args.corrupt)
     (args.out / f"{args.name}.json").write_text(json.dumps(agg, indent=1))
     (args.out / f"{args.name}.md").write_text(markdown(agg))
     print(markdown(agg))
