@@ -56,7 +56,7 @@ def train_steps(plugin: Plugin | None, steps: int = 4, seed: int = 0) -> dict[st
     """Model parameters after ``steps`` reference training steps with (or without) ``plugin``."""
     import torch.nn.functional as F
 
-    from mmfusion.regularizers.reference_step import training_step
+    from mmfusion.training_step import training_step
 
     torch.manual_seed(seed)
     model, batch = DropoutFusion(), redundant_batch()
@@ -64,5 +64,5 @@ def train_steps(plugin: Plugin | None, steps: int = 4, seed: int = 0) -> dict[st
     task_opt = torch.optim.SGD(model.parameters(), lr=0.05)
     plugins = {"p": plugin} if plugin is not None else {}
     for _ in range(steps):
-        training_step(model, plugins, batch, lambda p, y: F.l1_loss(p.squeeze(-1), y), task_opt, {"p": opts})
+        training_step(model, lambda p, y: F.l1_loss(p.squeeze(-1), y), plugins, batch, task_opt, {"p": opts})
     return {k: v.detach().clone() for k, v in model.state_dict().items()}

@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 
 from mmfusion.errors import ConfigError
 from mmfusion.regularizers.mdm import MDM
-from mmfusion.regularizers.reference_step import training_step
+from mmfusion.training_step import clip_by, training_step
 
 from .reg_helpers import TinyFusion, attach, redundant_batch
 
@@ -159,11 +159,11 @@ def test_reference_training_steps_learn_the_task_with_the_plugin(measure: str) -
     def l1(p: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.l1_loss(p.squeeze(-1), y)
 
-    first = training_step(model, {"mdm": plugin}, batch, l1, task_opt, {"mdm": opts}, clip=5.0)
+    first = training_step(model, l1, {"mdm": plugin}, batch, task_opt, {"mdm": opts}, clip=clip_by(5.0))
     for _ in range(60):
-        last = training_step(model, {"mdm": plugin}, batch, l1, task_opt, {"mdm": opts}, clip=5.0)
-    assert last["task_loss"] < 0.5 * first["task_loss"]
-    assert all(torch.isfinite(torch.tensor(v)) for v in last.values())
+        last = training_step(model, l1, {"mdm": plugin}, batch, task_opt, {"mdm": opts}, clip=clip_by(5.0))
+    assert float(last.task_loss) < 0.5 * float(first.task_loss)
+    assert all(torch.isfinite(torch.as_tensor(v)).all() for v in last.logs.values()) and last.logs
 
 
 def test_bad_config_and_bad_model_raise_config_errors() -> None:

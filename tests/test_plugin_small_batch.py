@@ -16,6 +16,7 @@ from mmfusion.contract import Plugin
 from mmfusion.module import FusionModule
 from mmfusion.regularizers.influence import gradient_influence
 from mmfusion.tasks import SentimentRegression
+from mmfusion.training_step import active_plugins
 
 from .reg_helpers import DIMS, TinyFusion, redundant_batch
 
@@ -77,7 +78,10 @@ def test_last_batches_of_one_and_two_samples_skip_the_term_and_count(name: str) 
     assert module.skipped_batches[name] == sum(n < plugin.min_batch_size for n in (1, 2))
     with torch.no_grad():  # evaluation on a 1-sample batch: no term, no crash
         module.eval()
-        module._active_plugins(subset(full, 1), "val")
+        before_eval = dict(module.skipped_batches)
+        act = active_plugins(module.plugins, subset(full, 1))
+        assert (name in act) is (plugin.min_batch_size <= 1)
+        assert module.skipped_batches == before_eval  # evaluation batches are not counted
 
 
 @pytest.mark.parametrize("name", LOSS_PLUGINS)

@@ -30,6 +30,7 @@ from mmfusion import corruption
 from mmfusion.contract import FusionModel, ModelInfo, Plugin
 from mmfusion.regularizers.influence import gradient_influence
 from mmfusion.tasks import Task, to_numpy
+from mmfusion.training_step import active_plugins, clip_by, training_step
 
 log = logging.getLogger(__name__)
 
@@ -141,62 +142,27 @@ class FusionModule(pl.LightningModule):
     def optimization_step(
         self, batch, opts: list, backward: Callable[[Tensor], None], clip: Callable[[Any], None] | None = None
     ) -> tuple[Tensor, Tensor, dict]:
-        """One full training step (plug-in inner steps, task + plug-in losses, backward, clipping, task optimiser,
-        plug-in joint updates). Independent of the Trainer (``backward``/``clip`` are given: Lightning's
-        ``manual_backward``/``clip_gradients`` in training, plain torch in benchmarks), so benchmarks time
-        exactly this."""
-        main = opts[0]
-        out = self.net(batch)
-        logs: dict[str, Any] = {}
-        active = self._active_plugins(batch, "train", logs)
-        for name, p in active.items():
-            inner = p.inner_step(out, batch, opts[self._opt_slices.get(name, slice(0, 0))], backward)
-            logs.update({f"train/reg/{name}/{k}": v for k, v in inner.items()})
-        task_loss = self.task.loss(out.prediction, batch["y"])
-        loss = task_loss
-        terms: dict[str, Tensor] = {}
-        for name, p in active.items():
-            term = p.loss(out, batch, "train")
-            if term is not None:
-                loss = loss + term.value
-                terms[name] = term.value
-                logs[f"train/reg/{name}/loss"] = term.value.detach()
-                logs.update({f"train/reg/{name}/{k}": v for k, v in term.logs.items()})
+        """One full training step, :func:`mmfusion.training_step.training_step` (the single, Lightning-free step
+        that the benchmarks and plug-in tests call too) with this module's parts: ``opts[0]`` is the task
+        optimiser, the plug-ins' own follow in :meth:`configure_optimizers` order. ``backward``/``clip`` are
+        Lightning's ``manual_backward``/``clip_gradients`` in training; with ``clip=None`` the task model's
+        gradients are clipped by ``grad_clip_val`` in plain torch. Every ``influence_every`` steps the plug-in
+        terms' gradient influence is measured before the backward; batches too small for a plug-in's term are
+        counted (``train/reg/<name>/skipped_batches``, cumulative)."""
+        plugin_opts = {name: opts[self._opt_slices.get(name, slice(0, 0))] for name in self.plugins}
         self._n_steps += 1
-        if terms and self.influence_every > 0 and (self._n_steps - 1) % self.influence_every == 0:
-            self._log_influence(task_loss, terms)
-        for opt in opts:
-            opt.zero_grad(set_to_none=True)
-        backward(loss)
-        if self.grad_clip_val:
-            if clip is not None:
-                clip(main)
-            else:
-                params = [p for g in main.param_groups for p in g["params"]]
-                if self.grad_clip_algorithm == "value":
-                    torch.nn.utils.clip_grad_value_(params, self.grad_clip_val)
-                else:
-                    torch.nn.utils.clip_grad_norm_(params, self.grad_clip_val)
-        main.step()
-        for name, p in active.items():
-            p.after_backward(opts[self._opt_slices.get(name, slice(0, 0))])
-        return loss.detach(), task_loss.detach(), logs
-
-    def _active_plugins(self, batch, stage: str, logs: dict[str, Any] | None = None) -> dict[str, Plugin]:
-        """The plug-ins whose term can be formed on this batch. A batch smaller than a plug-in's
-        ``min_batch_size`` (a loader's incomplete last batch) gets no term from it -- no inner step, no loss,
-        no joint update -- and is counted (``train/reg/<name>/skipped_batches``, cumulative)."""
-        n = int(batch["y"].shape[0])
-        active = {}
-        for name, p in self.plugins.items():
-            if n >= p.min_batch_size:
-                active[name] = p
-            elif stage == "train":
-                self.skipped_batches[name] = self.skipped_batches.get(name, 0) + 1
-                log.debug("plug-in %s skipped a training batch of %d (< %d samples)", name, n, p.min_batch_size)
-            if logs is not None and stage == "train":
-                logs[f"train/reg/{name}/skipped_batches"] = float(self.skipped_batches.get(name, 0))
-        return active
+        measure = self.influence_every > 0 and (self._n_steps - 1) % self.influence_every == 0
+        if clip is None:
+            clip = clip_by(self.grad_clip_val, self.grad_clip_algorithm)
+        elif not self.grad_clip_val:
+            clip = None
+        res = training_step(self.net, self.task.loss, dict(self.plugins), batch, opts[0], plugin_opts, backward,
+                            clip=clip, before_backward=self._log_influence if measure else None,
+                            skipped=self.skipped_batches)
+        logs = {f"train/reg/{name}/skipped_batches": float(self.skipped_batches.get(name, 0))
+                for name in self.plugins}
+        logs.update(res.logs)
+        return res.loss, res.task_loss, logs
 
     def _log_influence(self, task_loss: Tensor, terms: dict[str, Tensor]) -> None:
         """Gradient-norm ratio and cosine of each plug-in term against the task loss over the task model's
@@ -241,7 +207,7 @@ class FusionModule(pl.LightningModule):
         out = self.net(batch)
         bs = int(batch["y"].shape[0])
         self.log(f"{stage}/loss", self.task.loss(out.prediction, batch["y"]), batch_size=bs, sync_dist=True)
-        for name, p in self._active_plugins(batch, stage).items():
+        for name, p in active_plugins(self.plugins, batch).items():
             term = p.loss(out, batch, stage)
             if term is not None:
                 self.log(f"{stage}/reg/{name}/loss", term.value.detach().float(), batch_size=bs, sync_dist=True)

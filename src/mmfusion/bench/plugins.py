@@ -2,7 +2,7 @@
 
 MOSI sizes (aligned 50 steps; text 300 / audio 74 / vision 47 features), batch 32. One step = forward, the
 plug-in's inner steps, task + plug-in loss, backward, clipping, optimiser steps (the contract's order,
-:func:`mmfusion.regularizers.reference_step.training_step`). Targets (issue 3): synergy <= 1.5x, MDM with
+:func:`mmfusion.training_step.training_step`, the step ``FusionModule`` runs). Targets (issue 3): synergy <= 1.5x, MDM with
 unroll 1 <= 1.5x, MDM time linear in ``unroll`` (we fit ``extra = a + b * unroll`` on the minima and report R^2). Steps with and
 without the plug-in alternate; on CPU the ratio uses the thread's CPU time (stable on a machine shared with other
 jobs; run with ``OMP_NUM_THREADS=1``), on GPU the synchronised wall time.
@@ -28,7 +28,7 @@ from omegaconf import OmegaConf
 from mmfusion.bench.core import device_sync, environment, random_sentiment_batch
 from mmfusion.contract import FusionModel, ModelInfo, Plugin
 from mmfusion.data.synthetic import MOSI_DIMS
-from mmfusion.regularizers.reference_step import training_step
+from mmfusion.training_step import clip_by, training_step
 
 ROOT = Path(__file__).resolve().parents[3]
 REGS = ("synergy_mmd", "synergy_kl", "mdm_kl", "mdm_f", "mdm_wasserstein")
@@ -64,7 +64,7 @@ def make_step(model_name: str, reg: str | None, device: str, batch: dict, **over
     def l1(p: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.l1_loss(p.reshape(-1), y)
 
-    return lambda: training_step(model, plugins, batch, l1, task_opt, opts, clip=5.0)
+    return lambda: training_step(model, l1, plugins, batch, task_opt, opts, clip=clip_by(5.0))
 
 
 def _timed(fn: Callable[[], Any], device: str) -> tuple[float, float]:
