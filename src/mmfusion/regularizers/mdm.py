@@ -14,7 +14,9 @@ Choices that are ours (not on the slides): T takes the encoder *outputs*, each t
 dependence of raw inputs is fixed by the data; W1 is scale-dependent, so without normalisation the encoders could
 raise it by inflating their outputs); negatives are fresh in-batch per-modality derangements instead of a fixed
 "negative dataset" (same distribution, no second encoder pass, no fixed points); MLP critic 2x256 LeakyReLU,
-Adam lr 1e-4, unroll 1, lambda 0.1 and a linear warm-up of lambda over the first critic steps.
+Adam lr 1e-3, unroll 1, lambda 0.2 (configs/reg) and a linear warm-up of lambda over a fraction of the run
+(``warmup``; issue 14's calibration in docs/regularisers.md). On validation the plug-in reports the critic's estimate
+on the whole split and a closed-form Gaussian total-correlation probe of the same representations (``tc_probe``).
 
 Randomness is private (``seed``): the critic is initialised under a forked RNG and the negatives are drawn from
 the plug-in's own generator (saved in checkpoints), so adding the plug-in does not change the task model's random

@@ -8,10 +8,13 @@ ablation is a sweep over these switches):
 * ``L_L2 = sum_i mean_b ||Q_i(Z_{-i}) - LN(Z_i)||^2 / d_i`` -- cross-modal reconstruction. Correction: the paper's
   ``||Q_i(Z_{-i}) - Z_i||^2`` can be driven to 0 by the encoders shrinking every Z; the target (and the input) go
   through a non-affine LayerNorm so the scale cannot be gamed.
-* ``L_d = sum_i D(G_i(R_i^u Z_i), G_i(R_i^f Z))`` -- alignment of each unimodal and the fused distribution after
-  fixed Gaussian random projections (``R``, k x d, buffers) and an invertible network ``G_i`` (orthogonal k x k
-  layers + LeakyReLU(0.2): exactly invertible, 1-Lipschitz, no log-det needed). Corrections: the paper applies one
-  g_i to inputs of different sizes (hence separate projections per source); ``D`` is the *unbiased, normalised*
+* ``L_d = sum_i D(G_i(R_i^u LN(Z_i)), G_i(R_i^f LN(Z)))`` -- alignment of each unimodal and the fused distribution
+  after a non-affine LayerNorm of both sides, fixed Gaussian random projections (``R``, k x d, entries N(0, 1/d),
+  buffers) and an invertible network ``G_i`` (orthogonal k x k layers + LeakyReLU(0.2): exactly invertible,
+  1-Lipschitz, no log-det needed); for KL one map per side (``side_maps='separate'``: a shared bijection leaves a
+  KL unchanged). Corrections: without the normalisation (``align_normalize='none'``, the paper's form) L_d matches
+  scales, not distributions (issue 14: 2-830x the task gradient); the paper applies one g_i to inputs of different
+  sizes (hence separate projections per source); ``D`` is the *unbiased, normalised*
   MMD^2 with a detached median-heuristic multi-bandwidth RBF kernel (the paper prints un-normalised sums with the
   diagonal), or KL through a critic that *ascends* its bound (NWJ or DV, with the log the paper omits) while the
   C-network and encoders descend it -- Appendix D descends L_reg w.r.t. every C-network parameter, which for a
