@@ -38,7 +38,7 @@ TITLES = {"discrete": "discrete", "cont_softmax": "continuous softmax", "cont_sp
 
 
 def load(ckpt: str):
-    from mmfusion.eval import load_trained
+    from mmfusion.checkpoints import load_trained
 
     module, dm = load_trained(ckpt, strict=False)
     return module.net.eval(), dm

@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 
-from mmfusion.data.tokens import align_to_tokens, load_tokenizer, tokenize
 from mmfusion.errors import ConfigError, DataError
 from mmfusion.models.magbert import MAG, MAGBERT, linear_warmup_schedule
+from mmfusion.tokens import align_to_tokens, load_tokenizer, tokenize
 
 
 def tiny_mag(beta: float) -> MAG:

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from hydra.utils import get_object
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from mmfusion.data.base import MultimodalDataModule
 from mmfusion.errors import ConfigError
 from mmfusion.module import FusionModule
-from mmfusion.utils.instantiate import instantiate, instantiate_dict
+from mmfusion.utils.instantiate import instantiate, instantiate_dict, to_container
 
 
 def build_datamodule(cfg: DictConfig) -> MultimodalDataModule:
@@ -77,14 +75,3 @@ def build_module(cfg: DictConfig, dm: MultimodalDataModule) -> FusionModule:
     )
     module.extra_checkpoint["mmfusion_cfg"] = to_container(cfg)
     return module
-
-
-def to_container(cfg: DictConfig) -> dict[str, Any]:
-    """The resolved run config without Hydra's own node (stored in every checkpoint)."""
-    out: dict[str, Any] = {}
-    for key in cfg:
-        if key == "hydra":
-            continue
-        node = cfg._get_node(key)
-        out[str(key)] = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else cfg[key]
-    return out

@@ -11,7 +11,7 @@ Spec grammar (several joined by ``,``):
 * ``none``: no corruption.
 
 BERT models take text as token ids: dropping text there replaces every non-special token by ``[UNK]`` when the
-batch carries ``tokens["unk_token_id"]``/``tokens["special_mask"]`` (see ``data/tokens.py``); otherwise the
+batch carries ``tokens["unk_token_id"]``/``tokens["special_mask"]`` (see ``tokens.py``); otherwise the
 text features are zeroed.
 """
 

@@ -16,39 +16,16 @@ import hydra
 import lightning.pytorch as pl
 from omegaconf import DictConfig, OmegaConf
 
+from mmfusion import robustness
 from mmfusion.build import build_datamodule, build_module
+from mmfusion.checkpoints import load_run_config
 from mmfusion.errors import MMFusionError
 from mmfusion.utils import runtime, validate
 from mmfusion.utils.instantiate import instantiate, instantiate_dict
 from mmfusion.utils.report import print_metrics, save_json
-from mmfusion.utils.safe_load import load_checkpoint
 
 log = logging.getLogger(__name__)
 CONFIG_DIR = runtime.CONFIG_DIR
-
-
-def read_checkpoint(ckpt_path: str | Path) -> tuple[dict[str, Any], DictConfig]:
-    """The checkpoint (read once) and the run config stored in it (``mmfusion_cfg``)."""
-    path = Path(ckpt_path)
-    if not path.is_file():
-        raise MMFusionError(f"ckpt_path: file not found: {ckpt_path}")
-    ckpt = load_checkpoint(path, "ckpt_path")  # torch.load(weights_only=True): never runs code from the file
-    if not isinstance(ckpt, dict) or "mmfusion_cfg" not in ckpt:
-        raise MMFusionError(f"{ckpt_path}: not an mmfusion checkpoint (no 'mmfusion_cfg' key)")
-    return ckpt, OmegaConf.create(ckpt["mmfusion_cfg"])
-
-
-def load_run_config(ckpt_path: str) -> DictConfig:
-    return read_checkpoint(ckpt_path)[1]
-
-
-def load_trained(ckpt_path: str | Path, strict: bool = True) -> tuple[Any, Any]:
-    """(module with the checkpoint's weights, datamodule), both rebuilt from the config stored in the checkpoint."""
-    ckpt, cfg = read_checkpoint(ckpt_path)
-    dm = build_datamodule(cfg)
-    module = build_module(cfg, dm)
-    module.load_state_dict(ckpt["state_dict"], strict=strict)
-    return module, dm
 
 
 def evaluate(cfg: DictConfig, corrupt: str | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -83,8 +60,6 @@ def _hydra_main(cfg: DictConfig) -> None:
     with runtime.task_wrapper(cfg):
         validate.check_eval_cfg(cfg)  # one-line ConfigError before the checkpoint is read
         if (cfg.get("eval") or {}).get("robustness"):  # the corruption suite (mmfusion/robustness.py)
-            from mmfusion import robustness
-
             robustness.print_table(robustness.evaluate_suite(cfg))
             out = Path(cfg.paths.output_dir)
             print(f"results folder: {out}\nresults:        {out / 'robustness.json'} (+ .csv, _auc.csv, figures)")

@@ -259,7 +259,7 @@ def run_suite(module: Any, datamodule: Any, suite: Mapping[str, Any], drop_mode:
     loader = datamodule.test_dataloader() if split == "test" else datamodule.val_dataloader()
     unk_id = None
     if drop_mode == "unk":
-        from mmfusion.data.tokens import load_tokenizer
+        from mmfusion.tokens import load_tokenizer
 
         tok_name = getattr(datamodule, "text_tokenizer", None)
         if not tok_name:
@@ -319,7 +319,7 @@ def evaluate_suite(cfg: DictConfig) -> dict[str, Any]:
     import lightning.pytorch as pl
 
     from mmfusion.build import build_datamodule, build_module
-    from mmfusion.eval import read_checkpoint
+    from mmfusion.checkpoints import read_checkpoint
     from mmfusion.utils.instantiate import instantiate_dict
 
     ev = cfg.get("eval") or {}

@@ -202,7 +202,7 @@ class MOSIUtterance(MultimodalDataModule):
             }, name=f"mosi_utterance/{split}")
             self.transcripts[split] = txt
         if self.text_tokenizer:
-            from mmfusion.data.tokens import add_tokens
+            from mmfusion.tokens import add_tokens
 
             add_tokens(self, out)
         return out

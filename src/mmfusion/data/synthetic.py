@@ -151,7 +151,7 @@ class SyntheticSentiment(MultimodalDataModule):
                 n, rng, dirs, self.input_dims, self.seq_len, self.min_len, self.noise, self.missing_rate)
             out[split] = ArrayDataset(tensors, name=f"synthetic/{split}")
         if self.text_tokenizer:
-            from mmfusion.data.tokens import add_tokens
+            from mmfusion.tokens import add_tokens
 
             add_tokens(self, out)
         return out

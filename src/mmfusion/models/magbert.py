@@ -17,7 +17,7 @@ supported (one gated displacement each, summed). Head: BERT pooler -> Dropout ->
 
 Contract: ``unimodal["text"]`` = masked mean of ``t``; ``unimodal[m]`` = masked mean over word pieces of
 ``W_m m`` (all of width ``hidden``); ``fused`` = pooled output. The datamodule's text features are not used
-(text enters as ``batch["tokens"]``, see :mod:`mmfusion.data.tokens`). A gate's ``gate_scales`` multiply ``t``
+(text enters as ``batch["tokens"]``, see :mod:`mmfusion.tokens`). A gate's ``gate_scales`` multiply ``t``
 and each aligned feature sequence before MAG.
 
 Training (docs/models.md): AdamW with weight decay except biases/LayerNorm (released code), separate learning rates for
@@ -35,9 +35,9 @@ from torch import Tensor, nn
 from torch.optim.lr_scheduler import LambdaLR
 
 from mmfusion.contract import Batch, Encoded, FusionModel
-from mmfusion.data.tokens import PACKAGED, align_to_tokens, resolve_pretrained
 from mmfusion.errors import ConfigError, DataError
 from mmfusion.models.common import lengths_of
+from mmfusion.tokens import PACKAGED, align_to_tokens, resolve_pretrained
 
 
 class MAG(nn.Module):

@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
 
@@ -23,4 +23,15 @@ def instantiate_dict(cfg: DictConfig | None) -> dict[str, Any]:
     for name, sub in cfg.items():
         if isinstance(sub, DictConfig) and "_target_" in sub:
             out[str(name)] = instantiate(sub)
+    return out
+
+
+def to_container(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved run config without Hydra's own node (stored in every checkpoint)."""
+    out: dict[str, Any] = {}
+    for key in cfg:
+        if key == "hydra":
+            continue
+        node = cfg._get_node(key)
+        out[str(key)] = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else cfg[key]
     return out

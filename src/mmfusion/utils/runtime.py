@@ -209,7 +209,7 @@ def log_run_info(trainer: Any, module: Any, cfg: DictConfig) -> None:
              cfg.paths.output_dir)
     for lg in trainer.loggers:
         with contextlib.suppress(Exception):
-            from mmfusion.build import to_container
+            from mmfusion.utils.instantiate import to_container
 
             lg.log_hyperparams({**to_container(cfg), "model/params/total": n})
 
