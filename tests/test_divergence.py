@@ -170,13 +170,16 @@ def test_debug_limit_on_a_one_batch_validation_split(tmp_path):
     assert objs["trainer"].current_epoch == 3 and math.isfinite(result["test"]["MAE"])
 
 
-def test_failed_sweep_job_keeps_its_class_and_is_one_line_for_hydra():
+def test_failed_sweep_job_keeps_its_class_and_is_one_line_for_hydra(monkeypatch):
     """A multirun job's DivergenceError is re-raised as its own class (the Optuna sweeper marks the trial failed)
     and as Hydra's CompactHydraException, so the basic sweeper's final re-raise prints one line, not a traceback."""
     from hydra.errors import CompactHydraException
 
+    from mmfusion.utils import runtime
     from mmfusion.utils.runtime import _sweep_job_error
 
+    # no Hydra job context (an earlier test in the same worker may have registered one)
+    monkeypatch.setattr(runtime, "_hydra_cfg", lambda: None)
     e = _sweep_job_error(DivergenceError("training diverged at epoch 0, step 2: train/loss = nan"))
     assert isinstance(e, DivergenceError) and isinstance(e, CompactHydraException)
     assert str(e) == "error: sweep job failed: training diverged at epoch 0, step 2: train/loss = nan"
