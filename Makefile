@@ -24,11 +24,12 @@ test-fast: ## skip the tests marked slow
 train: ## train the default model on the default (embedded, offline) data
 	$(BIN)/python train.py
 
-lint: ## ruff
-	$(BIN)/ruff check src tests scripts
+lint: ## ruff: formatting and lint rules (what CI runs)
+	$(BIN)/ruff format --check src tests scripts train.py eval.py
+	$(BIN)/ruff check src tests scripts train.py eval.py
 
-format: ## ruff format
-	$(BIN)/ruff format src tests scripts
+format: ## ruff format (then `make lint` passes)
+	$(BIN)/ruff format src tests scripts train.py eval.py
 
 docs: ## build the documentation site into site/ (mkdocs-material + mkdocstrings; warnings are errors)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict

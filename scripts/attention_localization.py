@@ -41,8 +41,11 @@ def question_types(questions: list[str], answers: list[str], colours: set[str]) 
         words = set(q.lower().replace("?", " ").split())
         about_colour = bool(words & colours) if a in ("yes", "no") else a in colours
         kind = "yes/no" if a in ("yes", "no") else "open"
-        out.append(f"{kind} {'colour' if about_colour else 'shape'}" if kind == "open"
-                   else f"{'colour' if about_colour else 'shape'} yes/no")
+        out.append(
+            f"{kind} {'colour' if about_colour else 'shape'}"
+            if kind == "open"
+            else f"{'colour' if about_colour else 'shape'} yes/no"
+        )
     return out
 
 
@@ -84,24 +87,33 @@ def measure(ckpt: str, batch_size: int = 256) -> dict[str, dict[str, float]]:
     for qt in ("all", *TYPES):
         sel = np.ones(len(qtypes), bool) if qt == "all" else qtypes == qt
         if sel.any():
-            out[qt] = {"n": int(sel.sum()), "mass_in_shape": float(inside_np[sel].mean()),
-                       "uniform_baseline": float(uniform_np[sel].mean()),
-                       "ratio_to_uniform": float(inside_np[sel].mean() / uniform_np[sel].mean()),
-                       "mass_in_image": float(image_np[sel].mean())}
+            out[qt] = {
+                "n": int(sel.sum()),
+                "mass_in_shape": float(inside_np[sel].mean()),
+                "uniform_baseline": float(uniform_np[sel].mean()),
+                "ratio_to_uniform": float(inside_np[sel].mean() / uniform_np[sel].mean()),
+                "mass_in_image": float(image_np[sel].mean()),
+            }
     return out
 
 
 def write(results: dict[str, dict], out: Path, figure: Path | None) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(results, indent=2))
-    lines = ["Attention mass inside the shape (easy-VQA test split, every question; mean over questions). Uniform = "
-             "the shape's area fraction (what uniform attention puts inside). Continuous: density integrated over "
-             "the shape's pixels (midpoint rule, 64x64); discrete: softmax weight x cell coverage.", "",
-             "| attention | question type | n | mass in shape | uniform | ratio | mass in image |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "Attention mass inside the shape (easy-VQA test split, every question; mean over questions). Uniform = "
+        "the shape's area fraction (what uniform attention puts inside). Continuous: density integrated over "
+        "the shape's pixels (midpoint rule, 64x64); discrete: softmax weight x cell coverage.",
+        "",
+        "| attention | question type | n | mass in shape | uniform | ratio | mass in image |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for label, per in results.items():
         for qt, r in per["types"].items():
-            lines.append(f"| {label} | {qt} | {r['n']} | {r['mass_in_shape']:.3f} | {r['uniform_baseline']:.3f} | "
-                         f"{r['ratio_to_uniform']:.2f} | {r['mass_in_image']:.3f} |")
+            lines.append(
+                f"| {label} | {qt} | {r['n']} | {r['mass_in_shape']:.3f} | {r['uniform_baseline']:.3f} | "
+                f"{r['ratio_to_uniform']:.2f} | {r['mass_in_image']:.3f} |"
+            )
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     if figure is not None:
         import matplotlib
@@ -116,7 +128,9 @@ def write(results: dict[str, dict], out: Path, figure: Path | None) -> None:
         for i, label in enumerate(labels):
             vals = [results[label]["types"].get(qt, {}).get("mass_in_shape", np.nan) for qt in TYPES]
             ax.bar(xs + i * width, vals, width, label=label)
-        base = [next(iter(results.values()))["types"].get(qt, {}).get("uniform_baseline", np.nan) for qt in TYPES]
+        base = [
+            next(iter(results.values()))["types"].get(qt, {}).get("uniform_baseline", np.nan) for qt in TYPES
+        ]
         ax.scatter(xs + 0.4 - width / 2, base, marker="_", s=600, color="k", label="uniform", zorder=3)
         ax.set_xticks(xs + 0.4 - width / 2, TYPES)
         ax.set_ylabel("attention mass inside the shape")

@@ -39,11 +39,15 @@ def maps(kind: str, g: torch.Generator) -> torch.Tensor:
 def _at_angles(mu, sigma, basis, a0, a1):
     """The 2-D sparsemax integrand summed at the given angles with unit weights (the reference code's rule)."""
     _, c2, _, mt, prec, detp = C._whiten(mu, sigma, basis.centres, basis.variances)
-    q = prec[..., 0, 0, None] * a0 * a0 + 2 * prec[..., 0, 1, None] * a0 * a1 + prec[..., 1, 1, None] * a1 * a1
+    q = (
+        prec[..., 0, 0, None] * a0 * a0
+        + 2 * prec[..., 0, 1, None] * a0 * a1
+        + prec[..., 1, 1, None] * a1 * a1
+    )
     pm = torch.einsum("bnij,bnj->bni", prec, mt)
     b = pm[..., 0, None] * a0 + pm[..., 1, None] * a1
     cross = a0 * mt[..., 1, None] - a1 * mt[..., 0, None]
-    stl = torch.sqrt(detp[..., None] / q / (2 * math.pi)) * torch.exp(-0.5 * detp[..., None] * cross ** 2 / q)
+    stl = torch.sqrt(detp[..., None] / q / (2 * math.pi)) * torch.exp(-0.5 * detp[..., None] * cross**2 / q)
     _, x1, _, x3 = C.interval_moments(b / q, (1 / q).sqrt(), 0.0, 1.0)
     return 0.5 * c2[:, None] * (stl * (x1 - x3)).sum(-1)
 
@@ -62,10 +66,15 @@ def main(argv: list[str] | None = None) -> int:
         ref = C.continuous_sparsemax(mu, s, basis, 3000, adaptive_angles=False)
         err = lambda r, ref=ref: float(((r - ref).abs().amax(-1) / ref.amax(-1)).max())  # noqa: E731
         for k in (50, 100, 200, 400):
-            rows.append({"maps": fam, "K": k,
-                         "adaptive": err(C.continuous_sparsemax(mu, s, basis, k, adaptive_angles=True)),
-                         "uniform_distinct": err(C.continuous_sparsemax(mu, s, basis, k, adaptive_angles=False)),
-                         "reference_linspace_bug": err(_at_angles(mu, s, basis, *_lin(k)) * (2 * math.pi / k))})
+            rows.append(
+                {
+                    "maps": fam,
+                    "K": k,
+                    "adaptive": err(C.continuous_sparsemax(mu, s, basis, k, adaptive_angles=True)),
+                    "uniform_distinct": err(C.continuous_sparsemax(mu, s, basis, k, adaptive_angles=False)),
+                    "reference_linspace_bug": err(_at_angles(mu, s, basis, *_lin(k)) * (2 * math.pi / k)),
+                }
+            )
             print(rows[-1])
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

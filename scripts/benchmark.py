@@ -22,9 +22,13 @@ from mmfusion.bench.core import environment
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--suite", nargs="+", default=["core"], help="core and/or module names under mmfusion.bench")
+    p.add_argument(
+        "--suite", nargs="+", default=["core"], help="core and/or module names under mmfusion.bench"
+    )
     p.add_argument("--models", nargs="+", default=["ef_lstm"])
-    p.add_argument("--regs", nargs="+", default=["none"], help="plug-ins, '+'-joined to stack, 'none' for baseline")
+    p.add_argument(
+        "--regs", nargs="+", default=["none"], help="plug-ins, '+'-joined to stack, 'none' for baseline"
+    )
     p.add_argument("--shapes", nargs="+", default=["mosi"], help="mosi, mosei, mosi_bert, mosei_bert")
     p.add_argument("--batch-sizes", nargs="+", type=int, default=[32])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -42,13 +46,20 @@ def main(argv: list[str] | None = None) -> int:
         try:
             mod = importlib.import_module(f"mmfusion.bench.{name}")
         except ModuleNotFoundError:
-            print(f"error: unknown benchmark suite {suite!r} (no module mmfusion.bench.{name})", file=sys.stderr)
+            print(
+                f"error: unknown benchmark suite {suite!r} (no module mmfusion.bench.{name})", file=sys.stderr
+            )
             return 2
         rows.extend(mod.run(args))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"environment": environment(), "args": {k: v for k, v in vars(args).items()},
-                               "rows": rows}, indent=2, default=str))
+    out.write_text(
+        json.dumps(
+            {"environment": environment(), "args": {k: v for k, v in vars(args).items()}, "rows": rows},
+            indent=2,
+            default=str,
+        )
+    )
     print(f"wrote {out} ({len(rows)} rows)")
     return 0
 

@@ -30,14 +30,29 @@ REGS = ("none", "cont_softmax", "cont_sparsemax", "mca")
 
 def run_one(reg: str, seed: int, run_root: Path, extra: list[str]) -> dict:
     run_dir = run_root / f"{reg}_s{seed}"
-    cmd = [sys.executable, "train.py", "experiment=easyvqa_mcan", f"reg={reg}", f"seed={seed}", "logger=csv",
-           "trainer.enable_progress_bar=false", f"hydra.run.dir={run_dir}", *extra]
+    cmd = [
+        sys.executable,
+        "train.py",
+        "experiment=easyvqa_mcan",
+        f"reg={reg}",
+        f"seed={seed}",
+        "logger=csv",
+        "trainer.enable_progress_bar=false",
+        f"hydra.run.dir={run_dir}",
+        *extra,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     t0 = time.time()
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     wall = time.time() - t0
     (run_root / f"{reg}_s{seed}.log").write_text(proc.stdout[-20000:] + "\n" + proc.stderr[-20000:])
-    row = {"reg": reg, "seed": seed, "wall_s": round(wall, 1), "returncode": proc.returncode, "cmd": " ".join(cmd[1:])}
+    row = {
+        "reg": reg,
+        "seed": seed,
+        "wall_s": round(wall, 1),
+        "returncode": proc.returncode,
+        "cmd": " ".join(cmd[1:]),
+    }
     mfile = run_dir / "metrics.json"
     if proc.returncode == 0 and mfile.is_file():
         m = json.loads(mfile.read_text())
@@ -49,8 +64,12 @@ def run_one(reg: str, seed: int, run_root: Path, extra: list[str]) -> dict:
 def table(rows: list[dict]) -> tuple[str, dict]:
     keys = ["vqa_acc", "vqa_acc_yesno", "vqa_acc_shape", "vqa_acc_color"]
     summary: dict[str, dict] = {}
-    lines = ["| reg | seeds | " + " | ".join(f"test {k}" for k in keys) + " | test vqa_acc per seed | wall time / run |",
-             "|---|---|" + "---|" * len(keys) + "---|---|"]
+    lines = [
+        "| reg | seeds | "
+        + " | ".join(f"test {k}" for k in keys)
+        + " | test vqa_acc per seed | wall time / run |",
+        "|---|---|" + "---|" * len(keys) + "---|---|",
+    ]
     for reg in REGS:
         ok = [r for r in rows if r["reg"] == reg and r.get("test")]
         if not ok:
@@ -79,7 +98,9 @@ def write_table(jl: Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--table-only", action="store_true", help="rewrite easyvqa.{md,json} from the jsonl, run nothing")
+    ap.add_argument(
+        "--table-only", action="store_true", help="rewrite easyvqa.{md,json} from the jsonl, run nothing"
+    )
     ap.add_argument("--regs", nargs="+", default=list(REGS))
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--jobs", type=int, default=1)
@@ -93,7 +114,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.table_only:
         print(write_table(jl))
         return 0
-    done = {(r["reg"], r["seed"]) for r in map(json.loads, jl.read_text().splitlines())} if jl.is_file() else set()
+    done = (
+        {(r["reg"], r["seed"]) for r in map(json.loads, jl.read_text().splitlines())}
+        if jl.is_file()
+        else set()
+    )
     todo = [(s, r) for s in args.seeds for r in args.regs if (r, s) not in done]  # seed-major: all regs first
 
     def work(item):
@@ -102,8 +127,11 @@ def main(argv: list[str] | None = None) -> int:
         with jl.open("a") as f:
             f.write(json.dumps(row) + "\n")
         write_table(jl)
-        print(f"{reg} seed {seed}: rc={row['returncode']} {row.get('test', {}).get('vqa_acc')} "
-              f"({row['wall_s']:.0f}s)", flush=True)
+        print(
+            f"{reg} seed {seed}: rc={row['returncode']} {row.get('test', {}).get('vqa_acc')} "
+            f"({row['wall_s']:.0f}s)",
+            flush=True,
+        )
 
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as ex:
         list(ex.map(work, todo))

@@ -23,13 +23,18 @@ ROOT = ROOT_DIR  # the one root locator (MMFUSION_ROOT overrides it)
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--mnist", default=None, help="directory with the MNIST IDX files (default: sklearn digits)")
+    ap.add_argument(
+        "--mnist", default=None, help="directory with the MNIST IDX files (default: sklearn digits)"
+    )
     ap.add_argument("--hidden", type=int, default=128)
     ap.add_argument("--noise-std", type=float, default=0.2, help="DAE corruption std sigma_n (Eq. 5)")
     ap.add_argument("--epochs", type=int, default=400)
     ap.add_argument("--lr", type=float, default=3e-3)
-    ap.add_argument("--levels", default="0,0.05,0.1,0.2,0.3,0.4,0.5,0.75,1.0",
-                    help="comma-separated Gaussian noise stds for (a)")
+    ap.add_argument(
+        "--levels",
+        default="0,0.05,0.1,0.2,0.3,0.4,0.5,0.75,1.0",
+        help="comma-separated Gaussian noise stds for (a)",
+    )
     ap.add_argument("--n-eval", type=int, default=100, help="held-out zeros (sklearn digits)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out-figures", default=str(ROOT / "docs/figures"))
@@ -55,8 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     except MMFusionError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    dae, fit = fit_zero_dae(data, hidden=args.hidden, noise_std=args.noise_std, epochs=args.epochs, lr=args.lr,
-                            seed=args.seed)
+    dae, fit = fit_zero_dae(
+        data, hidden=args.hidden, noise_std=args.noise_std, epochs=args.epochs, lr=args.lr, seed=args.seed
+    )
     curve = noise_curve(dae, data.zeros_eval, levels, seed=args.seed)
     su = seen_unseen(dae, data.zeros_eval, data.ones_eval)
     figs = Path(args.out_figures)
@@ -65,14 +71,21 @@ def main(argv: list[str] | None = None) -> int:
     plot_noise_curve(curve, str(figs / "emma_digits_noise.png"))
     plot_seen_unseen(su, str(figs / "emma_digits_seen_unseen.png"))
     diffs = [b - a for a, b in zip(curve["mean"], curve["mean"][1:])]
-    out = {"experiment": "EMMA Experiment 2 (digits)", "source": data.source,
-           "n_train_zeros": int(len(data.zeros_train)), "dae": fit, "noise_curve": curve,
-           "noise_curve_monotone": all(d > 0 for d in diffs),
-           "seen_vs_unseen": {k: su[k] for k in ("auc", "mean_zero", "mean_one", "n_zero", "n_one")}}
+    out = {
+        "experiment": "EMMA Experiment 2 (digits)",
+        "source": data.source,
+        "n_train_zeros": int(len(data.zeros_train)),
+        "dae": fit,
+        "noise_curve": curve,
+        "noise_curve_monotone": all(d > 0 for d in diffs),
+        "seen_vs_unseen": {k: su[k] for k in ("auc", "mean_zero", "mean_one", "n_zero", "n_one")},
+    }
     Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
     print(f"source {data.source}: {len(data.zeros_train)} training zeros; fit {fit['fit_seconds']:.1f}s")
     print("noise -> mean V:", ", ".join(f"{s:g}: {m:.2f}" for s, m in zip(curve["levels"], curve["mean"])))
-    print(f"seen 0 mean V {su['mean_zero']:.2f}, unseen 1 mean V {su['mean_one']:.2f}, ROC-AUC {su['auc']:.3f}")
+    print(
+        f"seen 0 mean V {su['mean_zero']:.2f}, unseen 1 mean V {su['mean_one']:.2f}, ROC-AUC {su['auc']:.3f}"
+    )
     return 0
 
 

@@ -22,7 +22,9 @@ ROOT = ROOT_DIR  # the one root locator (MMFUSION_ROOT overrides it)
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("overrides", nargs="*", help="OmegaConf dot-list overrides of configs/data/manifolds.yaml")
+    ap.add_argument(
+        "overrides", nargs="*", help="OmegaConf dot-list overrides of configs/data/manifolds.yaml"
+    )
     ap.add_argument("--config", default=str(ROOT / "configs/data/manifolds.yaml"))
     ap.add_argument("--hidden", type=int, default=8)
     ap.add_argument("--noise-std", type=float, default=0.05, help="DAE corruption std sigma_n (Eq. 5)")
@@ -44,24 +46,41 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = OmegaConf.merge(OmegaConf.load(args.config), OmegaConf.from_dotlist(args.overrides))
         data = instantiate(cfg)
-        results = [run_manifold(data, k, hidden=args.hidden, noise_std=args.noise_std, epochs=args.epochs,
-                                lr=args.lr, grid=args.grid, off_distance=args.off_distance, seed=args.seed)
-                   for k in data.kinds]
+        results = [
+            run_manifold(
+                data,
+                k,
+                hidden=args.hidden,
+                noise_std=args.noise_std,
+                epochs=args.epochs,
+                lr=args.lr,
+                grid=args.grid,
+                off_distance=args.off_distance,
+                seed=args.seed,
+            )
+            for k in data.kinds
+        ]
     except MMFusionError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     for p in (args.figure, args.json):
         Path(p).parent.mkdir(parents=True, exist_ok=True)
     plot_results(results, args.figure)
-    out = {"experiment": "EMMA Experiment 1 (2-D manifolds)", "data": OmegaConf.to_container(cfg),
-           "figure": str(Path(args.figure).relative_to(ROOT)) if Path(args.figure).is_relative_to(ROOT)
-           else args.figure,
-           "manifolds": {r.kind: r.stats for r in results}}
+    out = {
+        "experiment": "EMMA Experiment 1 (2-D manifolds)",
+        "data": OmegaConf.to_container(cfg),
+        "figure": str(Path(args.figure).relative_to(ROOT))
+        if Path(args.figure).is_relative_to(ROOT)
+        else args.figure,
+        "manifolds": {r.kind: r.stats for r in results},
+    }
     Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
     for r in results:
         s = r.stats
-        print(f"{r.kind:7s} V on {s['mean_potential_on']:.3f}  V off {s['mean_potential_off']:.3f}  "
-              f"AUC {s['auc_on_vs_off']:.3f}  loss {s['final_train_loss']:.4f}")
+        print(
+            f"{r.kind:7s} V on {s['mean_potential_on']:.3f}  V off {s['mean_potential_off']:.3f}  "
+            f"AUC {s['auc_on_vs_off']:.3f}  loss {s['final_train_loss']:.4f}"
+        )
     return 0
 
 

@@ -36,12 +36,27 @@ def run_one(model: str, data: str, seed: int, extra: list[str]) -> Path:
     out = RUNS / f"{model}_{data}_s{seed}"
     if (out / "metrics.json").is_file():
         return out
-    cmd = [sys.executable, str(ROOT / "train.py"), "experiment=emma_pipeline", f"model={model}", f"data={data}",
-           f"seed={seed}", "stage.control=true", "logger=csv", "trainer.enable_progress_bar=false",
-           f"hydra.run.dir={out}", *extra]
+    cmd = [
+        sys.executable,
+        str(ROOT / "train.py"),
+        "experiment=emma_pipeline",
+        f"model={model}",
+        f"data={data}",
+        f"seed={seed}",
+        "stage.control=true",
+        "logger=csv",
+        "trainer.enable_progress_bar=false",
+        f"hydra.run.dir={out}",
+        *extra,
+    ]
     t0 = time.time()
-    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
-                         env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
+    res = subprocess.run(
+        cmd,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")},
+    )
     if res.returncode != 0:
         print(res.stdout[-2000:], res.stderr[-4000:], file=sys.stderr)
         raise SystemExit(f"run failed: {' '.join(cmd)}")
@@ -64,33 +79,54 @@ def aggregate(dirs: list[Path]) -> dict:
             if row not in runs[0]["summary"]:
                 continue
             vals = {c: [r["summary"][row][c] for r in runs] for c in cols}
-            entry["rows"][row] = {c: {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if len(v) > 1
-                                      else 0.0} for c, v in vals.items()}
+            entry["rows"][row] = {
+                c: {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0}
+                for c, v in vals.items()
+            }
         rob = [r["finetune"]["robustness"]["emma"] for r in runs]
         for spec in rob[0]:
             if "alpha" in rob[0][spec]:
-                entry["alpha"][spec] = {m: float(np.mean([r[spec]["alpha"][m] for r in rob]))
-                                        for m in rob[0][spec]["alpha"]}
+                entry["alpha"][spec] = {
+                    m: float(np.mean([r[spec]["alpha"][m] for r in rob])) for m in rob[0][spec]["alpha"]
+                }
         table[name] = entry
     return table
 
 
 def markdown(table: dict, extra: list[str]) -> str:
-    lines = ["# EMMA robustness (test split; mean ± std over seeds)", "",
-             f"Command per seed: `train.py experiment=emma_pipeline model=<m> data=<d> seed=<s> stage.control=true "
-             f"{' '.join(extra)}`.", "baseline = reg=none model; control = baseline fine-tuned with the same injected "
-             "corruptions, no EMMA; emma = EMMA inserted and fine-tuned the same way.", ""]
+    lines = [
+        "# EMMA robustness (test split; mean ± std over seeds)",
+        "",
+        f"Command per seed: `train.py experiment=emma_pipeline model=<m> data=<d> seed=<s> stage.control=true "
+        f"{' '.join(extra)}`.",
+        "baseline = reg=none model; control = baseline fine-tuned with the same injected "
+        "corruptions, no EMMA; emma = EMMA inserted and fine-tuned the same way.",
+        "",
+    ]
     for name, e in table.items():
-        lines += [f"## {name} ({e['n_seeds']} seeds, {e['metric']}; lower is better)" if e["metric"] == "MAE" else
-                  f"## {name} ({e['n_seeds']} seeds, {e['metric']})", "",
-                  "| model | " + " | ".join(e["columns"]) + " |", "|---|" + "---|" * len(e["columns"])]
+        lines += [
+            f"## {name} ({e['n_seeds']} seeds, {e['metric']}; lower is better)"
+            if e["metric"] == "MAE"
+            else f"## {name} ({e['n_seeds']} seeds, {e['metric']})",
+            "",
+            "| model | " + " | ".join(e["columns"]) + " |",
+            "|---|" + "---|" * len(e["columns"]),
+        ]
         for row, vals in e["rows"].items():
-            lines.append(f"| {row} | " + " | ".join(f"{vals[c]['mean']:.3f} ± {vals[c]['std']:.3f}"
-                                                  for c in e["columns"]) + " |")
+            lines.append(
+                f"| {row} | "
+                + " | ".join(f"{vals[c]['mean']:.3f} ± {vals[c]['std']:.3f}" for c in e["columns"])
+                + " |"
+            )
         if e["alpha"]:
             mods = list(next(iter(e["alpha"].values())))
-            lines += ["", "EMMA importance weights α (mean over test samples and seeds):", "",
-                      "| condition | " + " | ".join(mods) + " |", "|---|" + "---|" * len(mods)]
+            lines += [
+                "",
+                "EMMA importance weights α (mean over test samples and seeds):",
+                "",
+                "| condition | " + " | ".join(mods) + " |",
+                "|---|" + "---|" * len(mods),
+            ]
             for spec, a in e["alpha"].items():
                 lines.append(f"| {spec} | " + " | ".join(f"{a[m]:.3f}" for m in mods) + " |")
         lines.append("")
@@ -109,14 +145,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.aggregate_only:
         dirs = sorted(p.parent for p in RUNS.glob("*/metrics.json"))
     else:
-        dirs = [run_one(m, d, int(s), args.extra) for m in args.models.split(",") for d in args.data.split(",")
-                for s in args.seeds.split(",")]
+        dirs = [
+            run_one(m, d, int(s), args.extra)
+            for m in args.models.split(",")
+            for d in args.data.split(",")
+            for s in args.seeds.split(",")
+        ]
     if not dirs:
         print("no runs found", file=sys.stderr)
         return 2
     table = aggregate(dirs)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out + ".json").write_text(json.dumps({"extra_overrides": args.extra, "table": table}, indent=2) + "\n")
+    Path(args.out + ".json").write_text(
+        json.dumps({"extra_overrides": args.extra, "table": table}, indent=2) + "\n"
+    )
     Path(args.out + ".md").write_text(markdown(table, args.extra))
     print(markdown(table, args.extra))
     return 0

@@ -20,8 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-TORCHVISION_MESSAGE = ("extract_grid_features needs torchvision, which is not installed: "
-                       "pip install 'mmfusion[vision]' (or torchvision matching your torch)")
+TORCHVISION_MESSAGE = (
+    "extract_grid_features needs torchvision, which is not installed: "
+    "pip install 'mmfusion[vision]' (or torchvision matching your torch)"
+)
 
 
 def import_torchvision():
@@ -36,8 +38,10 @@ def import_torchvision():
 def image_id(path: Path) -> int:
     digits = path.stem.rsplit("_", 1)[-1]
     if not digits.isdigit():
-        raise SystemExit(f"extract_grid_features: cannot parse an image id from {path.name} "
-                         f"(expected COCO_<split>_<id>.jpg or <id>.jpg)")
+        raise SystemExit(
+            f"extract_grid_features: cannot parse an image id from {path.name} "
+            f"(expected COCO_<split>_<id>.jpg or <id>.jpg)"
+        )
     return int(digits)
 
 
@@ -48,8 +52,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", type=int, default=448)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--device", default="cuda")
-    ap.add_argument("--weights", default=None, help="a ResNet-152 state_dict (.pth); default: torchvision's "
-                                                     "IMAGENET1K_V1 from the local torch cache")
+    ap.add_argument(
+        "--weights",
+        default=None,
+        help="a ResNet-152 state_dict (.pth); default: torchvision's "
+        "IMAGENET1K_V1 from the local torch cache",
+    )
     ap.add_argument("--download", action="store_true", help="allow torchvision to download the weights")
     ap.add_argument("--dtype", default="float16", choices=["float16", "float32"])
     args = ap.parse_args(argv)
@@ -70,19 +78,22 @@ def main(argv: list[str] | None = None) -> int:
         if not args.download:
             cached = Path(torch.hub.get_dir()) / "checkpoints"
             if not any(cached.glob("resnet152-*.pth")):
-                raise SystemExit(f"extract_grid_features: no ResNet-152 weights in {cached}; pass --weights or "
-                                 f"--download")
+                raise SystemExit(
+                    f"extract_grid_features: no ResNet-152 weights in {cached}; pass --weights or --download"
+                )
         net = tv.models.resnet152(weights=tv.models.ResNet152_Weights.IMAGENET1K_V1)
     body = torch.nn.Sequential(*list(net.children())[:-2]).eval().to(args.device)
-    tf = tv.transforms.Compose([
-        tv.transforms.Resize((args.size, args.size)),
-        tv.transforms.ToTensor(),
-        tv.transforms.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]),
-    ])
+    tf = tv.transforms.Compose(
+        [
+            tv.transforms.Resize((args.size, args.size)),
+            tv.transforms.ToTensor(),
+            tv.transforms.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]),
+        ]
+    )
     ids, feats = [], []
     with torch.inference_mode():
         for i in range(0, len(files), args.batch_size):
-            chunk = files[i: i + args.batch_size]
+            chunk = files[i : i + args.batch_size]
             x = torch.stack([tf(Image.open(p).convert("RGB")) for p in chunk]).to(args.device)
             f = body(x)  # (B, 2048, h, w)
             feats.append(f.flatten(2).transpose(1, 2).float().cpu().numpy())  # (B, h*w, 2048), row-major

@@ -31,12 +31,27 @@ import yaml
 from mmfusion.utils.report import write_csv
 
 HERE = Path(__file__).resolve().parent
-SENTIMENT = [("Acc-7", "Mult_acc_7", 100), ("Acc-2 has0", "Has0_acc_2", 100), ("Acc-2 non0", "Non0_acc_2", 100),
-             ("F1 has0", "Has0_F1_score", 100), ("F1 non0", "Non0_F1_score", 100), ("MAE", "MAE", 1),
-             ("Corr", "Corr", 1)]
+SENTIMENT = [
+    ("Acc-7", "Mult_acc_7", 100),
+    ("Acc-2 has0", "Has0_acc_2", 100),
+    ("Acc-2 non0", "Non0_acc_2", 100),
+    ("F1 has0", "Has0_F1_score", 100),
+    ("F1 non0", "Non0_F1_score", 100),
+    ("MAE", "MAE", 1),
+    ("Corr", "Corr", 1),
+]
 GROUP_KEYS = ("model", "reg", "data")
-IGNORED_OVERRIDES = ("seed", "hydra", "paths", "logger", "callbacks", "trainer.enable_progress_bar", "tags",
-                     "hparams_search", "ckpt_path")
+IGNORED_OVERRIDES = (
+    "seed",
+    "hydra",
+    "paths",
+    "logger",
+    "callbacks",
+    "trainer.enable_progress_bar",
+    "tags",
+    "hparams_search",
+    "ckpt_path",
+)
 
 
 class TableError(Exception):
@@ -49,8 +64,9 @@ def _override_items(overrides: Iterable[str]) -> dict[str, str]:
     for o in overrides:
         key, _, value = str(o).partition("=")
         key = key.lstrip("+~")
-        if key in GROUP_KEYS or any(key == k or key.startswith(k + ".") or key.startswith(k + "/")
-                                    for k in IGNORED_OVERRIDES):
+        if key in GROUP_KEYS or any(
+            key == k or key.startswith(k + ".") or key.startswith(k + "/") for k in IGNORED_OVERRIDES
+        ):
             continue
         out[key] = value
     return out
@@ -73,15 +89,23 @@ def read_run(run_dir: Path, split: str) -> dict[str, Any] | None:
         overrides = list(h.get("overrides", {}).get("task", []) or [])
     if (hydra_dir / "config.yaml").is_file():
         seed = yaml.safe_load((hydra_dir / "config.yaml").read_text()).get("seed")
-    return {"dir": str(run_dir), "model": str(choices.get("model", "?")), "reg": str(choices.get("reg", "?")),
-            "data": str(choices.get("data", "?")), "seed": seed, "overrides": _override_items(overrides),
-            "metrics": metrics}
+    return {
+        "dir": str(run_dir),
+        "model": str(choices.get("model", "?")),
+        "reg": str(choices.get("reg", "?")),
+        "data": str(choices.get("data", "?")),
+        "seed": seed,
+        "overrides": _override_items(overrides),
+        "metrics": metrics,
+    }
 
 
 def collect_folder(folder: Path, split: str) -> list[dict[str, Any]]:
     if not folder.exists():
         raise TableError(f"{folder}: no such folder")
-    files = [f for f in sorted(folder.rglob("metrics.json")) if f.parent.parent.name != "eval"]  # eval.py's results
+    files = [
+        f for f in sorted(folder.rglob("metrics.json")) if f.parent.parent.name != "eval"
+    ]  # eval.py's results
     runs = [r for f in files if (r := read_run(f.parent, split)) is not None]
     if not runs:
         raise TableError(f"{folder}: no run with metrics.json (split {split!r}) below this folder")
@@ -92,18 +116,29 @@ def collect_wandb(spec: str, split: str) -> list[dict[str, Any]]:
     """``wandb:<entity>/<project>:<group>`` through the W&B API (needs network and a login)."""
     import wandb
 
-    path, _, group = spec[len("wandb:"):].partition(":")
+    path, _, group = spec[len("wandb:") :].partition(":")
     if not path or not group:
         raise TableError(f"{spec}: expected wandb:<entity>/<project>:<group>")
     runs = []
     for r in wandb.Api().runs(path, filters={"group": group}):
         tags = dict(t.split(":", 1) for t in r.tags if ":" in t)
-        metrics = {k.split("/", 1)[1]: v for k, v in r.summary.items()
-                   if k.startswith(f"{split}/") and isinstance(v, (int, float))}
+        metrics = {
+            k.split("/", 1)[1]: v
+            for k, v in r.summary.items()
+            if k.startswith(f"{split}/") and isinstance(v, (int, float))
+        }
         if metrics:
-            runs.append({"dir": r.url, "model": tags.get("model", "?"), "reg": tags.get("reg", "?"),
-                         "data": tags.get("data", "?"), "seed": r.config.get("seed"), "overrides": {},
-                         "metrics": metrics})
+            runs.append(
+                {
+                    "dir": r.url,
+                    "model": tags.get("model", "?"),
+                    "reg": tags.get("reg", "?"),
+                    "data": tags.get("data", "?"),
+                    "seed": r.config.get("seed"),
+                    "overrides": {},
+                    "metrics": metrics,
+                }
+            )
     if not runs:
         raise TableError(f"{spec}: no run with {split}/* metrics in this group")
     return runs
@@ -115,14 +150,19 @@ def columns_for(runs: list[dict[str, Any]]) -> list[tuple[str, str, float]]:
     if "MAE" in keys and "Corr" in keys:
         return [c for c in SENTIMENT if c[1] in keys]
     if "vqa_acc" in keys:
-        return [("VQA acc", "vqa_acc", 1)] + [(f"VQA {k[8:]}", k, 1) for k in sorted(keys) if k.startswith("vqa_acc_")]
+        return [("VQA acc", "vqa_acc", 1)] + [
+            (f"VQA {k[8:]}", k, 1) for k in sorted(keys) if k.startswith("vqa_acc_")
+        ]
     return [(k, k, 1) for k in sorted(keys) if k != "loss"]
 
 
-def aggregate(runs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[tuple[str, str, float]], list[str]]:
+def aggregate(
+    runs: list[dict[str, Any]],
+) -> tuple[list[dict[str, Any]], list[tuple[str, str, float]], list[str]]:
     """Group runs; return rows with per-column (mean, std, n), the columns and the variant keys."""
-    varying = sorted({k for r in runs for k in r["overrides"]
-                      if len({str(x["overrides"].get(k)) for x in runs}) > 1})
+    varying = sorted(
+        {k for r in runs for k in r["overrides"] if len({str(x["overrides"].get(k)) for x in runs}) > 1}
+    )
     cols = columns_for(runs)
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for r in runs:
@@ -130,9 +170,15 @@ def aggregate(runs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[tu
         groups.setdefault(key, []).append(r)
     rows = []
     for key, rs in groups.items():
-        row: dict[str, Any] = {"model": key[0], "reg": key[1], "data": key[2],
-                               "variant": " ".join(f"{k}={v}" for k, v in zip(varying, key[3:])),
-                               "seeds": sorted((r["seed"] for r in rs), key=str), "n": len(rs), "stats": {}}
+        row: dict[str, Any] = {
+            "model": key[0],
+            "reg": key[1],
+            "data": key[2],
+            "variant": " ".join(f"{k}={v}" for k, v in zip(varying, key[3:])),
+            "seeds": sorted((r["seed"] for r in rs), key=str),
+            "n": len(rs),
+            "stats": {},
+        }
         for name, k, scale in cols:
             vals = np.array([float(r["metrics"][k]) * scale for r in rs], dtype=float)
             std = float(vals.std(ddof=1)) if len(vals) > 1 else float("nan")
@@ -156,8 +202,16 @@ def published_rows(rows: list[dict[str, Any]], path: Path) -> list[dict[str, Any
     for p in pub["rows"]:
         if (p["data"], p["model"], p["reg"]) in have:
             vals = dict(zip(pub["columns"], p["values"]))
-            out.append({"model": p["model"], "reg": p["reg"], "data": p["data"], "source": p["source"],
-                        "paper_model": p["paper_model"], "values": vals})
+            out.append(
+                {
+                    "model": p["model"],
+                    "reg": p["reg"],
+                    "data": p["data"],
+                    "source": p["source"],
+                    "paper_model": p["paper_model"],
+                    "values": vals,
+                }
+            )
     return out
 
 
@@ -180,11 +234,22 @@ def render(rows, cols, published=None) -> tuple[str, list[dict[str, Any]]]:
     records = []
     scale = {c[0]: c[2] for c in cols}
     for r in rows:
-        cells = ["ours", r["data"], r["model"], r["reg"]] + ([r["variant"]] if has_variant else []) + [str(r["n"])]
+        cells = (
+            ["ours", r["data"], r["model"], r["reg"]]
+            + ([r["variant"]] if has_variant else [])
+            + [str(r["n"])]
+        )
         cells += [fmt(*r["stats"][n][:2], scale[n]) for n in names] + (["—"] if pub_col else [])
         lines.append("| " + " | ".join(cells) + " |")
-        rec = {"source": "ours", "data": r["data"], "model": r["model"], "reg": r["reg"], "variant": r["variant"],
-               "n_seeds": r["n"], "seeds": " ".join(map(str, r["seeds"]))}
+        rec = {
+            "source": "ours",
+            "data": r["data"],
+            "model": r["model"],
+            "reg": r["reg"],
+            "variant": r["variant"],
+            "n_seeds": r["n"],
+            "seeds": " ".join(map(str, r["seeds"])),
+        }
         for n in names:
             rec[f"{n} mean"], rec[f"{n} std"] = r["stats"][n][0], r["stats"][n][1]
         records.append(rec)
@@ -192,11 +257,22 @@ def render(rows, cols, published=None) -> tuple[str, list[dict[str, Any]]]:
         v = p["values"]
         paper = {"Acc-7": f"{v['Acc_7']:.1f}", "MAE": f"{v['MAE']:.2f}", "Corr": f"{v['Corr']:.2f}"}
         cells = [f"published: {p['source']}", p["data"], f"{p['model']} ({p['paper_model']})", p["reg"]]
-        cells += ([""] if has_variant else []) + ["—"] + [paper.get(n, "—") for n in names] + [f"{v['Acc_2']:.1f}"]
+        cells += (
+            ([""] if has_variant else []) + ["—"] + [paper.get(n, "—") for n in names] + [f"{v['Acc_2']:.1f}"]
+        )
         lines.append("| " + " | ".join(cells) + " |")
-        records.append({"source": f"published: {p['source']}", "data": p["data"], "model": p["model"],
-                        "reg": p["reg"], "Acc-7 mean": v["Acc_7"], "Acc-2 (paper) mean": v["Acc_2"],
-                        "MAE mean": v["MAE"], "Corr mean": v["Corr"]})
+        records.append(
+            {
+                "source": f"published: {p['source']}",
+                "data": p["data"],
+                "model": p["model"],
+                "reg": p["reg"],
+                "Acc-7 mean": v["Acc_7"],
+                "Acc-2 (paper) mean": v["Acc_2"],
+                "MAE mean": v["MAE"],
+                "Corr mean": v["Corr"],
+            }
+        )
     return "\n".join(lines) + "\n", records
 
 
@@ -204,15 +280,22 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("sources", nargs="+", help="multirun/run folders, or wandb:<entity>/<project>:<group>")
     ap.add_argument("--split", default="test", choices=["test", "val"])
-    ap.add_argument("--out", default=None, help="output prefix (writes <out>.md and <out>.csv); default: "
-                                                 "<first folder>/table")
+    ap.add_argument(
+        "--out",
+        default=None,
+        help="output prefix (writes <out>.md and <out>.csv); default: <first folder>/table",
+    )
     ap.add_argument("--published", action="store_true", help="add the seed papers' numbers (labelled)")
     ap.add_argument("--title", default=None)
     args = ap.parse_args(argv)
     try:
         runs = []
         for s in args.sources:
-            runs += collect_wandb(s, args.split) if s.startswith("wandb:") else collect_folder(Path(s), args.split)
+            runs += (
+                collect_wandb(s, args.split)
+                if s.startswith("wandb:")
+                else collect_folder(Path(s), args.split)
+            )
         rows, cols, _ = aggregate(runs)
         pub = published_rows(rows, HERE / "published_results.json") if args.published else None
         md, records = render(rows, cols, pub)
@@ -226,12 +309,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.published:
         missing, covered = without_published(rows, HERE / "published_results.json")
         if missing:
-            note = (f"No published numbers apply to {', '.join(missing)} (data/model/reg); "
-                    f"scripts/published_results.json has {', '.join(covered)}.")
+            note = (
+                f"No published numbers apply to {', '.join(missing)} (data/model/reg); "
+                f"scripts/published_results.json has {', '.join(covered)}."
+            )
             text += f"\n{note}\n"
             print(f"--published: {note}", file=sys.stderr)
-    out = Path(args.out) if args.out else (Path(args.sources[0]) / "table" if not args.sources[0].startswith("wandb:")
-                                          else Path("table"))
+    out = (
+        Path(args.out)
+        if args.out
+        else (Path(args.sources[0]) / "table" if not args.sources[0].startswith("wandb:") else Path("table"))
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".md").write_text(text)
     write_csv(out.with_suffix(".csv"), records)

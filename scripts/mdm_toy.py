@@ -60,23 +60,43 @@ def run(args: argparse.Namespace) -> dict:
     rows = []
     for rho in rhos:
         lo, hi = w1_bounds(args.dim, args.views, rho)
-        row = {"rho": rho, "truth_tc": total_correlation(args.dim, args.views, rho), "w1_lower": lo, "w1_upper": hi}
+        row = {
+            "rho": rho,
+            "truth_tc": total_correlation(args.dim, args.views, rho),
+            "w1_lower": lo,
+            "w1_upper": hi,
+        }
         for name in measures:
             torch.manual_seed(args.seed)
             kw = dict(MEASURES[name])
             if name == "infonce":
                 kw["n_negatives"] = args.negatives
-            est = DependencyEstimator([args.dim] * args.views, hidden=args.hidden, layers=2, normalize="none", **kw)
+            est = DependencyEstimator(
+                [args.dim] * args.views, hidden=args.hidden, layers=2, normalize="none", **kw
+            )
             betas = (0.5, 0.9) if name == "wasserstein_gp" else (0.9, 0.999)
             t0 = time.perf_counter()
-            res = train_estimator(est, args.dim, args.views, rho, steps=args.steps, batch=args.batch, lr=args.lr,
-                                  betas=betas, eval_batches=args.eval_batches, seed=args.seed + int(rho * 1000))
+            res = train_estimator(
+                est,
+                args.dim,
+                args.views,
+                rho,
+                steps=args.steps,
+                batch=args.batch,
+                lr=args.lr,
+                betas=betas,
+                eval_batches=args.eval_batches,
+                seed=args.seed + int(rho * 1000),
+            )
             row[name] = res["estimate"]
             row[f"{name}_std"] = res["std"]
             row[f"{name}_seconds"] = time.perf_counter() - t0
         rows.append(row)
-    return {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-            "infonce_cap": math.log(args.negatives + 1), "rows": rows}
+    return {
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "infonce_cap": math.log(args.negatives + 1),
+        "rows": rows,
+    }
 
 
 def plot(result: dict, path: Path) -> None:
@@ -92,26 +112,47 @@ def plot(result: dict, path: Path) -> None:
     a.plot(rho, tc, "k-", lw=2, label="ground truth TC")
     for name, style in (("kl", "o-"), ("f", "s-"), ("infonce", "^-")):
         if name in rows[0]:
-            a.errorbar(rho, [r[name] for r in rows], yerr=[r[f"{name}_std"] for r in rows], fmt=style,
-                       capsize=2, label={"kl": "MDM_KL (DV, MINE grad.)", "f": "MDM_f (NWJ)",
-                                         "infonce": "InfoNCE"}[name])
+            a.errorbar(
+                rho,
+                [r[name] for r in rows],
+                yerr=[r[f"{name}_std"] for r in rows],
+                fmt=style,
+                capsize=2,
+                label={"kl": "MDM_KL (DV, MINE grad.)", "f": "MDM_f (NWJ)", "infonce": "InfoNCE"}[name],
+            )
     if "infonce" in rows[0]:
         a.axhline(result["infonce_cap"], color="gray", ls=":", label="log(K+1)")
     a.set_xlabel("correlation rho")
     a.set_ylabel("nats")
     a.set_title("KL-type measures vs total correlation")
     a.legend(fontsize=8)
-    b.fill_between(rho, [r["w1_lower"] for r in rows], [r["w1_upper"] for r in rows], color="0.85",
-                   label="W1 bracket [lower, W2]")
-    for name, style, lab in (("wasserstein", "o-", "MDM_W, spectral norm"), ("wasserstein_gp", "s-", "MDM_W, GP")):
+    b.fill_between(
+        rho,
+        [r["w1_lower"] for r in rows],
+        [r["w1_upper"] for r in rows],
+        color="0.85",
+        label="W1 bracket [lower, W2]",
+    )
+    for name, style, lab in (
+        ("wasserstein", "o-", "MDM_W, spectral norm"),
+        ("wasserstein_gp", "s-", "MDM_W, GP"),
+    ):
         if name in rows[0]:
-            b.errorbar(rho, [r[name] for r in rows], yerr=[r[f"{name}_std"] for r in rows], fmt=style, capsize=2,
-                       label=lab)
+            b.errorbar(
+                rho,
+                [r[name] for r in rows],
+                yerr=[r[f"{name}_std"] for r in rows],
+                fmt=style,
+                capsize=2,
+                label=lab,
+            )
     b.set_xlabel("correlation rho")
     b.set_title("Wasserstein dependency vs its bracket")
     b.legend(fontsize=8)
     c = result["config"]
-    fig.suptitle(f"MDM toy: d={c['dim']}, M={c['views']} views, batch {c['batch']}, {c['steps']} critic steps")
+    fig.suptitle(
+        f"MDM toy: d={c['dim']}, M={c['views']} views, batch {c['batch']}, {c['steps']} critic steps"
+    )
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)

@@ -21,8 +21,18 @@ from mmfusion.train import train
 from mmfusion.utils.runtime import compose_train_cfg
 
 MODELS = ["ef_lstm", "tfn", "lfn", "mfn", "magbert"]
-REGS = ["none", "synergy_mmd", "synergy_kl", "mdm_kl", "mdm_f", "mdm_wasserstein", "contrastive", "dcca", "autoencoder",
-        "emma"]
+REGS = [
+    "none",
+    "synergy_mmd",
+    "synergy_kl",
+    "mdm_kl",
+    "mdm_f",
+    "mdm_wasserstein",
+    "contrastive",
+    "dcca",
+    "autoencoder",
+    "emma",
+]
 SMALL = {
     "tfn": ["model.hidden=8", "model.text_hidden=32", "model.text_out=8", "model.post_fusion_dim=32"],
     "lfn": ["model.hidden=16", "model.text_hidden=32", "model.text_out=16"],
@@ -30,13 +40,25 @@ SMALL = {
     "ef_lstm": ["model.hidden=64", "model.proj_dim=32"],
     "magbert": ["model.bert_layers=2", "data.max_tokens=24"],
 }
-SYNTH = ["data.n_train=512", "data.n_valid=128", "data.n_test=256", "data.seq_len=12", "data.min_len=4",
-         "data.dims={text:32,audio:16,vision:16}"]
+SYNTH = [
+    "data.n_train=512",
+    "data.n_valid=128",
+    "data.n_test=256",
+    "data.seq_len=12",
+    "data.min_len=4",
+    "data.dims={text:32,audio:16,vision:16}",
+]
 
 
 def cell(model: str, reg: str, data: str, epochs: int, out_dir: Path) -> dict:
-    ov = [f"model={model}", f"data={data}", f"trainer.max_epochs={epochs}", "logger=none",
-          "trainer.enable_progress_bar=false", "trainer.accelerator=cpu"]
+    ov = [
+        f"model={model}",
+        f"data={data}",
+        f"trainer.max_epochs={epochs}",
+        "logger=none",
+        "trainer.enable_progress_bar=false",
+        "trainer.accelerator=cpu",
+    ]
     ov += SMALL.get(model, []) + (SYNTH if data == "synthetic" else [])
     ov += ["experiment=emma_pipeline"] if reg == "emma" else [f"reg={reg}"]
     t0 = time.time()
@@ -48,12 +70,22 @@ def cell(model: str, reg: str, data: str, epochs: int, out_dir: Path) -> dict:
                 if isinstance(v, dict) and isinstance(v.get("test"), dict):
                     test = v["test"]
         ok = bool(test) and all(math.isfinite(float(v)) for v in test.values() if isinstance(v, (int, float)))
-        return {"model": model, "reg": reg, "ok": ok, "seconds": round(time.time() - t0, 1),
-                "test": {k: test[k] for k in ("MAE", "Corr", "Has0_acc_2") if k in test}}
+        return {
+            "model": model,
+            "reg": reg,
+            "ok": ok,
+            "seconds": round(time.time() - t0, 1),
+            "test": {k: test[k] for k in ("MAE", "Corr", "Has0_acc_2") if k in test},
+        }
     except Exception as e:  # recorded, not hidden: the table shows the error
-        return {"model": model, "reg": reg, "ok": False, "seconds": round(time.time() - t0, 1),
-                "error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}",
-                "trace": traceback.format_exc()[-1500:]}
+        return {
+            "model": model,
+            "reg": reg,
+            "ok": False,
+            "seconds": round(time.time() - t0, 1),
+            "error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}",
+            "trace": traceback.format_exc()[-1500:],
+        }
 
 
 def main() -> None:
@@ -72,10 +104,16 @@ def main() -> None:
                 print(json.dumps({k: v for k, v in rows[-1].items() if k != "trace"}), flush=True)
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"data": a.data, "epochs": a.epochs, "rows": rows}, indent=1))
+    out.with_suffix(".json").write_text(
+        json.dumps({"data": a.data, "epochs": a.epochs, "rows": rows}, indent=1)
+    )
     regs = a.regs.split(",")
-    lines = [f"Models x plug-ins, data={a.data}, {a.epochs} epochs (test MAE / Has0_acc_2; `ERR` = failed)", "",
-             "| model | " + " | ".join(regs) + " |", "|---|" + "---|" * len(regs)]
+    lines = [
+        f"Models x plug-ins, data={a.data}, {a.epochs} epochs (test MAE / Has0_acc_2; `ERR` = failed)",
+        "",
+        "| model | " + " | ".join(regs) + " |",
+        "|---|" + "---|" * len(regs),
+    ]
     for m in a.models.split(","):
         cells = []
         for r in regs:

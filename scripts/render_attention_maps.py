@@ -33,8 +33,12 @@ from mmfusion.attention.plugin import ContinuousAttention  # noqa: E402
 from mmfusion.errors import MMFusionError  # noqa: E402
 
 KINDS = {"cont_softmax": "softmax", "cont_sparsemax": "sparsemax", "mca": "mca"}
-TITLES = {"discrete": "discrete", "cont_softmax": "continuous softmax", "cont_sparsemax": "continuous sparsemax",
-          "mca": "MCA"}
+TITLES = {
+    "discrete": "discrete",
+    "cont_softmax": "continuous softmax",
+    "cont_sparsemax": "continuous sparsemax",
+    "mca": "MCA",
+}
 
 
 def load(ckpt: str):
@@ -46,8 +50,11 @@ def load(ckpt: str):
 
 def pool_kind(pool: torch.nn.Module) -> str:
     name = type(pool).__name__
-    return {"ContinuousSoftmaxPool": "cont_softmax", "ContinuousSparsemaxPool": "cont_sparsemax",
-            "MCAPool": "mca"}.get(name, "discrete")
+    return {
+        "ContinuousSoftmaxPool": "cont_softmax",
+        "ContinuousSparsemaxPool": "cont_sparsemax",
+        "MCAPool": "mca",
+    }.get(name, "discrete")
 
 
 def with_kind(net, kind: str, mca_select: bool, mca_lam: float | None = None):
@@ -55,7 +62,9 @@ def with_kind(net, kind: str, mca_select: bool, mca_lam: float | None = None):
     old = net.pools["image"]
     if kind == "discrete":
         new = AttFlat(old.in_dim, getattr(old, "mid_dim", 512), old.out_dim, 1, 0.0, old.grid_shape)
-        new.load_state_dict({k: v for k, v in old.state_dict().items() if k in new.state_dict()}, strict=False)
+        new.load_state_dict(
+            {k: v for k, v in old.state_dict().items() if k in new.state_dict()}, strict=False
+        )
     else:
         kw = {"select_k": True} if (kind == "mca" and mca_select) else {}
         if kind == "mca" and mca_lam is not None:
@@ -116,16 +125,28 @@ def draw(ax, kind: str, pool, grid_shape, img: np.ndarray | None, res: int = 200
         rr, cc = torch.meshgrid(g, g, indexing="ij")
         t = torch.stack([rr.reshape(-1), cc.reshape(-1)], -1)
         dens = pool.density(t)[0].reshape(res, res).numpy()
-        ax.imshow(np.ma.masked_less_equal(dens, dens.max() * 1e-3), extent=(0, 1, 1, 0), cmap="jet", alpha=0.55)
+        ax.imshow(
+            np.ma.masked_less_equal(dens, dens.max() * 1e-3), extent=(0, 1, 1, 0), cmap="jet", alpha=0.55
+        )
         levels = np.linspace(dens.max() * 0.1, dens.max() * 0.9, 5)
         ax.contour(cc.numpy(), rr.numpy(), dens, levels=levels, colors="white", linewidths=0.8)
         prm = pool.last_params
-        if kind == "cont_sparsemax":  # zero-level contour of -lambda - 1/2 (t-mu)^T Sigma^-1 (t-mu): the support
+        if (
+            kind == "cont_sparsemax"
+        ):  # zero-level contour of -lambda - 1/2 (t-mu)^T Sigma^-1 (t-mu): the support
             mu, sigma = prm["mu"][0, 0].double(), prm["sigma"][0, 0].double()
             d = t - mu
-            f = 1.0 / math.sqrt(math.pi * float(det2(sigma).sqrt())) - 0.5 * torch.einsum("pi,ij,pj->p", d, inv2(sigma), d)
-            ax.contour(cc.numpy(), rr.numpy(), f.reshape(res, res).numpy(), levels=[0.0], colors="yellow",
-                       linewidths=2.5)
+            f = 1.0 / math.sqrt(math.pi * float(det2(sigma).sqrt())) - 0.5 * torch.einsum(
+                "pi,ij,pj->p", d, inv2(sigma), d
+            )
+            ax.contour(
+                cc.numpy(),
+                rr.numpy(),
+                f.reshape(res, res).numpy(),
+                levels=[0.0],
+                colors="yellow",
+                linewidths=2.5,
+            )
         if kind == "mca":
             keep = prm["pi"][0] > 1e-3
             m = prm["mu"][0][keep].numpy()
@@ -145,7 +166,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--question", default=None, help="replace the question text of the sample")
     p.add_argument("--kinds", nargs="+", default=None, choices=["discrete", *KINDS])
     p.add_argument("--mca-select", action="store_true", help="MCA panel = test-MCA (K chosen by Eq. 5.20)")
-    p.add_argument("--mca-lam", type=float, default=None, help="lambda of Eq. 5.20 for test-MCA (default: config)")
+    p.add_argument(
+        "--mca-lam", type=float, default=None, help="lambda of Eq. 5.20 for test-MCA (default: config)"
+    )
     p.add_argument("--image", default=None, help="background image (for grid-feature data)")
     p.add_argument("--out", default="docs/figures/attention")
     p.add_argument("--wandb-project", default=None)
@@ -165,7 +188,11 @@ def main(argv: list[str] | None = None) -> int:
                     batch = sample(dm, args.split, index, args.question)
                     with torch.no_grad():
                         pred = net(batch).prediction[0]
-                    ans = dm.answers[int(pred.argmax())] if getattr(dm, "answers", None) else str(int(pred.argmax()))
+                    ans = (
+                        dm.answers[int(pred.argmax())]
+                        if getattr(dm, "answers", None)
+                        else str(int(pred.argmax()))
+                    )
                     figs.append((kind, net.pools["image"], batch, ans))
             ncol = len(figs)
             fig, axes = plt.subplots(1, ncol, figsize=(3.2 * ncol, 3.6), squeeze=False)

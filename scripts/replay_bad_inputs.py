@@ -42,8 +42,16 @@ sys.path.insert(0, str(ROOT))
 SHARED_MOSI = ROOT.parent / "shared" / "data" / "mosi"
 OUT_JSON = ROOT / "docs" / "results" / "reliability_replay.json"
 
-TINY = ["data.n_train=128", "data.n_valid=32", "data.n_test=64", "data.seq_len=10", "data.min_len=3",
-        "trainer.max_epochs=2", "trainer.enable_progress_bar=false", "~callbacks.model_summary"]
+TINY = [
+    "data.n_train=128",
+    "data.n_valid=32",
+    "data.n_test=64",
+    "data.seq_len=10",
+    "data.min_len=3",
+    "trainer.max_epochs=2",
+    "trainer.enable_progress_bar=false",
+    "~callbacks.model_summary",
+]
 QUICK = ["trainer.max_epochs=1", "trainer.enable_progress_bar=false", "~callbacks.model_summary"]
 
 
@@ -51,13 +59,13 @@ QUICK = ["trainer.max_epochs=1", "trainer.enable_progress_bar=false", "~callback
 class Case:
     name: str
     group: str
-    args: list[str]                    # after `python`
-    expect: str                        # error | success | warning
+    args: list[str]  # after `python`
+    expect: str  # error | success | warning
     note: str = ""
     setup: Callable[[Path], None] | None = None
     check: Callable[[Path, subprocess.CompletedProcess], str | None] | None = None  # None = ok, else why not
     env: dict[str, str | None] = field(default_factory=dict)  # None removes the variable
-    warning: str = ""                  # substring of the expected warning (expect == warning)
+    warning: str = ""  # substring of the expected warning (expect == warning)
 
 
 # -- fixtures ------------------------------------------------------------------------------------------------------
@@ -93,7 +101,8 @@ def fx_word_label(work: Path) -> None:
 def fx_garbage(work: Path) -> None:
     root = _copy_mosi(work / "mosi_garbage")
     (root / "bclstm_utterance_features" / "audio" / "audio_train0.csv").write_bytes(
-        np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+        np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes()
+    )
 
 
 def fx_cut_row(work: Path) -> None:
@@ -137,7 +146,10 @@ def csd_args(work: Path) -> list[str]:
     root = work / "csd"
     names = {"text": "text.csd", "audio": "audio.csd", "vision": "vision.csd", "labels": "labels.csd"}
     return [f"data.sequences.{m}={root / names[m]}" for m in ("text", "audio", "vision")] + [
-        f"data.labels={root / names['labels']}", f"data.folds={root / 'folds.json'}", f"data.cache_dir={root / 'cache'}"]
+        f"data.labels={root / names['labels']}",
+        f"data.folds={root / 'folds.json'}",
+        f"data.cache_dir={root / 'cache'}",
+    ]
 
 
 def fx_base_run(work: Path) -> None:
@@ -173,6 +185,7 @@ def fx_optuna(work: Path) -> None:
 def no_metrics(run: str) -> Callable[[Path, subprocess.CompletedProcess], str | None]:
     def check(work: Path, proc: subprocess.CompletedProcess) -> str | None:
         return "metrics.json written from a diverged run" if (work / run / "metrics.json").exists() else None
+
     return check
 
 
@@ -195,6 +208,7 @@ def history_kept(work: Path, proc: subprocess.CompletedProcess) -> str | None:
 def output_has(text: str) -> Callable[[Path, subprocess.CompletedProcess], str | None]:
     def check(work: Path, proc: subprocess.CompletedProcess) -> str | None:
         return None if text in proc.stdout + proc.stderr else f"no {text!r} in the output"
+
     return check
 
 
@@ -203,21 +217,55 @@ def cases(work: Path) -> list[Case]:
     w = str(work)
     run = lambda name: f"hydra.run.dir={w}/runs/{name}"  # noqa: E731
     tr = ["train.py"]
-    opt = ["-m", "hparams_search=optuna_tpe", "hydra.sweeper.n_trials=1", f"paths.log_dir={w}/optuna_logs",
-           *TINY, "trainer.max_epochs=1"]
+    opt = [
+        "-m",
+        "hparams_search=optuna_tpe",
+        "hydra.sweeper.n_trials=1",
+        f"paths.log_dir={w}/optuna_logs",
+        *TINY,
+        "trainer.max_epochs=1",
+    ]
     out = [
         # 1. divergence
-        Case("div_lr_1e30", "divergence", [*tr, "optim.lr=1e30", *TINY, run("div_lr_1e30")], "error",
-             "NaN loss: used to exit 0 with a test table from NaN predictions", check=no_metrics("runs/div_lr_1e30")),
-        Case("div_lr_1e3", "divergence", [*tr, "optim.lr=1e3", *TINY, run("div_lr_1e3")], "warning",
-             "finite but exploding (MAE ~1e8): used to give no warning", warning="unusually large"),
-        Case("div_grid_sweep_one_job_diverges", "divergence", [*tr, "-m", "optim.lr=1e30,1e-3", *TINY,
-             f"hydra.sweep.dir={w}/sweeps/grid_diverged"], "error",
-             "the sweep goes on (job 1 finishes), then one line for the failed job", check=sweep_went_on),
-        Case("div_nan_label_mosi_index", "divergence", [*tr, "data=mosi_utterance", f"data.path={w}/mosi_nan_label",
-             *QUICK, run("nan_label")], "error", "NaN label in mosi_index.csv", setup=fx_nan_label),
-        Case("div_negative_lr", "divergence", [*tr, "optim.lr=-0.001", run("neg_lr")], "error",
-             "used to train by gradient ascent"),
+        Case(
+            "div_lr_1e30",
+            "divergence",
+            [*tr, "optim.lr=1e30", *TINY, run("div_lr_1e30")],
+            "error",
+            "NaN loss: used to exit 0 with a test table from NaN predictions",
+            check=no_metrics("runs/div_lr_1e30"),
+        ),
+        Case(
+            "div_lr_1e3",
+            "divergence",
+            [*tr, "optim.lr=1e3", *TINY, run("div_lr_1e3")],
+            "warning",
+            "finite but exploding (MAE ~1e8): used to give no warning",
+            warning="unusually large",
+        ),
+        Case(
+            "div_grid_sweep_one_job_diverges",
+            "divergence",
+            [*tr, "-m", "optim.lr=1e30,1e-3", *TINY, f"hydra.sweep.dir={w}/sweeps/grid_diverged"],
+            "error",
+            "the sweep goes on (job 1 finishes), then one line for the failed job",
+            check=sweep_went_on,
+        ),
+        Case(
+            "div_nan_label_mosi_index",
+            "divergence",
+            [*tr, "data=mosi_utterance", f"data.path={w}/mosi_nan_label", *QUICK, run("nan_label")],
+            "error",
+            "NaN label in mosi_index.csv",
+            setup=fx_nan_label,
+        ),
+        Case(
+            "div_negative_lr",
+            "divergence",
+            [*tr, "optim.lr=-0.001", run("neg_lr")],
+            "error",
+            "used to train by gradient ascent",
+        ),
         Case("div_zero_lr", "divergence", [*tr, "optim.lr=0", run("zero_lr")], "error"),
         Case("div_zero_epochs", "divergence", [*tr, "trainer.max_epochs=0", run("zero_ep")], "error"),
         Case("div_negative_batch_size", "divergence", [*tr, "data.batch_size=-8", run("neg_bs")], "error"),
@@ -227,71 +275,215 @@ def cases(work: Path) -> list[Case]:
         Case("val_lr_fast", "validation", [*tr, "optim.lr=fast", run("v3")], "error"),
         Case("val_seed_abc", "validation", [*tr, "seed=abc", run("v4")], "error"),
         Case("val_dropout_1.5", "validation", [*tr, "model.dropout=1.5", run("v5")], "error"),
-        Case("val_mcan_on_synthetic", "validation", [*tr, "model=mcan", "data=synthetic", run("v6")], "error"),
-        Case("val_mdm_weight_abc", "validation", [*tr, "reg=mdm_kl", "reg.mdm_kl.weight=abc", run("v7")], "error",
-             check=output_has("reg.mdm_kl.weight")),
-        Case("val_unknown_key", "validation", [*tr, "optim.lrr=1e-3", run("v8")], "error",
-             check=output_has("did you mean 'optim.lr'?")),
-        Case("val_ef_lstm_unaligned", "validation", [*tr, "model=ef_lstm", "data=mosi",
-             f"data.path={w}/mmsa/unaligned_50.pkl", *QUICK, run("v9")], "error",
-             "used to die with 'Sizes of tensors must match'", setup=fx_unaligned),
+        Case(
+            "val_mcan_on_synthetic", "validation", [*tr, "model=mcan", "data=synthetic", run("v6")], "error"
+        ),
+        Case(
+            "val_mdm_weight_abc",
+            "validation",
+            [*tr, "reg=mdm_kl", "reg.mdm_kl.weight=abc", run("v7")],
+            "error",
+            check=output_has("reg.mdm_kl.weight"),
+        ),
+        Case(
+            "val_unknown_key",
+            "validation",
+            [*tr, "optim.lrr=1e-3", run("v8")],
+            "error",
+            check=output_has("did you mean 'optim.lr'?"),
+        ),
+        Case(
+            "val_ef_lstm_unaligned",
+            "validation",
+            [*tr, "model=ef_lstm", "data=mosi", f"data.path={w}/mmsa/unaligned_50.pkl", *QUICK, run("v9")],
+            "error",
+            "used to die with 'Sizes of tensors must match'",
+            setup=fx_unaligned,
+        ),
         # readers and checkpoints
-        Case("reader_mosi_utterance_word_label", "readers", [*tr, "data=mosi_utterance",
-             f"data.path={w}/mosi_word_label", *QUICK, run("r1")], "error", setup=fx_word_label),
-        Case("reader_mosi_utterance_garbage", "readers", [*tr, "data=mosi_utterance", f"data.path={w}/mosi_garbage",
-             *QUICK, run("r2")], "error", setup=fx_garbage),
-        Case("reader_mosi_utterance_cut_row", "readers", [*tr, "data=mosi_utterance", f"data.path={w}/mosi_cut_row",
-             *QUICK, run("r3")], "error", setup=fx_cut_row),
-        Case("ckpt_truncated_eval", "readers", ["eval.py", f"ckpt_path={w}/truncated.ckpt", run("c1")], "error",
-             setup=fx_truncated),
-        Case("ckpt_truncated_resume", "readers", [*tr, f"ckpt_path={w}/truncated.ckpt", *TINY, run("c2")], "error",
-             setup=fx_truncated),
+        Case(
+            "reader_mosi_utterance_word_label",
+            "readers",
+            [*tr, "data=mosi_utterance", f"data.path={w}/mosi_word_label", *QUICK, run("r1")],
+            "error",
+            setup=fx_word_label,
+        ),
+        Case(
+            "reader_mosi_utterance_garbage",
+            "readers",
+            [*tr, "data=mosi_utterance", f"data.path={w}/mosi_garbage", *QUICK, run("r2")],
+            "error",
+            setup=fx_garbage,
+        ),
+        Case(
+            "reader_mosi_utterance_cut_row",
+            "readers",
+            [*tr, "data=mosi_utterance", f"data.path={w}/mosi_cut_row", *QUICK, run("r3")],
+            "error",
+            setup=fx_cut_row,
+        ),
+        Case(
+            "ckpt_truncated_eval",
+            "readers",
+            ["eval.py", f"ckpt_path={w}/truncated.ckpt", run("c1")],
+            "error",
+            setup=fx_truncated,
+        ),
+        Case(
+            "ckpt_truncated_resume",
+            "readers",
+            [*tr, f"ckpt_path={w}/truncated.ckpt", *TINY, run("c2")],
+            "error",
+            setup=fx_truncated,
+        ),
         # 4. resume
-        Case("resume_wrong_overrides", "resume", [*tr, "ckpt_path=last", f"hydra.run.dir={w}/resume_wrong",
-             "model=tfn", *TINY, "logger=csv"], "error", "used to delete csv/metrics.csv and overwrite the config",
-             setup=fx_resume_copy, check=history_kept),
+        Case(
+            "resume_wrong_overrides",
+            "resume",
+            [*tr, "ckpt_path=last", f"hydra.run.dir={w}/resume_wrong", "model=tfn", *TINY, "logger=csv"],
+            "error",
+            "used to delete csv/metrics.csv and overwrite the config",
+            setup=fx_resume_copy,
+            check=history_kept,
+        ),
         # 3. sweeps (CLI calls)
-        Case("optuna_readme_mfn", "sweeps", [*tr, *opt, "model=mfn", f"hydra.sweep.dir={w}/sweeps/mfn"], "success",
-             "README's TPE example: Key 'dropout' is not in struct", setup=fx_optuna),
-        Case("optuna_tfn_after_mfn", "sweeps", [*tr, *opt, "model=tfn", f"hydra.sweep.dir={w}/sweeps/tfn"],
-             "success", "used to continue the mfn study and crash (optimization_results.yaml)"),
-        Case("optuna_rerun_finished", "sweeps", [*tr, *opt, "model=tfn", f"hydra.sweep.dir={w}/sweeps/tfn2"],
-             "success", "re-running a finished search (the README's way to resume) used to crash",
-             check=output_has(" complete, ")),
+        Case(
+            "optuna_readme_mfn",
+            "sweeps",
+            [*tr, *opt, "model=mfn", f"hydra.sweep.dir={w}/sweeps/mfn"],
+            "success",
+            "README's TPE example: Key 'dropout' is not in struct",
+            setup=fx_optuna,
+        ),
+        Case(
+            "optuna_tfn_after_mfn",
+            "sweeps",
+            [*tr, *opt, "model=tfn", f"hydra.sweep.dir={w}/sweeps/tfn"],
+            "success",
+            "used to continue the mfn study and crash (optimization_results.yaml)",
+        ),
+        Case(
+            "optuna_rerun_finished",
+            "sweeps",
+            [*tr, *opt, "model=tfn", f"hydra.sweep.dir={w}/sweeps/tfn2"],
+            "success",
+            "re-running a finished search (the README's way to resume) used to crash",
+            check=output_has(" complete, "),
+        ),
         # 5. documented paths
-        Case("doc_wandb_without_account", "documented", [*tr, "logger=wandb", *TINY, run("wandb")], "success",
-             "used to give a 40-line traceback", env={"WANDB_MODE": None, "WANDB_API_KEY": None,
-                                                       "HOME": f"{w}/home"},
-             check=output_has("W&B: no login found")),
-        Case("doc_fast_dev_run", "documented", [*tr, "trainer.fast_dev_run=true", *TINY, run("fdr")], "success",
-             "used to need '+'"),
-        Case("doc_limit_train_batches", "documented", [*tr, "trainer.limit_train_batches=5", *TINY, run("ltb")],
-             "success", "used to need '+'"),
-        Case("doc_debug_limit_synthetic", "documented", [*tr, "debug=limit", "data.n_valid=32", run("dl_syn")],
-             "success", "used to ask for 0.1 of a single validation batch"),
-        Case("doc_debug_limit_digits", "documented", [*tr, "debug=limit", "data=digits", run("dl_dig")], "success"),
-        Case("doc_debug_limit_mosi_utterance", "documented", [*tr, "debug=limit", "data=mosi_utterance",
-             run("dl_mu")], "success"),
-        Case("doc_debug_limit_mosi_mmsa", "documented", [*tr, "debug=limit", "data=mosi", "model=tfn",
-             f"data.path={w}/mmsa/unaligned_50.pkl", run("dl_mmsa")], "success", setup=fx_unaligned),
-        Case("doc_debug_limit_urfunny", "documented", [*tr, "debug=limit", "data=urfunny", f"data.path={w}/urfunny",
-             run("dl_urf")], "success", setup=fx_urfunny),
-        Case("doc_debug_limit_mnist", "documented", [*tr, "debug=limit", "data=mnist", f"data.path={w}/mnist",
-             "data.n_valid=10", run("dl_mnist")], "success", setup=fx_mnist),
-        Case("doc_debug_limit_mosi_csd", "documented", [*tr, "debug=limit", "data=mosi_csd", *csd_args(work),
-             run("dl_csd")], "success", setup=fx_csd),
-        Case("doc_debug_limit_easyvqa", "documented", [*tr, "debug=limit", "data=easyvqa", "model=mcan",
-             "model.hidden=64", "model.ff=128", "model.layers=1", "model.heads=4", "model.flat_mlp=64",
-             "model.flat_out=64", "model.word_dim=32", "model.cnn_channels=[8,16,32]", "data.image_size=32",
-             "data.max_train_images=200", "data.max_test_images=100", run("dl_vqa")], "success"),
+        Case(
+            "doc_wandb_without_account",
+            "documented",
+            [*tr, "logger=wandb", *TINY, run("wandb")],
+            "success",
+            "used to give a 40-line traceback",
+            env={"WANDB_MODE": None, "WANDB_API_KEY": None, "HOME": f"{w}/home"},
+            check=output_has("W&B: no login found"),
+        ),
+        Case(
+            "doc_fast_dev_run",
+            "documented",
+            [*tr, "trainer.fast_dev_run=true", *TINY, run("fdr")],
+            "success",
+            "used to need '+'",
+        ),
+        Case(
+            "doc_limit_train_batches",
+            "documented",
+            [*tr, "trainer.limit_train_batches=5", *TINY, run("ltb")],
+            "success",
+            "used to need '+'",
+        ),
+        Case(
+            "doc_debug_limit_synthetic",
+            "documented",
+            [*tr, "debug=limit", "data.n_valid=32", run("dl_syn")],
+            "success",
+            "used to ask for 0.1 of a single validation batch",
+        ),
+        Case(
+            "doc_debug_limit_digits",
+            "documented",
+            [*tr, "debug=limit", "data=digits", run("dl_dig")],
+            "success",
+        ),
+        Case(
+            "doc_debug_limit_mosi_utterance",
+            "documented",
+            [*tr, "debug=limit", "data=mosi_utterance", run("dl_mu")],
+            "success",
+        ),
+        Case(
+            "doc_debug_limit_mosi_mmsa",
+            "documented",
+            [
+                *tr,
+                "debug=limit",
+                "data=mosi",
+                "model=tfn",
+                f"data.path={w}/mmsa/unaligned_50.pkl",
+                run("dl_mmsa"),
+            ],
+            "success",
+            setup=fx_unaligned,
+        ),
+        Case(
+            "doc_debug_limit_urfunny",
+            "documented",
+            [*tr, "debug=limit", "data=urfunny", f"data.path={w}/urfunny", run("dl_urf")],
+            "success",
+            setup=fx_urfunny,
+        ),
+        Case(
+            "doc_debug_limit_mnist",
+            "documented",
+            [*tr, "debug=limit", "data=mnist", f"data.path={w}/mnist", "data.n_valid=10", run("dl_mnist")],
+            "success",
+            setup=fx_mnist,
+        ),
+        Case(
+            "doc_debug_limit_mosi_csd",
+            "documented",
+            [*tr, "debug=limit", "data=mosi_csd", *csd_args(work), run("dl_csd")],
+            "success",
+            setup=fx_csd,
+        ),
+        Case(
+            "doc_debug_limit_easyvqa",
+            "documented",
+            [
+                *tr,
+                "debug=limit",
+                "data=easyvqa",
+                "model=mcan",
+                "model.hidden=64",
+                "model.ff=128",
+                "model.layers=1",
+                "model.heads=4",
+                "model.flat_mlp=64",
+                "model.flat_out=64",
+                "model.word_dim=32",
+                "model.cnn_channels=[8,16,32]",
+                "data.image_size=32",
+                "data.max_train_images=200",
+                "data.max_test_images=100",
+                run("dl_vqa"),
+            ],
+            "success",
+        ),
     ]
     return out
 
 
 # -- running and classifying ---------------------------------------------------------------------------------------
 def _run(cmd: list[str], env_changes: dict[str, str | None], timeout: int) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "WANDB_MODE": "offline",
-           "WANDB_SILENT": "true"}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "WANDB_MODE": "offline",
+        "WANDB_SILENT": "true",
+    }
     env.pop("HYDRA_FULL_ERROR", None)  # as a user runs it
     for k, v in env_changes.items():
         if v is None:
@@ -344,31 +536,50 @@ def main() -> None:
         if case.name in done or not case.name.startswith(args.only):
             continue
         t0 = time.time()
-        rec = {"name": case.name, "group": case.group, "cmd": "python " + " ".join(case.args), "expect": case.expect,
-               "note": case.note}
+        rec = {
+            "name": case.name,
+            "group": case.group,
+            "cmd": "python " + " ".join(case.args),
+            "expect": case.expect,
+            "note": case.note,
+        }
         try:
             if case.setup is not None:
                 case.setup(work)
             proc = _run([sys.executable, *case.args], case.env, args.timeout)
-            outcome, last = classify(proc.returncode, proc.stdout, proc.stderr,
-                                     case.warning if case.expect == "warning" else "")
+            outcome, last = classify(
+                proc.returncode, proc.stdout, proc.stderr, case.warning if case.expect == "warning" else ""
+            )
             if case.expect == "error" and proc.returncode == 0:
                 outcome = "silent_success"
             problem = case.check(work, proc) if case.check is not None else None
-            rec.update(rc=proc.returncode, outcome=outcome, last_stderr_line=last[:400], check_problem=problem,
-                       stderr_tail=proc.stderr[-1500:] if outcome != expected_outcome(case.expect) else "")
+            rec.update(
+                rc=proc.returncode,
+                outcome=outcome,
+                last_stderr_line=last[:400],
+                check_problem=problem,
+                stderr_tail=proc.stderr[-1500:] if outcome != expected_outcome(case.expect) else "",
+            )
         except subprocess.TimeoutExpired:
             rec.update(rc=None, outcome="timeout", last_stderr_line="", check_problem=None, stderr_tail="")
         except Exception as exc:  # noqa: BLE001 - a fixture failure is recorded, the replay goes on
-            rec.update(rc=None, outcome="setup_failed", last_stderr_line=f"{type(exc).__name__}: {exc}"[:400],
-                       check_problem=None, stderr_tail="")
+            rec.update(
+                rc=None,
+                outcome="setup_failed",
+                last_stderr_line=f"{type(exc).__name__}: {exc}"[:400],
+                check_problem=None,
+                stderr_tail="",
+            )
         rec["as_expected"] = rec["outcome"] == expected_outcome(case.expect) and not rec.get("check_problem")
         rec["seconds"] = round(time.time() - t0, 1)
         with raw.open("a") as f:
             f.write(json.dumps(rec) + "\n")
         done[case.name] = rec
-        print(f"{case.name:36s} {rec['outcome']:15s} {'ok' if rec['as_expected'] else 'NOT AS EXPECTED':16s} "
-              f"{rec['last_stderr_line'][:110]}", flush=True)
+        print(
+            f"{case.name:36s} {rec['outcome']:15s} {'ok' if rec['as_expected'] else 'NOT AS EXPECTED':16s} "
+            f"{rec['last_stderr_line'][:110]}",
+            flush=True,
+        )
 
     names = [c.name for c in all_cases]
     results = [done[n] for n in names if n in done]
@@ -382,16 +593,29 @@ def main() -> None:
         "bad_inputs_traceback": sum(r["outcome"] == "traceback" for r in bad_inputs),
         "bad_inputs_silent_success": sum(r["outcome"] == "silent_success" for r in bad_inputs),
         "documented_paths": len(results) - len(bad_inputs),
-        "documented_paths_working": sum(r["outcome"] == "success" for r in results if r["expect"] == "success"),
+        "documented_paths_working": sum(
+            r["outcome"] == "success" for r in results if r["expect"] == "success"
+        ),
         "as_expected": sum(r["as_expected"] for r in results),
     }
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                            text=True).stdout.strip()
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"script": "scripts/replay_bad_inputs.py", "commit": commit,
-                               "generated": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                               "summary": summary, "results": results}, indent=1) + "\n")
+    out.write_text(
+        json.dumps(
+            {
+                "script": "scripts/replay_bad_inputs.py",
+                "commit": commit,
+                "generated": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                "summary": summary,
+                "results": results,
+            },
+            indent=1,
+        )
+        + "\n"
+    )
     print(json.dumps(summary, indent=1))
     print(f"wrote {out}")
 

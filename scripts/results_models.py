@@ -39,15 +39,29 @@ def main() -> None:
                 if m == "magbert":
                     ov += [o for o in a.magbert_extra.split(",") if o]
                 result, _ = train(compose_train_cfg(ov, f"{tmp}/{m}_{s}"))
-                rows.append({"model": m, "seed": int(s), "overrides": ov[:2] + ov[4:], "val": result["val"],
-                             "test": result["test"]})
-                print(json.dumps({"model": m, "seed": s, **{k: round(result["test"][k], 4) for k in KEYS}}),
-                      flush=True)
+                rows.append(
+                    {
+                        "model": m,
+                        "seed": int(s),
+                        "overrides": ov[:2] + ov[4:],
+                        "val": result["val"],
+                        "test": result["test"],
+                    }
+                )
+                print(
+                    json.dumps({"model": m, "seed": s, **{k: round(result["test"][k], 4) for k in KEYS}}),
+                    flush=True,
+                )
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(rows, indent=1))
-    lines = ["CMU-MOSI utterance features (bc-LSTM split), test, mean +- std (population, ddof=0) over seeds " + a.seeds, "",
-             "| model | " + " | ".join(KEYS) + " |", "|---|" + "---|" * len(KEYS)]
+    lines = [
+        "CMU-MOSI utterance features (bc-LSTM split), test, mean +- std (population, ddof=0) over seeds "
+        + a.seeds,
+        "",
+        "| model | " + " | ".join(KEYS) + " |",
+        "|---|" + "---|" * len(KEYS),
+    ]
     for m in a.models.split(","):
         r = [x["test"] for x in rows if x["model"] == m]
         cells = [f"{np.mean([x[k] for x in r]):.3f} +- {np.std([x[k] for x in r]):.3f}" for k in KEYS]

@@ -39,21 +39,42 @@ def main() -> None:
         if (s, tuple(extra)) in done:
             continue
         with tempfile.TemporaryDirectory() as tmp:
-            ov = ["experiment=mosi_mult", f"seed={s}", "logger=none", "trainer.enable_progress_bar=false", *extra]
+            ov = [
+                "experiment=mosi_mult",
+                f"seed={s}",
+                "logger=none",
+                "trainer.enable_progress_bar=false",
+                *extra,
+            ]
             result, _ = train(compose_train_cfg(ov, tmp))
-        row = {"model": "mult", "data": "mosi_utterance", "seed": s, "extra": extra, "selection": result["selection"],
-               "val": result["val"], "test": result["test"]}
+        row = {
+            "model": "mult",
+            "data": "mosi_utterance",
+            "seed": s,
+            "extra": extra,
+            "selection": result["selection"],
+            "val": result["val"],
+            "test": result["test"],
+        }
         with jsonl.open("a") as f:
             f.write(json.dumps(row) + "\n")
         print(json.dumps({"seed": s, **{k: round(result["test"][k], 4) for k in KEYS}}), flush=True)
     rows = [json.loads(x) for x in jsonl.read_text().splitlines() if x]
     rows = [r for r in rows if r["extra"] == extra]
     seeds = ",".join(str(r["seed"]) for r in rows)
-    lines = [f"MulT (`experiment=mosi_mult`{', ' + ' '.join(extra) if extra else ''}) on CMU-MOSI utterance features "
-             f"(bc-LSTM split), test split, checkpoint selected on validation MAE; mean +- std (population, ddof=0) "
-             f"over seeds {seeds}", "", "| split | " + " | ".join(KEYS) + " |", "|---|" + "---|" * len(KEYS)]
+    lines = [
+        f"MulT (`experiment=mosi_mult`{', ' + ' '.join(extra) if extra else ''}) on CMU-MOSI utterance features "
+        f"(bc-LSTM split), test split, checkpoint selected on validation MAE; mean +- std (population, ddof=0) "
+        f"over seeds {seeds}",
+        "",
+        "| split | " + " | ".join(KEYS) + " |",
+        "|---|" + "---|" * len(KEYS),
+    ]
     for split in ("val", "test"):
-        cells = [f"{np.mean([r[split][k] for r in rows]):.3f} +- {np.std([r[split][k] for r in rows]):.3f}" for k in KEYS]
+        cells = [
+            f"{np.mean([r[split][k] for r in rows]):.3f} +- {np.std([r[split][k] for r in rows]):.3f}"
+            for k in KEYS
+        ]
         lines.append(f"| {split} | " + " | ".join(cells) + " |")
     lines += ["", "| seed | " + " | ".join(f"test {k}" for k in KEYS) + " |", "|---|" + "---|" * len(KEYS)]
     for r in rows:

@@ -43,11 +43,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def load(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    return (
+        [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    )
 
 
 def write(out: Path, runs: list[dict], epochs: int, corrupt: str, total: int) -> str:
     agg = rr.aggregate([r for r in runs if r["epochs"] == epochs], corrupt)
+
     def order(r: dict) -> tuple:
         name = r["reg"].partition("@")[0]
         return r["data"], r["model"], REGS.index(name) if name in REGS else 99, r["reg"]
@@ -55,8 +58,10 @@ def write(out: Path, runs: list[dict], epochs: int, corrupt: str, total: int) ->
     agg["rows"].sort(key=order)
     agg["runs_done"], agg["runs_planned"] = sum(r["epochs"] == epochs for r in runs), total
     (out / "objectives.json").write_text(json.dumps(agg, indent=1))
-    head = (f"Representation objectives (lecture 4.1), {epochs} epochs, checkpoint selected on validation MAE, "
-            f"test split. Runs done: {agg['runs_done']}/{total}.\n\n")
+    head = (
+        f"Representation objectives (lecture 4.1), {epochs} epochs, checkpoint selected on validation MAE, "
+        f"test split. Runs done: {agg['runs_done']}/{total}.\n\n"
+    )
     md = head + rr.markdown(agg)
     (out / "objectives.md").write_text(md)
     return md
@@ -66,11 +71,21 @@ def main(argv: list[str] | None = None) -> None:
     a = parse_args(argv)
     a.out.mkdir(parents=True, exist_ok=True)
     runs_path = a.out / "objectives_runs.jsonl"
-    seeds, datas, models, regs = ([int(s) for s in a.seeds.split(",")], a.datas.split(","), a.models.split(","),
-                                  a.regs.split(","))
+    seeds, datas, models, regs = (
+        [int(s) for s in a.seeds.split(",")],
+        a.datas.split(","),
+        a.models.split(","),
+        a.regs.split(","),
+    )
     planned = {(d, m, r, s, a.epochs) for s in seeds for d in datas for m in models for r in regs}
-    total = len(planned | {(r["data"], r["model"], r["reg"], r["seed"], r["epochs"]) for r in load(runs_path)
-                           if r["epochs"] == a.epochs})
+    total = len(
+        planned
+        | {
+            (r["data"], r["model"], r["reg"], r["seed"], r["epochs"])
+            for r in load(runs_path)
+            if r["epochs"] == a.epochs
+        }
+    )
     if not a.aggregate_only:
         logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
         logging.getLogger("lightning.fabric").setLevel(logging.ERROR)
@@ -78,7 +93,9 @@ def main(argv: list[str] | None = None) -> None:
             for data in datas:
                 for model in models:
                     for reg in regs:
-                        done = {(r["data"], r["model"], r["reg"], r["seed"], r["epochs"]) for r in load(runs_path)}
+                        done = {
+                            (r["data"], r["model"], r["reg"], r["seed"], r["epochs"]) for r in load(runs_path)
+                        }
                         if (data, model, reg, seed, a.epochs) in done:
                             continue
                         try:
@@ -88,8 +105,11 @@ def main(argv: list[str] | None = None) -> None:
                             continue
                         with runs_path.open("a") as f:
                             f.write(json.dumps(r) + "\n")
-                        print(f"{data} {model} {reg} seed={seed}: MAE {r['clean']['MAE']:.3f} "
-                              f"({a.corrupt} {r[a.corrupt]['MAE']:.3f}) in {r['seconds']:.0f}s", flush=True)
+                        print(
+                            f"{data} {model} {reg} seed={seed}: MAE {r['clean']['MAE']:.3f} "
+                            f"({a.corrupt} {r[a.corrupt]['MAE']:.3f}) in {r['seconds']:.0f}s",
+                            flush=True,
+                        )
                         write(a.out, load(runs_path), a.epochs, a.corrupt, total)
     print(write(a.out, load(runs_path), a.epochs, a.corrupt, total))
 

@@ -57,7 +57,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--corrupt", default="drop_text")
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "results")
-    p.add_argument("--name", default="regularizers", help="output files <name>_runs.jsonl, <name>.json, <name>.md")
+    p.add_argument(
+        "--name", default="regularizers", help="output files <name>_runs.jsonl, <name>.json, <name>.md"
+    )
     p.add_argument("--influence-every", type=int, default=5)
     p.add_argument("--aggregate-only", action="store_true")
     return p.parse_args(argv)
@@ -67,7 +69,7 @@ def plugin_record(module: Any) -> dict[str, Any]:
     """Influence (mean over the second half of the measured steps) and the last validation diagnostics."""
     rec: dict[str, Any] = {}
     hist = module.influence_history
-    half = hist[len(hist) // 2:]
+    half = hist[len(hist) // 2 :]
     for name in module.plugins:
         vals = {k: [r[f"{name}/{k}"] for r in half if f"{name}/{k}" in r] for k in ("influence", "cosine")}
         rec[name] = {k: float(np.mean(v)) for k, v in vals.items() if v}
@@ -76,8 +78,9 @@ def plugin_record(module: Any) -> dict[str, Any]:
     return rec
 
 
-def run_one(data: str, model: str, reg: str, seed: int, epochs: int, corrupt: str,
-            influence_every: int = 5) -> dict[str, Any]:
+def run_one(
+    data: str, model: str, reg: str, seed: int, epochs: int, corrupt: str, influence_every: int = 5
+) -> dict[str, Any]:
     import torch
     from hydra.core.global_hydra import GlobalHydra
 
@@ -89,23 +92,43 @@ def run_one(data: str, model: str, reg: str, seed: int, epochs: int, corrupt: st
     # "mdm_kl@weight=0" = reg=mdm_kl with reg.mdm_kl.weight=0 (controls, e.g. the RNG-stream effect of a plug-in)
     reg_name, _, reg_kv = reg.partition("@")
     reg_overrides = [f"reg.{reg_name}.{kv}" for kv in reg_kv.split(",") if kv]
-    overrides = [f"data={data}", f"model={model}", f"reg={reg_name}", *reg_overrides, f"seed={seed}", f"trainer.max_epochs={epochs}",
-                 "logger=none", "trainer.enable_progress_bar=false", "~callbacks.model_summary",
-                 f"callbacks.plugin_influence.every_n_steps={influence_every}",
-                 *DATA_OVERRIDES.get(data, []), *MODEL_OVERRIDES.get(model, [])]
+    overrides = [
+        f"data={data}",
+        f"model={model}",
+        f"reg={reg_name}",
+        *reg_overrides,
+        f"seed={seed}",
+        f"trainer.max_epochs={epochs}",
+        "logger=none",
+        "trainer.enable_progress_bar=false",
+        "~callbacks.model_summary",
+        f"callbacks.plugin_influence.every_n_steps={influence_every}",
+        *DATA_OVERRIDES.get(data, []),
+        *MODEL_OVERRIDES.get(model, []),
+    ]
     try:
         cfg = compose_train_cfg(overrides, out_dir)
         t0 = time.perf_counter()
         result, objs = train(cfg)
         trainer, module, dm = objs["trainer"], objs["module"], objs["datamodule"]
         module.test_corruption = corrupt
-        trainer.test(module, datamodule=dm, ckpt_path=result.get("best_ckpt") or None, verbose=False, weights_only=True)
+        trainer.test(
+            module, datamodule=dm, ckpt_path=result.get("best_ckpt") or None, verbose=False, weights_only=True
+        )
         corrupted = dict(module.last_metrics.get("test", {}))
-        return {"plugin": plugin_record(module),"data": data, "model": model, "reg": reg, "seed": seed, "epochs": epochs, "overrides": overrides,
-                "clean": {k: float(v) for k, v in result["test"].items()},
-                corrupt: {k: float(v) for k, v in corrupted.items()},
-                "val": {k: float(v) for k, v in result["val"].items()},
-                "seconds": time.perf_counter() - t0}
+        return {
+            "plugin": plugin_record(module),
+            "data": data,
+            "model": model,
+            "reg": reg,
+            "seed": seed,
+            "epochs": epochs,
+            "overrides": overrides,
+            "clean": {k: float(v) for k, v in result["test"].items()},
+            corrupt: {k: float(v) for k, v in corrupted.items()},
+            "val": {k: float(v) for k, v in result["val"].items()},
+            "seconds": time.perf_counter() - t0,
+        }
     finally:
         GlobalHydra.instance().clear()
         shutil.rmtree(out_dir, ignore_errors=True)
@@ -131,20 +154,33 @@ def aggregate(runs: list[dict], corrupt: str) -> dict[str, Any]:
     for r in runs:
         groups.setdefault((r["data"], r["model"], r["reg"]), []).append(r)
     table = []
+
     def order(key: tuple) -> tuple:
         name = key[2].partition("@")[0]
         return key[0], key[1], REGS.index(name) if name in REGS else 99, key[2]
 
     for (data, model, reg), rs in sorted(groups.items(), key=lambda kv: order(kv[0])):
-        row: dict[str, Any] = {"data": data, "model": model, "reg": reg, "seeds": sorted(r["seed"] for r in rs)}
+        row: dict[str, Any] = {
+            "data": data,
+            "model": model,
+            "reg": reg,
+            "seeds": sorted(r["seed"] for r in rs),
+        }
         base = groups.get((data, model, "none"), [])
-        for cond in ("val", "clean", corrupt):  # val: the selected checkpoint's validation metrics (selection)
+        for cond in (
+            "val",
+            "clean",
+            corrupt,
+        ):  # val: the selected checkpoint's validation metrics (selection)
             for m in METRICS:
                 vals = [r[cond][m] for r in rs if m in r.get(cond, {})]
                 if not vals:
                     continue
-                row[f"{cond}/{m}"] = {"mean": float(np.mean(vals)), "std": float(np.std(vals, ddof=1)) if len(vals) > 1
-                                      else 0.0, "n": len(vals)}
+                row[f"{cond}/{m}"] = {
+                    "mean": float(np.mean(vals)),
+                    "std": float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0,
+                    "n": len(vals),
+                }
                 if reg != "none" and base:
                     bvals = [r[cond][m] for r in base if m in r.get(cond, {})]
                     row[f"{cond}/{m}"]["delta_vs_none"] = float(np.mean(vals) - np.mean(bvals))
@@ -156,25 +192,38 @@ def aggregate(runs: list[dict], corrupt: str) -> dict[str, Any]:
         for key in ("tc_probe", "critic_estimate"):
             vals = [d[key] for d in diag if d.get(key) is not None and np.isfinite(d[key])]
             if vals:
-                row[key] = {"mean": float(np.mean(vals)), "std": float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0}
+                row[key] = {
+                    "mean": float(np.mean(vals)),
+                    "std": float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0,
+                }
         table.append(row)
     return {"corruption": corrupt, "metrics": METRICS, "rows": table, "n_runs": len(runs)}
 
 
 def influence_cell(rs: list[dict]) -> dict[str, float] | None:
-    vals = [v.get("influence") for r in rs for v in r.get("plugin", {}).values() if v.get("influence") is not None]
-    return {"mean": float(np.mean(vals)), "std": float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0} \
-        if vals else None
+    vals = [
+        v.get("influence") for r in rs for v in r.get("plugin", {}).values() if v.get("influence") is not None
+    ]
+    return (
+        {"mean": float(np.mean(vals)), "std": float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0}
+        if vals
+        else None
+    )
 
 
 def markdown(agg: dict[str, Any]) -> str:
     corrupt = agg["corruption"]
-    lines = [f"Mean ± std over seeds (n = number of seeds). val MAE: validation split, checkpoint selected on it; the "
-             f"other columns are the test split. `{corrupt}`: text features zeroed at test time only. MAE lower is "
-             "better; Corr, Acc2 (has-0) higher. Δ vs `none` in brackets, * where Welch p < 0.05. influence: "
-             "||grad term|| / ||grad task loss|| over the second half of training.", ""]
-    head = ("| data | model | reg | n | val MAE | MAE | Corr | Acc2 | " + f"MAE ({corrupt}) | Corr ({corrupt}) | "
-            f"Acc2 ({corrupt}) | influence |")
+    lines = [
+        f"Mean ± std over seeds (n = number of seeds). val MAE: validation split, checkpoint selected on it; the "
+        f"other columns are the test split. `{corrupt}`: text features zeroed at test time only. MAE lower is "
+        "better; Corr, Acc2 (has-0) higher. Δ vs `none` in brackets, * where Welch p < 0.05. influence: "
+        "||grad term|| / ||grad task loss|| over the second half of training.",
+        "",
+    ]
+    head = (
+        "| data | model | reg | n | val MAE | MAE | Corr | Acc2 | " + f"MAE ({corrupt}) | Corr ({corrupt}) | "
+        f"Acc2 ({corrupt}) | influence |"
+    )
     lines += [head, "|" + "---|" * 12]
 
     def cell(row: dict, key: str, pct: bool = False) -> str:
@@ -194,9 +243,11 @@ def markdown(agg: dict[str, Any]) -> str:
 
     for r in agg["rows"]:
         n = r.get("clean/MAE", {}).get("n", 0)
-        lines.append(f"| {r['data']} | {r['model']} | {r['reg']} | {n} | {cell(r, 'val/MAE')} | {cell(r, 'clean/MAE')} | "
-                     f"{cell(r, 'clean/Corr')} | {cell(r, 'clean/Has0_acc_2', True)} | {cell(r, f'{corrupt}/MAE')} | "
-                     f"{cell(r, f'{corrupt}/Corr')} | {cell(r, f'{corrupt}/Has0_acc_2', True)} | {infl(r)} |")
+        lines.append(
+            f"| {r['data']} | {r['model']} | {r['reg']} | {n} | {cell(r, 'val/MAE')} | {cell(r, 'clean/MAE')} | "
+            f"{cell(r, 'clean/Corr')} | {cell(r, 'clean/Has0_acc_2', True)} | {cell(r, f'{corrupt}/MAE')} | "
+            f"{cell(r, f'{corrupt}/Corr')} | {cell(r, f'{corrupt}/Has0_acc_2', True)} | {infl(r)} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -204,8 +255,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     runs_path = args.out / f"{args.name}_runs.jsonl"
-    runs = [json.loads(line) for line in runs_path.read_text().splitlines() if line.strip()] \
-        if runs_path.is_file() else []
+    runs = (
+        [json.loads(line) for line in runs_path.read_text().splitlines() if line.strip()]
+        if runs_path.is_file()
+        else []
+    )
     done = {(r["data"], r["model"], r["reg"], r["seed"], r["epochs"]) for r in runs}
     if not args.aggregate_only:
         logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
@@ -218,15 +272,22 @@ def main(argv: list[str] | None = None) -> None:
                         if (data, model, reg, seed, args.epochs) in done | finished(runs_path):
                             continue  # also skips runs finished meanwhile by a parallel worker
                         try:
-                            r = run_one(data, model, reg, seed, args.epochs, args.corrupt, args.influence_every)
+                            r = run_one(
+                                data, model, reg, seed, args.epochs, args.corrupt, args.influence_every
+                            )
                         except Exception as e:  # noqa: BLE001 - report, skip, retry on the next invocation
                             print(f"FAILED {data} {model} {reg} seed={seed}: {e!r}"[:500], flush=True)
                             continue
                         with runs_path.open("a") as f:
                             f.write(json.dumps(r) + "\n")
-                        runs = [json.loads(line) for line in runs_path.read_text().splitlines() if line.strip()]
-                        print(f"{data} {model} {reg} seed={seed}: MAE {r['clean']['MAE']:.3f} "
-                              f"({args.corrupt} {r[args.corrupt]['MAE']:.3f}) in {r['seconds']:.0f}s", flush=True)
+                        runs = [
+                            json.loads(line) for line in runs_path.read_text().splitlines() if line.strip()
+                        ]
+                        print(
+                            f"{data} {model} {reg} seed={seed}: MAE {r['clean']['MAE']:.3f} "
+                            f"({args.corrupt} {r[args.corrupt]['MAE']:.3f}) in {r['seconds']:.0f}s",
+                            flush=True,
+                        )
                         agg = aggregate([r for r in runs if r["epochs"] == args.epochs], args.corrupt)
                         (args.out / f"{args.name}.json").write_text(json.dumps(agg, indent=1))
                         (args.out / f"{args.name}.md").write_text(markdown(agg))

@@ -40,14 +40,33 @@ def main() -> int:
     if work.exists():
         shutil.rmtree(work)
     t0 = time.time()
-    run(["train.py", "-m", f"model={args.model}", f"reg={args.regs}", f"seed={args.seeds}", "logger=csv",
-         f"trainer.max_epochs={args.epochs}", "trainer.enable_progress_bar=false", "~callbacks.model_summary",
-         f"hydra.sweep.dir={work / 'sweep'}"])
+    run(
+        [
+            "train.py",
+            "-m",
+            f"model={args.model}",
+            f"reg={args.regs}",
+            f"seed={args.seeds}",
+            "logger=csv",
+            f"trainer.max_epochs={args.epochs}",
+            "trainer.enable_progress_bar=false",
+            "~callbacks.model_summary",
+            f"hydra.sweep.dir={work / 'sweep'}",
+        ]
+    )
     t_grid = time.time() - t0
     OUT.mkdir(parents=True, exist_ok=True)
-    run(["scripts/make_table.py", str(work / "sweep"), "--out", str(OUT / "workflow_table"),
-         "--title", f"Synthetic data (MOSI-shaped), {args.model}, {args.epochs} epochs: TEST split, mean ± std over "
-                    f"seeds {args.seeds}"])
+    run(
+        [
+            "scripts/make_table.py",
+            str(work / "sweep"),
+            "--out",
+            str(OUT / "workflow_table"),
+            "--title",
+            f"Synthetic data (MOSI-shaped), {args.model}, {args.epochs} epochs: TEST split, mean ± std over "
+            f"seeds {args.seeds}",
+        ]
+    )
     summary = {"grid_seconds": round(t_grid, 1), "robustness": {}}
     for job in sorted((work / "sweep").iterdir()):
         if not (job / "metrics.json").is_file():
@@ -60,16 +79,30 @@ def main() -> int:
         ckpt = json.loads((job / "metrics.json").read_text())["best_ckpt"]
         rdir = work / f"robust_{reg}"
         t1 = time.time()
-        run(["eval.py", f"ckpt_path={ckpt}", "eval.robustness=default", "trainer.enable_progress_bar=false",
-             f"hydra.run.dir={rdir}"])
-        summary["robustness"][reg] = {"seconds": round(time.time() - t1, 1), "ckpt": str(Path(ckpt).relative_to(ROOT))}
+        run(
+            [
+                "eval.py",
+                f"ckpt_path={ckpt}",
+                "eval.robustness=default",
+                "trainer.enable_progress_bar=false",
+                f"hydra.run.dir={rdir}",
+            ]
+        )
+        summary["robustness"][reg] = {
+            "seconds": round(time.time() - t1, 1),
+            "ckpt": str(Path(ckpt).relative_to(ROOT)),
+        }
         for name in ("robustness.json", "robustness.csv", "robustness_auc.csv"):
             shutil.copy(rdir / name, OUT / name.replace("robustness", f"workflow_robustness_{reg}"))
         for png in rdir.glob("robustness_*.png"):
             shutil.copy(png, OUT / png.name.replace("robustness", f"workflow_robustness_{reg}"))
         res = json.loads((rdir / "robustness.json").read_text())
-        lines = [f"### Robustness ({reg}, seed {args.seeds.split(',')[0]}, synthetic data, drop_mode=input)", "",
-                 "| condition | MAE | Corr | Acc-2 non0 |", "|---|---|---|---|"]
+        lines = [
+            f"### Robustness ({reg}, seed {args.seeds.split(',')[0]}, synthetic data, drop_mode=input)",
+            "",
+            "| condition | MAE | Corr | Acc-2 non0 |",
+            "|---|---|---|---|",
+        ]
         for r in res["rows"]:
             m = r["metrics"]
             lines.append(f"| {r['name']} | {m['MAE']:.3f} | {m['Corr']:.3f} | {100 * m['Non0_acc_2']:.1f} |")

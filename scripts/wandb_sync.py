@@ -42,9 +42,9 @@ def read_records(path: Path) -> Iterator[bytes]:
         if left < 7:  # block trailer
             pos += left
             continue
-        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
         pos += 7
-        chunk = data[pos:pos + length]
+        chunk = data[pos : pos + length]
         pos += length
         if kind == 1:
             yield chunk
@@ -76,8 +76,15 @@ def parse_run(run_dir: Path) -> dict[str, Any]:
         kind = rec.WhichOneof("record_type")
         if kind == "run":
             r = rec.run
-            out["run"] = {"id": r.run_id, "name": r.display_name, "group": r.run_group, "project": r.project,
-                          "entity": r.entity, "tags": list(r.tags), "job_type": r.job_type}
+            out["run"] = {
+                "id": r.run_id,
+                "name": r.display_name,
+                "group": r.run_group,
+                "project": r.project,
+                "entity": r.entity,
+                "tags": list(r.tags),
+                "job_type": r.job_type,
+            }
             out["config"].update({_key(i): json.loads(i.value_json) for i in r.config.update})
         elif kind == "config":
             out["config"].update({_key(i): json.loads(i.value_json) for i in rec.config.update})
@@ -118,8 +125,13 @@ def sync(folder: Path, project: str | None, entity: str | None, dry_run: bool) -
     if not runs:
         print(f"error: no offline-run-* below {folder}", file=sys.stderr)
         return 2
-    cmd = [exe, "sync", *(["--project", project] if project else []), *(["--entity", entity] if entity else []),
-           *map(str, runs)]
+    cmd = [
+        exe,
+        "sync",
+        *(["--project", project] if project else []),
+        *(["--entity", entity] if entity else []),
+        *map(str, runs),
+    ]
     print(" ".join(cmd))
     return 0 if dry_run else subprocess.call(cmd)
 
@@ -128,7 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("action", choices=["list", "sync", "export"])
     ap.add_argument("folder", type=Path, help="a run or multirun folder (searched recursively)")
-    ap.add_argument("--out", type=Path, default=None, help="export: destination (default <folder>/wandb_export)")
+    ap.add_argument(
+        "--out", type=Path, default=None, help="export: destination (default <folder>/wandb_export)"
+    )
     ap.add_argument("--project", default=None)
     ap.add_argument("--entity", default=None)
     ap.add_argument("--dry-run", action="store_true", help="sync: print the command only")

@@ -19,9 +19,17 @@ SHARED = ROOT.parent / "shared" / "data"
 
 # small synthetic data + short training for tests
 FAST = [
-    "data.n_train=256", "data.n_valid=64", "data.n_test=128", "data.seq_len=20", "data.min_len=5",
-    "trainer.max_epochs=2", "trainer.enable_progress_bar=false", "logger=none", "callbacks=default",
-    "~callbacks.model_summary", "~callbacks.early_stopping",
+    "data.n_train=256",
+    "data.n_valid=64",
+    "data.n_test=128",
+    "data.seq_len=20",
+    "data.min_len=5",
+    "trainer.max_epochs=2",
+    "trainer.enable_progress_bar=false",
+    "logger=none",
+    "callbacks=default",
+    "~callbacks.model_summary",
+    "~callbacks.early_stopping",
 ]
 
 
@@ -31,17 +39,23 @@ def compose_cfg(overrides: list[str], tmp_path: Path, config_name: str = "train.
 
 @pytest.fixture
 def make_cfg(tmp_path):
-    def _make(overrides: list[str] | None = None, fast: bool = True, config_name: str = "train.yaml") -> DictConfig:
+    def _make(
+        overrides: list[str] | None = None, fast: bool = True, config_name: str = "train.yaml"
+    ) -> DictConfig:
         return compose_cfg((FAST if fast else []) + list(overrides or []), tmp_path, config_name)
 
     yield _make
     GlobalHydra.instance().clear()
 
 
-def run_cli(args: list[str], cwd: Path = ROOT, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+def run_cli(
+    args: list[str], cwd: Path = ROOT, timeout: int = 600, env: dict | None = None
+) -> subprocess.CompletedProcess:
     """Run ``python <args>`` from the repo root with the test's environment."""
     e = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true", **(env or {})}
-    return subprocess.run([sys.executable, *args], cwd=cwd, env=e, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, *args], cwd=cwd, env=e, capture_output=True, text=True, timeout=timeout
+    )
 
 
 @pytest.fixture(autouse=True)

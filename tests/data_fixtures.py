@@ -50,7 +50,9 @@ def write_mmsa(path: Path, seed: int = 0, aligned: bool = False, dims=(16, 5, 20
         tl = rng.integers(1, lt + 1, n)
         tl[0] = lt
         ids_arr = np.zeros((n, 3, lt), np.float32)
-        text = rng.normal(size=(n, lt, dt)).astype(np.float32)  # BERT features: padding positions are non-zero
+        text = rng.normal(size=(n, lt, dt)).astype(
+            np.float32
+        )  # BERT features: padding positions are non-zero
         seqs = {"text": [], "audio": [], "vision": []}
         for i in range(n):
             ids_arr[i, 0, : tl[i]] = rng.integers(100, 30000, tl[i])
@@ -229,8 +231,12 @@ def write_csd(path: Path, root: str, data: dict, metadata: dict | None = None) -
             v.create_dataset("features", data=feats)
             v.create_dataset("intervals", data=iv)
         m = g.create_group("metadata")
-        meta = {"root name": root, "dimension names": [f"d{i}" for i in range(next(iter(data.values()))[0].shape[1])],
-                "computational sequence version": "1.0", **(metadata or {})}
+        meta = {
+            "root name": root,
+            "dimension names": [f"d{i}" for i in range(next(iter(data.values()))[0].shape[1])],
+            "computational sequence version": "1.0",
+            **(metadata or {}),
+        }
         for k, val in meta.items():
             ds = m.create_dataset(k, (1,), dtype=h5py.special_dtype(vlen=str))
             ds[0] = json.dumps(val)
@@ -256,8 +262,13 @@ def write_csd_dataset(root: Path, seed: int = 0) -> dict:
         a[rng.integers(0, len(a), 2), 1] = np.nan
         audio[v] = (a.astype(np.float64), np.stack([a_start, a_start + 0.1], 1))
         v_start = np.sort(rng.uniform(0.0, t_end, 40))
-        v_start = v_start[(v_start < w_iv[2, 0] - 0.05) | (v_start > w_iv[3, 1] + 0.05)]  # no frame on words 2-3
-        vision[v] = (rng.normal(size=(len(v_start), 3)).astype(np.float32), np.stack([v_start, v_start + 0.04], 1))
+        v_start = v_start[
+            (v_start < w_iv[2, 0] - 0.05) | (v_start > w_iv[3, 1] + 0.05)
+        ]  # no frame on words 2-3
+        vision[v] = (
+            rng.normal(size=(len(v_start), 3)).astype(np.float32),
+            np.stack([v_start, v_start + 0.04], 1),
+        )
         # segments: words [0, 4), [4, end), and one segment inside a silence before the first word
         mid = (w_iv[3, 1] + w_iv[4, 0]) / 2
         seg = np.array([[0.0, 0.9], [w_iv[0, 0] - 0.01, mid], [mid, w_iv[-1, 1] + 0.01]])
@@ -269,21 +280,34 @@ def write_csd_dataset(root: Path, seed: int = 0) -> dict:
     write_csd(paths["labels"], "Opinion Segment Labels", labels)
     folds = {"train": ["vidA", "vidB"], "valid": ["vidC"], "test": ["vidD"]}
     (root / "folds.json").write_text(json.dumps(folds))
-    return {"paths": paths, "folds": root / "folds.json", "fold_lists": folds,
-            "raw": {"text": text, "audio": audio, "vision": vision, "labels": labels}}
+    return {
+        "paths": paths,
+        "folds": root / "folds.json",
+        "fold_lists": folds,
+        "raw": {"text": text, "audio": audio, "vision": vision, "labels": labels},
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # UR-FUNNY v2 (six pickles)
 
 
-def write_urfunny(root: Path, ids_by_split: dict | None = None, seed: int = 0, write_labels_folds: bool = True,
-                  labels: dict | None = None) -> dict:
+def write_urfunny(
+    root: Path,
+    ids_by_split: dict | None = None,
+    seed: int = 0,
+    write_labels_folds: bool = True,
+    labels: dict | None = None,
+) -> dict:
     """The v2 layout. Id 0 of train has an empty punchline and NaN/-inf COVAREP; one sentence of the second
     train id has a vision word-count mismatch. Returns, per id, the sentences per modality (sanitised)."""
     rng = np.random.default_rng(seed)
     if ids_by_split is None:
-        ids_by_split = {"train": list(range(100, 110)), "dev": list(range(200, 204)), "test": list(range(300, 304))}
+        ids_by_split = {
+            "train": list(range(100, 110)),
+            "dev": list(range(200, 204)),
+            "test": list(range(300, 304)),
+        }
     all_ids = [i for v in ids_by_split.values() for i in v]
     vocab = 60
     emb = [rng.normal(size=300) + 1.0 for _ in range(vocab)]  # list of vectors, as released
@@ -294,11 +318,14 @@ def write_urfunny(root: Path, ids_by_split: dict | None = None, seed: int = 0, w
         p_words = 0 if k == 0 else int(rng.integers(1, 8))
         ctx_idx = [rng.integers(0, vocab, w).tolist() for w in ctx_words]
         p_idx = rng.integers(0, vocab, p_words).tolist()
-        lang[sid] = {"punchline_embedding_indexes": p_idx, "context_embedding_indexes": ctx_idx,
-                     "punchline_sentence": " ".join(f"w{i}" for i in p_idx),
-                     "context_sentences": [" ".join(f"w{i}" for i in s) for s in ctx_idx],
-                     "punchline_intervals": [[j, j + 0.3] for j in range(p_words)],
-                     "context_intervals": [[[j, j + 0.3] for j in range(w)] for w in ctx_words]}
+        lang[sid] = {
+            "punchline_embedding_indexes": p_idx,
+            "context_embedding_indexes": ctx_idx,
+            "punchline_sentence": " ".join(f"w{i}" for i in p_idx),
+            "context_sentences": [" ".join(f"w{i}" for i in s) for s in ctx_idx],
+            "punchline_intervals": [[j, j + 0.3] for j in range(p_words)],
+            "context_intervals": [[[j, j + 0.3] for j in range(w)] for w in ctx_words],
+        }
         a_ctx = [rng.normal(size=(w, 81)) for w in ctx_words]
         a_p = rng.normal(size=(p_words, 81))
         v_ctx = [rng.normal(size=(w, 371)) for w in ctx_words]
@@ -318,8 +345,12 @@ def write_urfunny(root: Path, ids_by_split: dict | None = None, seed: int = 0, w
         opf[sid] = {"punchline_features": v_p, "context_features": v_ctx}
         truth[sid] = {"text": t_clean, "audio": a_clean, "vision": v_clean}
     files = {"language": lang, "embeddings": emb, "audio": cov, "vision": opf}
-    names = {"language": "language_sdk.pkl", "embeddings": "word_embedding_list.pkl",
-             "audio": "covarep_features_sdk.pkl", "vision": "openface_features_sdk.pkl"}
+    names = {
+        "language": "language_sdk.pkl",
+        "embeddings": "word_embedding_list.pkl",
+        "audio": "covarep_features_sdk.pkl",
+        "vision": "openface_features_sdk.pkl",
+    }
     if write_labels_folds:
         labels = labels or {i: float(rng.integers(0, 2)) for i in all_ids}
         files["labels"], names["labels"] = labels, "humor_label_sdk.pkl"

@@ -13,15 +13,25 @@ import torch
 from mmfusion.build import build_datamodule, build_module
 from mmfusion.utils.runtime import compose_train_cfg
 
-SMALL = ["model=ef_lstm", "data.n_train=320", "data.n_valid=256", "data.n_test=32", "data.seq_len=12",
-         "data.min_len=4", "logger=none", "seed=0"]
+SMALL = [
+    "model=ef_lstm",
+    "data.n_train=320",
+    "data.n_valid=256",
+    "data.n_test=32",
+    "data.seq_len=12",
+    "data.min_len=4",
+    "logger=none",
+    "seed=0",
+]
 
 
 def short_run(reg: str, overrides: list[str] | None = None, epochs: int = 3) -> dict[str, Any]:
     """Train ``epochs`` epochs; return the module, the validation representations and predictions."""
     from hydra.core.global_hydra import GlobalHydra
 
-    cfg = compose_train_cfg([*SMALL, f"reg={reg}", *(overrides or [])], Path(tempfile.mkdtemp(prefix="mmf_eff_")))
+    cfg = compose_train_cfg(
+        [*SMALL, f"reg={reg}", *(overrides or [])], Path(tempfile.mkdtemp(prefix="mmf_eff_"))
+    )
     GlobalHydra.instance().clear()
     torch.manual_seed(0)
     dm = build_datamodule(cfg)
@@ -43,8 +53,13 @@ def short_run(reg: str, overrides: list[str] | None = None, epochs: int = 3) -> 
     fused = torch.cat([o.fused for o, _ in outs])
     pred = torch.cat([o.prediction.reshape(-1) for o, _ in outs]).numpy()
     y = torch.cat([t for _, t in outs]).numpy()
-    return {"module": module, "plugin": module.plugins[reg], "unimodal": uni, "fused": fused,
-            "corr": float(np.corrcoef(pred, y)[0, 1])}
+    return {
+        "module": module,
+        "plugin": module.plugins[reg],
+        "unimodal": uni,
+        "fused": fused,
+        "corr": float(np.corrcoef(pred, y)[0, 1]),
+    }
 
 
 def layer_normed(views: dict[str, torch.Tensor]) -> list[torch.Tensor]:

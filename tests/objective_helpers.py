@@ -13,12 +13,25 @@ from mmfusion.build import build_datamodule, build_module
 from mmfusion.contract import FusionOutput
 from mmfusion.utils.runtime import compose_train_cfg
 
-SYNTH = ["data=synthetic", "data.n_train=640", "data.n_valid=256", "data.seq_len=20", "data.min_len=5",
-         "optim.scheduler=null", "logger=none"]
+SYNTH = [
+    "data=synthetic",
+    "data.n_train=640",
+    "data.n_valid=256",
+    "data.seq_len=20",
+    "data.min_len=5",
+    "optim.scheduler=null",
+    "logger=none",
+]
 
 
-def short_run(reg: str, overrides: list[str], model: str = "ef_lstm", epochs: int = 3, seed: int = 0,
-              tmp: str = "/tmp/mmfusion-objective-tests"):
+def short_run(
+    reg: str,
+    overrides: list[str],
+    model: str = "ef_lstm",
+    epochs: int = 3,
+    seed: int = 0,
+    tmp: str = "/tmp/mmfusion-objective-tests",
+):
     """Train ``model`` with ``reg`` for ``epochs`` on small synthetic data (the module's real training step);
     return ``(module, {"train": out, "val": out}, {"train": batch, "val": batch})`` with the outputs of the
     trained model (eval mode) on the whole train and validation splits."""
@@ -48,8 +61,12 @@ def _np(x: torch.Tensor) -> np.ndarray:
     return x.detach().double().cpu().numpy()
 
 
-def linear_cca_heldout(train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor],
-                       k: int, ridge: float = 1e-3) -> float:
+def linear_cca_heldout(
+    train: tuple[torch.Tensor, torch.Tensor],
+    val: tuple[torch.Tensor, torch.Tensor],
+    k: int,
+    ridge: float = 1e-3,
+) -> float:
     """Sum of the top-``k`` held-out canonical correlations: CCA directions fitted on ``train`` (numpy, ridge
     relative to the mean variance), correlations of the paired canonical variates measured on ``val``."""
     a, b = (_np(t) for t in train)
@@ -62,7 +79,7 @@ def linear_cca_heldout(train: tuple[torch.Tensor, torch.Tensor], val: tuple[torc
 
     def inv_sqrt(s: np.ndarray) -> np.ndarray:
         w, v = np.linalg.eigh(s)
-        return v @ np.diag(w ** -0.5) @ v.T
+        return v @ np.diag(w**-0.5) @ v.T
 
     wa, wb = inv_sqrt(saa), inv_sqrt(sbb)
     u, _, vt = np.linalg.svd(wa @ sab @ wb)
@@ -71,8 +88,13 @@ def linear_cca_heldout(train: tuple[torch.Tensor, torch.Tensor], val: tuple[torc
     return float(sum(abs(np.corrcoef(va[:, i], vb[:, i])[0, 1]) for i in range(k)))
 
 
-def ridge_reconstruction_error(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor,
-                               val_y: torch.Tensor, ridge: float = 1e-2) -> float:
+def ridge_reconstruction_error(
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    val_x: torch.Tensor,
+    val_y: torch.Tensor,
+    ridge: float = 1e-2,
+) -> float:
     """Held-out normalised MSE of the ridge regression (closed form) from ``x`` to standardised ``y``."""
     x, y, vx, vy = _np(train_x), _np(train_y), _np(val_x), _np(val_y)
     mx, sx = x.mean(0), x.std(0) + 1e-8
@@ -83,8 +105,13 @@ def ridge_reconstruction_error(train_x: torch.Tensor, train_y: torch.Tensor, val
     return float(((vx @ w - vy) ** 2).mean())
 
 
-def infonce_probe(train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor],
-                  dim: int = 16, steps: int = 300, seed: int = 0) -> float:
+def infonce_probe(
+    train: tuple[torch.Tensor, torch.Tensor],
+    val: tuple[torch.Tensor, torch.Tensor],
+    dim: int = 16,
+    steps: int = 300,
+    seed: int = 0,
+) -> float:
     """Held-out symmetric InfoNCE estimate (nats, full validation batch) of a fresh linear CLIP critic (two
     projections + learnt temperature) fitted with Adam on the frozen ``train`` pair."""
     from mmfusion.regularizers.contrastive import clip_logits, symmetric_infonce

@@ -11,14 +11,40 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = SRC / "mmfusion"
 
 # models know no plug-in, no data and no training loop
-MODELS_MAY_NOT_IMPORT = ("mmfusion.regularizers", "mmfusion.data", "mmfusion.emma.plugin", "mmfusion.attention.plugin",
-                         "mmfusion.module", "mmfusion.training_step", "mmfusion.build", "mmfusion.tasks",
-                         "mmfusion.tasks_vqa", "mmfusion.callbacks", "mmfusion.train", "mmfusion.eval")
+MODELS_MAY_NOT_IMPORT = (
+    "mmfusion.regularizers",
+    "mmfusion.data",
+    "mmfusion.emma.plugin",
+    "mmfusion.attention.plugin",
+    "mmfusion.module",
+    "mmfusion.training_step",
+    "mmfusion.build",
+    "mmfusion.tasks",
+    "mmfusion.tasks_vqa",
+    "mmfusion.callbacks",
+    "mmfusion.train",
+    "mmfusion.eval",
+)
 # numerics know no Lightning
-NUMERICS = ("mmfusion.models", "mmfusion.attention", "mmfusion.regularizers", "mmfusion.metrics",
-            "mmfusion.contract", "mmfusion.training_step", "mmfusion.corruption", "mmfusion.tokens")
-DATA_MAY_NOT_IMPORT = ("mmfusion.models", "mmfusion.regularizers", "mmfusion.module", "mmfusion.training_step",
-                       "mmfusion.build", "mmfusion.emma", "mmfusion.attention")
+NUMERICS = (
+    "mmfusion.models",
+    "mmfusion.attention",
+    "mmfusion.regularizers",
+    "mmfusion.metrics",
+    "mmfusion.contract",
+    "mmfusion.training_step",
+    "mmfusion.corruption",
+    "mmfusion.tokens",
+)
+DATA_MAY_NOT_IMPORT = (
+    "mmfusion.models",
+    "mmfusion.regularizers",
+    "mmfusion.module",
+    "mmfusion.training_step",
+    "mmfusion.build",
+    "mmfusion.emma",
+    "mmfusion.attention",
+)
 
 
 def _modules() -> dict[str, Path]:
@@ -99,11 +125,15 @@ def _cycles(edges: dict[str, set[str]]) -> list[list[str]]:
     return out
 
 
-def _violations(edges: dict[str, set[str]], sources: tuple[str, ...], forbidden: tuple[str, ...]) -> list[str]:
+def _violations(
+    edges: dict[str, set[str]], sources: tuple[str, ...], forbidden: tuple[str, ...]
+) -> list[str]:
     def under(m: str, prefixes: tuple[str, ...]) -> bool:
         return any(m == p or m.startswith(p + ".") for p in prefixes)
 
-    return sorted(f"{m} -> {t}" for m, ts in edges.items() if under(m, sources) for t in ts if under(t, forbidden))
+    return sorted(
+        f"{m} -> {t}" for m, ts in edges.items() if under(m, sources) for t in ts if under(t, forbidden)
+    )
 
 
 def test_no_import_circles() -> None:
@@ -133,6 +163,7 @@ def test_the_checks_see_a_forbidden_arrow_and_a_circle() -> None:
     assert _cycles(edges) == [["mmfusion.a", "mmfusion.b"]]
     bad = {"mmfusion.models.tfn": {"mmfusion.regularizers.mdm"}}
     assert _violations(bad, ("mmfusion.models",), MODELS_MAY_NOT_IMPORT) == [
-        "mmfusion.models.tfn -> mmfusion.regularizers.mdm"]
+        "mmfusion.models.tfn -> mmfusion.regularizers.mdm"
+    ]
     real, _ = _graph()
     assert "mmfusion.contract" in real["mmfusion.module"]  # the parser sees real imports

@@ -47,7 +47,9 @@ def test_real_easyvqa_image_mask_matches_its_shape_pixels() -> None:
 
     from PIL import Image
 
-    img = np.asarray(Image.open(Path(easy_vqa.__file__).parent / "data" / "test" / "images" / "0.png").convert("RGB"))
+    img = np.asarray(
+        Image.open(Path(easy_vqa.__file__).parent / "data" / "test" / "images" / "0.png").convert("RGB")
+    )
     m = shape_mask(img)
     colours, counts = np.unique(img.reshape(-1, 3), axis=0, return_counts=True)
     bg = colours[counts.argmax()]
@@ -99,12 +101,23 @@ def test_question_types_of_easyvqa_questions() -> None:
     from pathlib import Path
 
     spec = importlib.util.spec_from_file_location(
-        "attention_localization", Path(__file__).parents[1] / "scripts" / "attention_localization.py")
+        "attention_localization", Path(__file__).parents[1] / "scripts" / "attention_localization.py"
+    )
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     colours = {"red", "green", "blue"}
-    qs = ["what color is the shape?", "what is the blue shape?", "is there a red shape?", "is there a circle?",
-          "does the image contain a green triangle?"]
+    qs = [
+        "what color is the shape?",
+        "what is the blue shape?",
+        "is there a red shape?",
+        "is there a circle?",
+        "does the image contain a green triangle?",
+    ]
     ans = ["red", "circle", "no", "yes", "yes"]
-    assert mod.question_types(qs, ans, colours) == ["open colour", "open shape", "colour yes/no", "shape yes/no",
-                                                     "colour yes/no"]
+    assert mod.question_types(qs, ans, colours) == [
+        "open colour",
+        "open shape",
+        "colour yes/no",
+        "shape yes/no",
+        "colour yes/no",
+    ]

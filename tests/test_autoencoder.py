@@ -24,7 +24,9 @@ from .reg_helpers import DIMS, TinyFusion, redundant_batch
 
 
 def attach_ae(plug: MultimodalAutoencoder, model: TinyFusion) -> list[torch.optim.Optimizer]:
-    plug.attach(model, ModelInfo(model.modalities, model.unimodal_dims, model.fused_dim, {"input_dims": DIMS}))
+    plug.attach(
+        model, ModelInfo(model.modalities, model.unimodal_dims, model.fused_dim, {"input_dims": DIMS})
+    )
     return plug.configure_optimizers()
 
 
@@ -51,9 +53,11 @@ def test_sample_keep_never_drops_every_modality_and_has_the_stated_rates():
 
 def test_drop_per_sample_zeroes_only_the_chosen_cells_and_unk_tokens():
     batch = redundant_batch(4)
-    batch["tokens"] = {"input_ids": torch.arange(24).reshape(4, 6) + 10,
-                       "special_mask": torch.tensor([[1, 0, 0, 0, 0, 1]] * 4),
-                       "unk_token_id": torch.full((4,), 3)}
+    batch["tokens"] = {
+        "input_ids": torch.arange(24).reshape(4, 6) + 10,
+        "special_mask": torch.tensor([[1, 0, 0, 0, 0, 1]] * 4),
+        "unk_token_id": torch.full((4,), 3),
+    }
     mods = tuple(DIMS)
     keep = torch.tensor([[True, True, True], [False, True, True], [True, False, False], [False, True, False]])
     out = drop_per_sample(batch, keep, mods)
@@ -63,7 +67,9 @@ def test_drop_per_sample_zeroes_only_the_chosen_cells_and_unk_tokens():
             torch.testing.assert_close(out["x"][m][i], expect)
     ids = out["tokens"]["input_ids"]
     torch.testing.assert_close(ids[[0, 2]], batch["tokens"]["input_ids"][[0, 2]])  # text kept
-    assert (ids[[1, 3], 1:5] == 3).all() and (ids[[1, 3]][:, [0, 5]] == batch["tokens"]["input_ids"][[1, 3]][:, [0, 5]]).all()
+    assert (ids[[1, 3], 1:5] == 3).all() and (
+        ids[[1, 3]][:, [0, 5]] == batch["tokens"]["input_ids"][[1, 3]][:, [0, 5]]
+    ).all()
     assert torch.equal(out["corrupt"], ~keep)
     assert batch["x"]["text"].abs().sum() > 0 and batch["tokens"]["input_ids"].min() >= 10  # input untouched
 
@@ -71,7 +77,9 @@ def test_drop_per_sample_zeroes_only_the_chosen_cells_and_unk_tokens():
 def test_loss_is_weighted_mean_of_standardised_reconstruction_errors():
     torch.manual_seed(0)
     model = TinyFusion()
-    plug = MultimodalAutoencoder(weight=0.3, modality_weights={"text": 2.0, "vision": 0.0}, modality_dropout=0.0)
+    plug = MultimodalAutoencoder(
+        weight=0.3, modality_weights={"text": 2.0, "vision": 0.0}, modality_dropout=0.0
+    )
     attach_ae(plug, model)
     batch = redundant_batch(32)
     out = model(batch)
@@ -110,8 +118,11 @@ def test_second_forward_leaves_the_global_rng_stream_untouched_and_weight_zero_i
     a training step the global RNG state is the one of reg=none; at weight 0 training is bit-identical."""
     extra = ["data.seq_len=8", "data.min_len=4", "model.input_dropout=0.2"]
     states, params = {}, {}
-    for name, regs, more in (("none", [], []), ("ae", ["autoencoder"], []),
-                             ("ae0", ["autoencoder"], ["reg.autoencoder.weight=0"])):
+    for name, regs, more in (
+        ("none", [], []),
+        ("ae", ["autoencoder"], []),
+        ("ae0", ["autoencoder"], ["reg.autoencoder.weight=0"]),
+    ):
         torch.manual_seed(0)
         module, batch, opts = build_step("ef_lstm", regs, "mosi", 8, extra=extra + more)
         torch.manual_seed(1)
@@ -146,10 +157,15 @@ def test_diagnostics_report_cross_modal_reconstruction():
     assert all(math.isfinite(float(v)) for v in diag.values())
 
 
-@pytest.mark.parametrize("kw,msg", [({"modality_weights": {"smell": 1.0}}, "unknown modalities"),
-                                    ({"modality_weights": {"text": -1.0}}, "must be >= 0"),
-                                    ({"modality_dropout": 1.0}, "modality_dropout"),
-                                    ({"weight": -0.1}, "weight")])
+@pytest.mark.parametrize(
+    "kw,msg",
+    [
+        ({"modality_weights": {"smell": 1.0}}, "unknown modalities"),
+        ({"modality_weights": {"text": -1.0}}, "must be >= 0"),
+        ({"modality_dropout": 1.0}, "modality_dropout"),
+        ({"weight": -0.1}, "weight"),
+    ],
+)
 def test_bad_config_is_one_line_config_error(kw, msg):
     with pytest.raises(ConfigError) as e:
         attach_ae(MultimodalAutoencoder(**kw), TinyFusion())
@@ -159,7 +175,9 @@ def test_bad_config_is_one_line_config_error(kw, msg):
 def test_missing_input_dims_is_config_error():
     model = TinyFusion()
     with pytest.raises(ConfigError, match="input_dims"):
-        MultimodalAutoencoder().attach(model, ModelInfo(model.modalities, model.unimodal_dims, model.fused_dim))
+        MultimodalAutoencoder().attach(
+            model, ModelInfo(model.modalities, model.unimodal_dims, model.fused_dim)
+        )
 
 
 def test_shipped_defaults_lower_heldout_reconstruction_error_on_ef_lstm():
@@ -170,7 +188,13 @@ def test_shipped_defaults_lower_heldout_reconstruction_error_on_ef_lstm():
     for name, extra in (("on", []), ("off", ["reg.autoencoder.weight=0"])):
         _, outs, bs = short_run("autoencoder", ["data.dims={text:16,audio:8,vision:8}", *extra])
         mods = tuple(outs["train"].unimodal)
-        res[name] = sum(ridge_reconstruction_error(outs["train"].fused, input_summary(bs["train"], m),
-                                                   outs["val"].fused, input_summary(bs["val"], m))
-                        for m in mods) / len(mods)
+        res[name] = sum(
+            ridge_reconstruction_error(
+                outs["train"].fused,
+                input_summary(bs["train"], m),
+                outs["val"].fused,
+                input_summary(bs["val"], m),
+            )
+            for m in mods
+        ) / len(mods)
     assert res["on"] < res["off"] - 0.03, res

@@ -8,8 +8,16 @@ import pytest
 
 from .conftest import run_cli
 
-TINY = ["data.n_train=128", "data.n_valid=32", "data.n_test=64", "data.seq_len=10", "data.min_len=3",
-        "trainer.max_epochs=1", "trainer.enable_progress_bar=false", "~callbacks.model_summary"]
+TINY = [
+    "data.n_train=128",
+    "data.n_valid=32",
+    "data.n_test=64",
+    "data.seq_len=10",
+    "data.min_len=3",
+    "trainer.max_epochs=1",
+    "trainer.enable_progress_bar=false",
+    "~callbacks.model_summary",
+]
 
 
 def _one_line_error(proc) -> str:
@@ -27,20 +35,40 @@ def test_unknown_choice_lists_valid_ones():
 
 
 def test_missing_data_path_is_one_line(tmp_path):
-    msg = _one_line_error(run_cli(["train.py", "data=mosi_utterance", f"data.path={tmp_path / 'nope'}",
-                                   f"hydra.run.dir={tmp_path / 'run'}"]))
+    msg = _one_line_error(
+        run_cli(
+            [
+                "train.py",
+                "data=mosi_utterance",
+                f"data.path={tmp_path / 'nope'}",
+                f"hydra.run.dir={tmp_path / 'run'}",
+            ]
+        )
+    )
     assert str(tmp_path / "nope") in msg and "not found" in msg
 
 
 def test_eval_missing_checkpoint_is_one_line(tmp_path):
-    msg = _one_line_error(run_cli(["eval.py", f"ckpt_path={tmp_path / 'x.ckpt'}", f"hydra.run.dir={tmp_path}"]))
+    msg = _one_line_error(
+        run_cli(["eval.py", f"ckpt_path={tmp_path / 'x.ckpt'}", f"hydra.run.dir={tmp_path}"])
+    )
     assert "x.ckpt" in msg
 
 
 @pytest.mark.slow
 def test_multirun_with_wandb_offline_gives_one_run_per_job(tmp_path):
-    proc = run_cli(["train.py", "-m", "model=ef_lstm", "reg=none", "seed=1,2", "logger=wandb",
-                    f"hydra.sweep.dir={tmp_path}", *TINY])
+    proc = run_cli(
+        [
+            "train.py",
+            "-m",
+            "model=ef_lstm",
+            "reg=none",
+            "seed=1,2",
+            "logger=wandb",
+            f"hydra.sweep.dir={tmp_path}",
+            *TINY,
+        ]
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = []
     for job in ("0", "1"):

@@ -57,8 +57,15 @@ def _ellipse_integral(fun, mu: np.ndarray, sigma: np.ndarray, rad2: float) -> fl
         rest = max(rad2 - d0 * d0 / s00, 0.0) * (s11 - s01 * s01 / s00)
         return mu[1] + s01 / s00 * d0 + sign * math.sqrt(rest)
 
-    val, _ = integrate.dblquad(lambda t1, t0: fun(t0, t1), mu[0] - half0, mu[0] + half0,
-                               lambda t0: bounds(t0, -1.0), lambda t0: bounds(t0, 1.0), epsabs=1e-12, epsrel=1e-11)
+    val, _ = integrate.dblquad(
+        lambda t1, t0: fun(t0, t1),
+        mu[0] - half0,
+        mu[0] + half0,
+        lambda t0: bounds(t0, -1.0),
+        lambda t0: bounds(t0, 1.0),
+        epsabs=1e-12,
+        epsrel=1e-11,
+    )
     return val
 
 
@@ -78,7 +85,9 @@ def _tp_times_rbf(mu, sigma, centre, var):
 # ------------------------------------------------------------------------------------------ forward vs scipy
 
 
-@pytest.mark.parametrize("scale,seed,line", [(1.0, 0, None), (3.0, 1, None), (1.0, 2, "row"), (1.0, 7, "diagonal")])
+@pytest.mark.parametrize(
+    "scale,seed,line", [(1.0, 0, None), (3.0, 1, None), (1.0, 2, "row"), (1.0, 7, "diagonal")]
+)
 def test_sparsemax_2d_forward_matches_scipy(scale: float, seed: int, line: str | None) -> None:
     basis = GaussianBasis.grid_2d(100)
     pos = grid_positions(14, 14, F64)
@@ -116,10 +125,17 @@ def test_adaptive_angles_are_a_change_of_variables() -> None:
         assert float((a0 * a0 + a1 * a1 - 1).abs().max()) < 1e-12
         theta = torch.atan2(a1, a0)
         gaps = torch.remainder(theta.diff(dim=-1, append=theta[..., :1]), 2 * math.pi)
-        assert float(gaps.min()) > 1e-4 and float(gaps.sum(-1).max()) < 2 * math.pi + 1e-9 and bool((w > 0).all())
+        assert (
+            float(gaps.min()) > 1e-4
+            and float(gaps.sum(-1).max()) < 2 * math.pi + 1e-9
+            and bool((w > 0).all())
+        )
         for m in range(4):
             cm, sm = (w * torch.cos(m * theta)).sum(-1), (w * torch.sin(m * theta)).sum(-1)
-            assert float((cm - (2 * math.pi if m == 0 else 0.0)).abs().max()) < tol and float(sm.abs().max()) < tol
+            assert (
+                float((cm - (2 * math.pi if m == 0 else 0.0)).abs().max()) < tol
+                and float(sm.abs().max()) < tol
+            )
     assert bool(torch.isfinite(continuous_sparsemax(mu, sigma, basis)).all())
 
 
@@ -146,10 +162,16 @@ def test_softmax_2d_forward_matches_scipy() -> None:
         def f(t1, t0):
             d = np.array([t0, t1]) - mu[0].numpy()
             e = (t0 - c[0]) ** 2 + (t1 - c[1]) ** 2
-            return math.exp(-0.5 * d @ sinv @ d) / (2 * math.pi * math.sqrt(det)) * math.exp(-0.5 * e / 1e-3) / (
-                2 * math.pi * 1e-3)
+            return (
+                math.exp(-0.5 * d @ sinv @ d)
+                / (2 * math.pi * math.sqrt(det))
+                * math.exp(-0.5 * e / 1e-3)
+                / (2 * math.pi * 1e-3)
+            )
 
-        val, _ = integrate.dblquad(f, c[0] - 0.4, c[0] + 0.4, c[1] - 0.4, c[1] + 0.4, epsabs=1e-11, epsrel=1e-10)
+        val, _ = integrate.dblquad(
+            f, c[0] - 0.4, c[0] + 0.4, c[1] - 0.4, c[1] + 0.4, epsabs=1e-11, epsrel=1e-10
+        )
         assert float(r[j]) == pytest.approx(val, rel=1e-7, abs=1e-9)
 
 
@@ -180,8 +202,13 @@ def test_interval_moments_closed_form_and_flat_branch() -> None:
     for i in range(len(m)):
         mi, si = float(m[i]), float(s[i])
         for k in range(4):
-            val, _ = integrate.quad(lambda x: x ** k * math.exp(-0.5 * ((x - mi) / si) ** 2) / (si * math.sqrt(2 * math.pi)),
-                                    0.0, 1.0, epsabs=1e-15, epsrel=1e-12)
+            val, _ = integrate.quad(
+                lambda x: x**k * math.exp(-0.5 * ((x - mi) / si) ** 2) / (si * math.sqrt(2 * math.pi)),
+                0.0,
+                1.0,
+                epsabs=1e-15,
+                epsrel=1e-12,
+            )
             assert float(xs[k][i]) == pytest.approx(val, rel=1e-9, abs=1e-15)
 
 
@@ -191,15 +218,21 @@ def test_interval_moments_closed_form_and_flat_branch() -> None:
 def test_gradcheck_every_transform() -> None:
     b2, b1 = GaussianBasis.grid_2d(16, var=1e-2), GaussianBasis.grid_1d(8)
     mu = torch.tensor([[0.4, 0.6], [0.5, 0.3]], dtype=F64, requires_grad=True)
-    s = torch.tensor([[[0.05, 0.01], [0.01, 0.03]], [[0.2, -0.05], [-0.05, 0.1]]], dtype=F64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda m, x: continuous_softmax(m, sym2(x), b2), (mu, s), eps=1e-6, atol=1e-6)
+    s = torch.tensor(
+        [[[0.05, 0.01], [0.01, 0.03]], [[0.2, -0.05], [-0.05, 0.1]]], dtype=F64, requires_grad=True
+    )
+    assert torch.autograd.gradcheck(
+        lambda m, x: continuous_softmax(m, sym2(x), b2), (mu, s), eps=1e-6, atol=1e-6
+    )
     for adaptive in (True, False):
         fn = lambda m, x: continuous_sparsemax(m, sym2(x), b2, 400, adaptive_angles=adaptive)  # noqa: E731
         assert torch.autograd.gradcheck(fn, (mu, s), eps=1e-6, atol=1e-5, rtol=1e-4)
     m1 = torch.tensor([0.3, 0.7], dtype=F64, requires_grad=True)
     v1 = torch.tensor([0.01, 0.05], dtype=F64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda m, v: continuous_softmax(m, v, b1), (m1, v1), eps=1e-7, atol=1e-6)
-    assert torch.autograd.gradcheck(lambda m, v: continuous_sparsemax(m, v, b1), (m1, v1), eps=1e-7, atol=1e-6)
+    assert torch.autograd.gradcheck(
+        lambda m, v: continuous_sparsemax(m, v, b1), (m1, v1), eps=1e-7, atol=1e-6
+    )
 
 
 def test_sparsemax_2d_backward_is_the_formula_not_autograd() -> None:
@@ -214,11 +247,15 @@ def test_sparsemax_2d_backward_is_the_formula_not_autograd() -> None:
     for i in range(2):
         e = torch.zeros_like(mu)
         e[0, i] = 1e-6
-        fd = ((continuous_sparsemax(mu + e, sigma, basis) - continuous_sparsemax(mu - e, sigma, basis)) * g).sum() / 2e-6
+        fd = (
+            (continuous_sparsemax(mu + e, sigma, basis) - continuous_sparsemax(mu - e, sigma, basis)) * g
+        ).sum() / 2e-6
         assert float(mu.grad[0, i].detach()) == pytest.approx(float(fd), rel=1e-5, abs=1e-6)
     e = torch.zeros_like(sigma)
     e[1, 0, 1] = e[1, 1, 0] = 1e-7
-    fd = ((continuous_sparsemax(mu, sigma + e, basis) - continuous_sparsemax(mu, sigma - e, basis)) * g).sum() / 2e-7
+    fd = (
+        (continuous_sparsemax(mu, sigma + e, basis) - continuous_sparsemax(mu, sigma - e, basis)) * g
+    ).sum() / 2e-7
     assert float((sigma.grad[1, 0, 1] + sigma.grad[1, 1, 0]).detach()) == pytest.approx(float(fd), rel=1e-5)
 
 
@@ -256,8 +293,14 @@ def test_theorem1_truncated_paraboloid_moments() -> None:
     c00 = ell(lambda a, b: (a - mu[0]) ** 2 * dens(a, b))
     assert (c00, c01) == pytest.approx((v[0, 0], v[0, 1]), abs=1e-9)
     # the density helper agrees and integrates to 1 on a fine grid
-    t = torch.stack(torch.meshgrid(torch.linspace(-0.5, 1.5, 801, dtype=F64), torch.linspace(-0.5, 1.5, 801,
-                                                                                             dtype=F64), indexing="ij"), -1)
+    t = torch.stack(
+        torch.meshgrid(
+            torch.linspace(-0.5, 1.5, 801, dtype=F64),
+            torch.linspace(-0.5, 1.5, 801, dtype=F64),
+            indexing="ij",
+        ),
+        -1,
+    )
     p = paraboloid_density(t.reshape(-1, 2), torch.tensor(mu)[None], torch.tensor(sigma)[None])
     assert float(p.sum()) * (2 / 800) ** 2 == pytest.approx(1.0, abs=2e-3)
 
@@ -317,7 +360,9 @@ def test_weighted_em_monotone_and_recovers_two_blobs() -> None:
 
 
 def test_eig_floor_is_the_constrained_covariance() -> None:
-    a = torch.tensor([[[2e-7, 0.0], [0.0, 0.3]], [[0.0, 0.0], [0.0, 0.0]], [[0.5, 0.1], [0.1, 0.2]]], dtype=F64)
+    a = torch.tensor(
+        [[[2e-7, 0.0], [0.0, 0.3]], [[0.0, 0.0], [0.0, 0.0]], [[0.5, 0.1], [0.1, 0.2]]], dtype=F64
+    )
     f = eig_floor2(a, 1e-6)
     ev = torch.linalg.eigvalsh(f)
     assert torch.allclose(ev[0], torch.tensor([1e-6, 0.3], dtype=F64))
@@ -328,8 +373,9 @@ def test_eig_floor_is_the_constrained_covariance() -> None:
 def test_test_time_k_selection_and_histogram() -> None:
     pos, w = _two_blobs()
     p = w[None].repeat(3, 1)
-    pool = MCAPool(4, 4, 4, grid_shape=(14, 14), select_k=True, lam=0.0, k_max=3, n_inits=3,
-                   compute_dtype="float64").eval()
+    pool = MCAPool(
+        4, 4, 4, grid_shape=(14, 14), select_k=True, lam=0.0, k_max=3, n_inits=3, compute_dtype="float64"
+    ).eval()
     pts = pos[None].expand(3, -1, -1)
     pool.fit_and_transform(p, pts)
     assert int(pool.k_histogram.sum()) == 3 and int(pool.k_histogram[0]) == 0  # lambda = 0: never K = 1
@@ -353,16 +399,30 @@ def test_k_selection_at_moderate_lambda_finds_two_blobs() -> None:
     d = pos - torch.tensor([0.5, 0.45], dtype=F64)
     one = torch.exp(-0.5 * (d**2).sum(-1) / 0.01)
     p = torch.stack([two, one / one.sum()])
-    pool = MCAPool(4, 4, 4, grid_shape=(14, 14), select_k=True, lam=0.6, k_max=5, n_inits=3, eval_iter=20,
-                   compute_dtype="float64").eval()
+    pool = MCAPool(
+        4,
+        4,
+        4,
+        grid_shape=(14, 14),
+        select_k=True,
+        lam=0.6,
+        k_max=5,
+        n_inits=3,
+        eval_iter=20,
+        compute_dtype="float64",
+    ).eval()
     _, params = pool.fit_and_transform(p, pos[None].expand(2, -1, -1))
     assert pool.k_histogram.tolist() == [1, 1, 0, 0, 0]
     active = (params["pi"] > 1e-3).sum(-1).tolist()
     assert active == [2, 1]
     order = params["mu"][0, :2, 0].argsort()
-    assert torch.allclose(params["mu"][0, :2][order], torch.tensor([[0.25, 0.3], [0.75, 0.7]], dtype=F64), atol=0.02)
+    assert torch.allclose(
+        params["mu"][0, :2][order], torch.tensor([[0.25, 0.3], [0.75, 0.7]], dtype=F64), atol=0.02
+    )
     pool.reset_histogram()
-    pool.lam = 5.0  # the reference code's penalty: too large for unit-mass weights (notes sect. 4), K = 1 both
+    pool.lam = (
+        5.0  # the reference code's penalty: too large for unit-mass weights (notes sect. 4), K = 1 both
+    )
     pool.fit_and_transform(p, pos[None].expand(2, -1, -1))
     assert pool.k_histogram.tolist() == [2, 0, 0, 0, 0]
 
@@ -378,7 +438,7 @@ def test_degenerate_attention_is_finite(cls) -> None:
     logits = torch.full((4, 196), -30.0)
     logits[0, 0] = 30.0  # one-hot, corner
     logits[1, 14 * 7 + 6] = 30.0  # one-hot, interior
-    logits[2, 14 * 5: 14 * 6] = 30.0  # a single row
+    logits[2, 14 * 5 : 14 * 6] = 30.0  # a single row
     logits[3, 3::14] = 30.0  # a single column
     pool.mlp = _Const(logits)
     y = pool(x, None)
@@ -410,7 +470,7 @@ def test_sparsemax_float32_matches_float64_near_one_hot() -> None:
     basis = GaussianBasis.grid_2d(100)
     p = torch.full((2, 196), 1e-9, dtype=F64)
     p[0, 20] = 1.0
-    p[1, 14 * 5: 14 * 6] = 1.0
+    p[1, 14 * 5 : 14 * 6] = 1.0
     p = p / p.sum(-1, keepdim=True)
     mu, v = moments_2d(p, grid_positions(14, 14, F64))
     s = sparsemax_sigma_2d(v)
@@ -477,7 +537,9 @@ def test_plugin_replaces_image_pool_and_keeps_weights(kind: str) -> None:
         ContinuousAttention(kind=kind, pools=["audio"]).attach(_Toy(), ModelInfo(("image",), {}, 12))
     both = _Toy()
     ContinuousAttention(kind=kind, pools="all").attach(both, ModelInfo(("image",), {}, 12))
-    assert both.pools["question"].grid_shape is None and both.pools["question"](torch.randn(2, 5, 8)).shape == (2, 12)
+    assert both.pools["question"].grid_shape is None and both.pools["question"](
+        torch.randn(2, 5, 8)
+    ).shape == (2, 12)
 
 
 @pytest.mark.parametrize("cls", POOLS)

@@ -15,20 +15,47 @@ from mmfusion.train import train
 pytest.importorskip("easy_vqa")
 
 TINY = [
-    "model=mcan", "data=easyvqa", "data.max_train_images=48", "data.max_test_images=16", "data.batch_size=16",
-    "model.layers=1", "model.hidden=32", "model.heads=4", "model.ff=64", "model.flat_mlp=32", "model.flat_out=64",
-    "model.cnn_channels=[8,16,32]", "trainer.max_epochs=1", "+trainer.limit_train_batches=3",
-    "+trainer.limit_val_batches=1", "+trainer.limit_test_batches=1", "trainer.enable_progress_bar=false",
-    "logger=none", "callbacks=default", "~callbacks.model_summary", "~callbacks.early_stopping",
+    "model=mcan",
+    "data=easyvqa",
+    "data.max_train_images=48",
+    "data.max_test_images=16",
+    "data.batch_size=16",
+    "model.layers=1",
+    "model.hidden=32",
+    "model.heads=4",
+    "model.ff=64",
+    "model.flat_mlp=32",
+    "model.flat_out=64",
+    "model.cnn_channels=[8,16,32]",
+    "trainer.max_epochs=1",
+    "+trainer.limit_train_batches=3",
+    "+trainer.limit_val_batches=1",
+    "+trainer.limit_test_batches=1",
+    "trainer.enable_progress_bar=false",
+    "logger=none",
+    "callbacks=default",
+    "~callbacks.model_summary",
+    "~callbacks.early_stopping",
 ]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("reg,cls,extra", [
-    ("cont_softmax", ContinuousSoftmaxPool, []),
-    ("cont_sparsemax", ContinuousSparsemaxPool, []),
-    ("mca", MCAPool, ["reg.mca.pool_kwargs.select_k=true", "reg.mca.pool_kwargs.k_max=3", "reg.mca.pool_kwargs.n_inits=1"]),
-])
+@pytest.mark.parametrize(
+    "reg,cls,extra",
+    [
+        ("cont_softmax", ContinuousSoftmaxPool, []),
+        ("cont_sparsemax", ContinuousSparsemaxPool, []),
+        (
+            "mca",
+            MCAPool,
+            [
+                "reg.mca.pool_kwargs.select_k=true",
+                "reg.mca.pool_kwargs.k_max=3",
+                "reg.mca.pool_kwargs.n_inits=1",
+            ],
+        ),
+    ],
+)
 def test_mcan_easyvqa_with_continuous_attention(make_cfg, reg, cls, extra) -> None:
     cfg = make_cfg(TINY + [f"reg={reg}", *extra], fast=False)
     result, objs = train(cfg)
@@ -64,11 +91,18 @@ def test_mcan_vqa2_grid_fixture_with_continuous_sparsemax(make_cfg, tmp_path) ->
 
     args = write_vqa_fixture(tmp_path / "vqa", layout="grid")
     data = [f"data.{k}={v}" for k, v in args.items() if k != "feature_dirs"]
-    data += [f"data.feature_dirs=[{','.join(args['feature_dirs'])}]", "data.min_answer_count=2",
-             "data.valid_fraction=0.25", "data.batch_size=8", "data.eval_batch_size=8"]
+    data += [
+        f"data.feature_dirs=[{','.join(args['feature_dirs'])}]",
+        "data.min_answer_count=2",
+        "data.valid_fraction=0.25",
+        "data.batch_size=8",
+        "data.eval_batch_size=8",
+    ]
     small = [o for o in TINY if not o.startswith(("data.", "model.cnn")) and o != "data=easyvqa"]
-    cfg = make_cfg(small + ["data=vqa2", *data, "reg=cont_sparsemax", "reg.cont_sparsemax.pool_kwargs.num_basis=16"],
-                   fast=False)
+    cfg = make_cfg(
+        small + ["data=vqa2", *data, "reg=cont_sparsemax", "reg.cont_sparsemax.pool_kwargs.num_basis=16"],
+        fast=False,
+    )
     result, objs = train(cfg)
     pool = objs["module"].net.pools["image"]
     assert isinstance(pool, ContinuousSparsemaxPool) and pool.grid_shape == (4, 4)

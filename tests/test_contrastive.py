@@ -35,8 +35,12 @@ def test_infonce_with_ideal_critic_matches_closed_form_mi(d, rho, batch):
     """MI << log B: the estimate is within Monte-Carlo error of I = -(d/2) log(1 - rho^2), and always <= log B."""
     g = torch.Generator().manual_seed(0)
     mi = -d / 2 * math.log(1 - rho**2)
-    est = torch.tensor([float(symmetric_infonce(gaussian_critic(*correlated_pair(batch, d, rho, g), rho))[1])
-                        for _ in range(200)])
+    est = torch.tensor(
+        [
+            float(symmetric_infonce(gaussian_critic(*correlated_pair(batch, d, rho, g), rho))[1])
+            for _ in range(200)
+        ]
+    )
     assert (est <= math.log(batch) + 1e-12).all()
     se = float(est.std()) / math.sqrt(len(est))
     assert abs(float(est.mean()) - mi) < 4 * se + 0.005, (float(est.mean()), mi, se)
@@ -45,7 +49,10 @@ def test_infonce_with_ideal_critic_matches_closed_form_mi(d, rho, batch):
 def test_infonce_saturates_at_log_batch_when_mi_is_large():
     g = torch.Generator().manual_seed(1)
     mi, batch = -20 / 2 * math.log(1 - 0.9**2), 64  # 16.6 nats >> log 64 = 4.16
-    est = [float(symmetric_infonce(gaussian_critic(*correlated_pair(batch, 20, 0.9, g), 0.9))[1]) for _ in range(20)]
+    est = [
+        float(symmetric_infonce(gaussian_critic(*correlated_pair(batch, 20, 0.9, g), 0.9))[1])
+        for _ in range(20)
+    ]
     assert mi > 3 * math.log(batch)
     assert all(e <= math.log(batch) + 1e-12 for e in est)
     assert min(est) > math.log(batch) - 0.01
@@ -87,7 +94,9 @@ def test_gradcheck_float64():
     assert torch.autograd.gradcheck(lambda a, b, t: symmetric_infonce(clip_logits(a, b, t))[0], (a, b, t))
     for red in ("sum", "max"):
         assert torch.autograd.gradcheck(
-            lambda a, b, red=red: vse_hinge(F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).T, 0.5, red), (a, b))
+            lambda a, b, red=red: vse_hinge(F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).T, 0.5, red),
+            (a, b),
+        )
 
 
 @pytest.mark.parametrize("form", ["infonce", "hinge"])
@@ -99,11 +108,16 @@ def test_plugin_loss_gradcheck_through_projections(form):
     attach(plug, model)
     plug.double()
     g = torch.Generator().manual_seed(6)
-    uni = {m: torch.randn(6, 8, generator=g, dtype=torch.float64, requires_grad=True) for m in model.modalities}
+    uni = {
+        m: torch.randn(6, 8, generator=g, dtype=torch.float64, requires_grad=True) for m in model.modalities
+    }
 
     def f(*views):
-        out = FusionOutput(unimodal=dict(zip(model.modalities, views)), fused=torch.zeros(6, 3, dtype=torch.float64),
-                           prediction=torch.zeros(6, 1, dtype=torch.float64))
+        out = FusionOutput(
+            unimodal=dict(zip(model.modalities, views)),
+            fused=torch.zeros(6, 3, dtype=torch.float64),
+            prediction=torch.zeros(6, 1, dtype=torch.float64),
+        )
         return plug.loss(out, {}, "train").value
 
     assert torch.autograd.gradcheck(f, tuple(uni.values()))
@@ -117,8 +131,12 @@ def test_plugin_value_is_weight_times_mean_over_pairs():
     out = model(redundant_batch(16))
     value = plug.loss(out, {}, "train").value
     z = {m: F.normalize(plug.proj[m](out.unimodal[m]), dim=-1) for m in model.modalities}
-    ref = torch.stack([symmetric_infonce(math.exp(math.log(1 / 0.07)) * z[a] @ z[b].T)[0]
-                       for a, b in modality_pairs(model.modalities)]).mean()
+    ref = torch.stack(
+        [
+            symmetric_infonce(math.exp(math.log(1 / 0.07)) * z[a] @ z[b].T)[0]
+            for a, b in modality_pairs(model.modalities)
+        ]
+    ).mean()
     torch.testing.assert_close(value, 0.25 * ref)
 
 
@@ -149,8 +167,16 @@ def test_single_sample_batch_contributes_zero():
     assert math.isfinite(float(plug.loss(model(redundant_batch(2)), {}, "train").value.detach()))
 
 
-@pytest.mark.parametrize("kw", [{"form": "clip"}, {"hinge_reduction": "mean"}, {"weight": -1.0},
-                                {"temperature_init": 0.001}, {"proj_dim": 0}])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"form": "clip"},
+        {"hinge_reduction": "mean"},
+        {"weight": -1.0},
+        {"temperature_init": 0.001},
+        {"proj_dim": 0},
+    ],
+)
 def test_bad_config_is_one_line_config_error(kw):
     with pytest.raises(ConfigError) as e:
         Contrastive(**kw)
@@ -167,7 +193,9 @@ def test_shipped_defaults_raise_cross_modal_dependence_on_tfn():
         _, outs, _ = short_run("contrastive", overrides + extra, model="tfn")
         tr, va = outs["train"].unimodal, outs["val"].unimodal
         pairs = modality_pairs(tuple(tr))
-        res[name] = (sum(infonce_probe((tr[a], tr[b]), (va[a], va[b]), dim=4, steps=200) for a, b in pairs),
-                     sum(linear_cca_heldout((tr[a], tr[b]), (va[a], va[b]), k=4) for a, b in pairs))
+        res[name] = (
+            sum(infonce_probe((tr[a], tr[b]), (va[a], va[b]), dim=4, steps=200) for a, b in pairs),
+            sum(linear_cca_heldout((tr[a], tr[b]), (va[a], va[b]), k=4) for a, b in pairs),
+        )
     assert res["on"][0] > res["off"][0] + 0.02, res
     assert res["on"][1] > res["off"][1] + 0.1, res

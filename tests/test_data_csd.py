@@ -19,15 +19,22 @@ from mmfusion.data.csd import CSDDataModule, collapse_mean, label_segments, load
 from mmfusion.errors import DataError
 from mmfusion.tasks import SentimentRegression
 
-REAL_LABELS = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "mosi" / "CMU_MOSI_Opinion_Labels.csd"
+REAL_LABELS = (
+    Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "mosi" / "CMU_MOSI_Opinion_Labels.csd"
+)
 
 
 def _dm(fx, tmp_path, **kw):
     p = fx["paths"]
     kw.setdefault("cache_dir", str(tmp_path / "cache"))
     kw.setdefault("folds", str(fx["folds"]))
-    return CSDDataModule(task=SentimentRegression(), sequences={m: str(p[m]) for m in ("text", "audio", "vision")},
-                         labels=str(p["labels"]), batch_size=3, **kw)
+    return CSDDataModule(
+        task=SentimentRegression(),
+        sequences={m: str(p[m]) for m in ("text", "audio", "vision")},
+        labels=str(p["labels"]),
+        batch_size=3,
+        **kw,
+    )
 
 
 def _clean(a):
@@ -63,7 +70,12 @@ def test_read_csd_fixture(tmp_path):
     fx = write_csd_dataset(tmp_path)
     cs = read_csd(fx["paths"]["audio"])
     assert cs.name == "COVAREP" and len(cs) == 5 and cs.dim == 4
-    assert cs.metadata["root name"] == "COVAREP" and cs.metadata["dimension names"] == ["d0", "d1", "d2", "d3"]
+    assert cs.metadata["root name"] == "COVAREP" and cs.metadata["dimension names"] == [
+        "d0",
+        "d1",
+        "d2",
+        "d3",
+    ]
     f, iv = cs.data["vidB"]
     np.testing.assert_array_equal(f, fx["raw"]["audio"]["vidB"][0])  # raw, unsanitised
     np.testing.assert_array_equal(iv, fx["raw"]["audio"]["vidB"][1])
@@ -91,7 +103,11 @@ def test_csd_datamodule_value_by_value_and_cache(tmp_path):
     assert dm.cache_hit is False and dm.cache_path.is_file()
     assert dm.input_dims == {"text": 6, "audio": 4, "vision": 3}
     n_seen = 0
-    for split, loader in (("train", dm.train_dataloader()), ("valid", dm.val_dataloader()), ("test", dm.test_dataloader())):
+    for split, loader in (
+        ("train", dm.train_dataloader()),
+        ("valid", dm.val_dataloader()),
+        ("test", dm.test_dataloader()),
+    ):
         ids = dm.ids[split]
         assert {exp[i][0] for i in ids} == {split}
         assert sorted(ids) == sorted(k for k, v in exp.items() if v[0] == split)
@@ -106,7 +122,7 @@ def test_csd_datamodule_value_by_value_and_cache(tmp_path):
                     assert int(b["lengths"][m][j]) == k, (sid, m)
                     got = b["x"][m][j].numpy()
                     np.testing.assert_allclose(got[: len(want)], want, rtol=1e-5, atol=1e-6)
-                    assert not got[len(want):].any()
+                    assert not got[len(want) :].any()
                 n_seen += 1
     assert n_seen == 12  # 4 videos in folds x 3 segments; vidE is outside the folds
     # the silent segment has no word: one zero step of length 1
@@ -146,11 +162,17 @@ def test_csd_unaligned_and_truncation(tmp_path):
 
 def test_csd_errors(tmp_path):
     fx = write_csd_dataset(tmp_path)
-    with pytest.raises(DataError, match=r"audio features have dimension 4 but the config says data.feature_dims.audio=74"):
+    with pytest.raises(
+        DataError, match=r"audio features have dimension 4 but the config says data.feature_dims.audio=74"
+    ):
         _dm(fx, tmp_path, feature_dims={"audio": 74}, cache_dir=None).setup()
     with pytest.raises(DataError, match=r"nothere\.csd: file not found"):
-        CSDDataModule(task=SentimentRegression(), sequences={"text": str(tmp_path / "nothere.csd")},
-                      labels=str(fx["paths"]["labels"]), folds=str(fx["folds"])).setup()
+        CSDDataModule(
+            task=SentimentRegression(),
+            sequences={"text": str(tmp_path / "nothere.csd")},
+            labels=str(fx["paths"]["labels"]),
+            folds=str(fx["folds"]),
+        ).setup()
     import h5py
 
     with h5py.File(tmp_path / "bad.csd", "w") as f:
@@ -201,16 +223,22 @@ def test_real_labels_through_datamodule_with_default_folds(tmp_path):
     text, audio = {}, {}
     for vid, (_, iv) in labels.data.items():
         iv = iv.astype(np.float64)
-        w = np.concatenate([np.stack([s + 0.2 * (e - s), s + 0.4 * (e - s)], 0)[None] for s, e in iv]
-                           + [np.stack([s + 0.6 * (e - s), s + 0.8 * (e - s)], 0)[None] for s, e in iv])
+        w = np.concatenate(
+            [np.stack([s + 0.2 * (e - s), s + 0.4 * (e - s)], 0)[None] for s, e in iv]
+            + [np.stack([s + 0.6 * (e - s), s + 0.8 * (e - s)], 0)[None] for s, e in iv]
+        )
         w = w[np.argsort(w[:, 0])]
         text[vid] = (rng.normal(size=(len(w), 3)).astype(np.float32), w)
         st = np.arange(0.0, iv[:, 1].max() + 1.0, 0.25)
         audio[vid] = (rng.normal(size=(len(st), 2)).astype(np.float32), np.stack([st, st + 0.25], 1))
     write_csd(tmp_path / "t.csd", "glove_vectors", text)
     write_csd(tmp_path / "a.csd", "COVAREP", audio)
-    dm = CSDDataModule(task=SentimentRegression(), sequences={"text": str(tmp_path / "t.csd"), "audio": str(tmp_path / "a.csd")},
-                       labels=str(REAL_LABELS), cache_dir=None)
+    dm = CSDDataModule(
+        task=SentimentRegression(),
+        sequences={"text": str(tmp_path / "t.csd"), "audio": str(tmp_path / "a.csd")},
+        labels=str(REAL_LABELS),
+        cache_dir=None,
+    )
     dm.setup()
     assert {s: len(d) for s, d in dm.splits.items()} == {"train": 1284, "valid": 229, "test": 686}
     segs = label_segments(labels)
@@ -228,8 +256,13 @@ def test_real_labels_through_datamodule_with_default_folds(tmp_path):
 def test_sdk_python_folds_file_is_parsed_not_executed(tmp_path):
     (tmp_path / "cmu_x_std_folds.py").write_text(
         "import os\nos.environ['MMF_EXECUTED'] = '1'\n"
-        "standard_train_fold=['a', 'b']\nstandard_valid_fold=['c']\nstandard_test_fold=['d', '123']\n")
-    assert load_folds(str(tmp_path / "cmu_x_std_folds.py")) == {"train": ["a", "b"], "valid": ["c"], "test": ["d", "123"]}
+        "standard_train_fold=['a', 'b']\nstandard_valid_fold=['c']\nstandard_test_fold=['d', '123']\n"
+    )
+    assert load_folds(str(tmp_path / "cmu_x_std_folds.py")) == {
+        "train": ["a", "b"],
+        "valid": ["c"],
+        "test": ["d", "123"],
+    }
     assert "MMF_EXECUTED" not in os.environ
 
 

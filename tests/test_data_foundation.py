@@ -51,16 +51,23 @@ def test_mosi_utterance_real_files():
     assert n["train"] + n["valid"] == 1447 and n["test"] == 752
     y = dm.splits["test"].tensors["y"].numpy()
     assert y.min() >= -3 and y.max() <= 3
-    assert (y >= 0).sum() == 467  # the majority class (62.1 %) is non-negative, as the README of shared/data says
+    assert (
+        y >= 0
+    ).sum() == 467  # the majority class (62.1 %) is non-negative, as the README of shared/data says
     audio = dm.splits["train"].tensors["x"]["audio"][:, 0].numpy()
-    assert np.allclose(audio.mean(0), 0, atol=1e-4) and np.allclose(audio.std(0)[audio.std(0) > 0], 1, atol=1e-3)
+    assert np.allclose(audio.mean(0), 0, atol=1e-4) and np.allclose(
+        audio.std(0)[audio.std(0) > 0], 1, atol=1e-3
+    )
     assert len(dm.transcripts["test"]) == 752
 
 
 def _copy_mosi(tmp_path):
     dst = tmp_path / "mosi"
-    shutil.copytree(MOSI / "bclstm_utterance_features", dst / "bclstm_utterance_features",
-                    ignore=shutil.ignore_patterns("*.pickle", "text_train.csv", "text_test.csv"))
+    shutil.copytree(
+        MOSI / "bclstm_utterance_features",
+        dst / "bclstm_utterance_features",
+        ignore=shutil.ignore_patterns("*.pickle", "text_train.csv", "text_test.csv"),
+    )
     shutil.copy(MOSI / "mosi_index.csv", dst / "mosi_index.csv")
     return dst
 

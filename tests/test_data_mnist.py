@@ -22,8 +22,10 @@ from mmfusion.errors import DataError
 
 
 @pytest.mark.parametrize("gz", [False, True])
-@pytest.mark.parametrize("dtype,code", [(np.uint8, 0x08), (np.int16, 0x0B), (np.int32, 0x0C), (np.float32, 0x0D),
-                                        (np.float64, 0x0E)])
+@pytest.mark.parametrize(
+    "dtype,code",
+    [(np.uint8, 0x08), (np.int16, 0x0B), (np.int32, 0x0C), (np.float32, 0x0D), (np.float64, 0x0E)],
+)
 def test_read_idx_roundtrip(tmp_path, gz, dtype, code):
     a = (np.arange(2 * 3 * 5) * 7 % 251).reshape(2, 3, 5).astype(dtype)
     p = tmp_path / "a.idx"
@@ -54,8 +56,11 @@ def test_mnist_datamodule_halves(tmp_path, gz):
     assert dm.modalities == ("top", "bottom") and dm.input_dims == {"top": 28, "bottom": 28}
     xtr, ytr = data["train"]
     parts = {"train": (xtr[:25], ytr[:25]), "valid": (xtr[25:], ytr[25:]), "test": data["t10k"]}
-    for split, loader in (("train", dm.train_dataloader()), ("valid", dm.val_dataloader()),
-                          ("test", dm.test_dataloader())):
+    for split, loader in (
+        ("train", dm.train_dataloader()),
+        ("valid", dm.val_dataloader()),
+        ("test", dm.test_dataloader()),
+    ):
         xs, ys = parts[split]
         seen = 0
         for b in loader:

@@ -130,7 +130,9 @@ def test_errors_are_one_line(tmp_path):
     with pytest.raises(DataError, match=r"nope\.pkl: file not found.*prepare_data\.py mosi"):
         _dm(tmp_path / "nope.pkl").setup()
     write_mmsa(tmp_path / "u.pkl")
-    with pytest.raises(DataError, match=r"audio features have dimension 5 but the config says data.feature_dims.audio=74"):
+    with pytest.raises(
+        DataError, match=r"audio features have dimension 5 but the config says data.feature_dims.audio=74"
+    ):
         _dm(tmp_path / "u.pkl", feature_dims={"audio": 74}).setup()
     with pytest.raises(DataError, match=r"data.format=mult but the file has keys"):
         _dm(tmp_path / "u.pkl", modalities=["text", "audio", "vision"], format="mult").setup()
@@ -145,7 +147,9 @@ def test_errors_are_one_line(tmp_path):
     data = pickle.load(open(tmp_path / "u.pkl", "rb"))
     data["valid"]["regression_labels"][1] = np.nan
     pickle.dump(data, open(tmp_path / "nolabel.pkl", "wb"))
-    with pytest.raises(DataError, match=r"nolabel\.pkl:valid/regression_labels: id 'validvid1\$_\$2' has no label"):
+    with pytest.raises(
+        DataError, match=r"nolabel\.pkl:valid/regression_labels: id 'validvid1\$_\$2' has no label"
+    ):
         _dm(tmp_path / "nolabel.pkl").setup()
     # a missing split and mixed splits
     data = pickle.load(open(tmp_path / "u.pkl", "rb"))

@@ -40,7 +40,9 @@ def test_checksums_verified(tmp_path, capsys):
     assert "md5 MISMATCH" in capsys.readouterr().out
 
 
-@pytest.mark.skipif(not (SHARED / "mosi" / "CMU_MOSI_Opinion_Labels.csd").is_file(), reason="needs ../shared/data")
+@pytest.mark.skipif(
+    not (SHARED / "mosi" / "CMU_MOSI_Opinion_Labels.csd").is_file(), reason="needs ../shared/data"
+)
 def test_real_files_pass_their_checksums(tmp_path, capsys):
     pd = _script()
     (tmp_path / "cmumosi").mkdir()

@@ -22,21 +22,30 @@ REAL = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "urfunny
 
 def _expected(truth, sid, m, k, max_len):
     sents = truth[sid][m]
-    sents = sents[-(k + 1):] if k else sents[-1:]
-    cat = np.concatenate([np.asarray(s).reshape(-1, sents[-1].shape[1] if np.ndim(sents[-1]) == 2 else 300)
-                          for s in sents], 0)
+    sents = sents[-(k + 1) :] if k else sents[-1:]
+    cat = np.concatenate(
+        [np.asarray(s).reshape(-1, sents[-1].shape[1] if np.ndim(sents[-1]) == 2 else 300) for s in sents], 0
+    )
     return cat[-max_len:]
 
 
 @pytest.mark.parametrize("k,max_len", [(0, 40), (2, 6)])
 def test_urfunny_value_by_value(tmp_path, k, max_len):
     fx = write_urfunny(tmp_path)
-    dm = UrFunnyDataModule(path=str(tmp_path), context_sentences=k, max_len=max_len, batch_size=5,
-                           feature_dims={"text": 300, "audio": 81, "vision": 371})
+    dm = UrFunnyDataModule(
+        path=str(tmp_path),
+        context_sentences=k,
+        max_len=max_len,
+        batch_size=5,
+        feature_dims={"text": 300, "audio": 81, "vision": 371},
+    )
     dm.setup()
     assert dm.input_dims == {"text": 300, "audio": 81, "vision": 371}
-    for split, loader, fold in (("train", dm.train_dataloader(), "train"), ("valid", dm.val_dataloader(), "dev"),
-                                ("test", dm.test_dataloader(), "test")):
+    for split, loader, fold in (
+        ("train", dm.train_dataloader(), "train"),
+        ("valid", dm.val_dataloader(), "dev"),
+        ("test", dm.test_dataloader(), "test"),
+    ):
         assert dm.ids[split] == fx["folds"][fold]
         n = 0
         for b in loader:
@@ -48,7 +57,7 @@ def test_urfunny_value_by_value(tmp_path, k, max_len):
                     got = b["x"][m][j].numpy()
                     assert int(b["lengths"][m][j]) == max(len(want), 1), (sid, m)
                     np.testing.assert_allclose(got[: len(want)], want, rtol=1e-6, atol=1e-6)
-                    assert not got[len(want):].any() and np.isfinite(got).all()
+                    assert not got[len(want) :].any() and np.isfinite(got).all()
                 n += 1
         assert n == len(fx["folds"][fold])
 
@@ -66,20 +75,21 @@ def test_urfunny_truncate_first_is_the_official_rule(tmp_path, k, max_len):
         for i, sid in enumerate(dm.ids[split]):
             for m in ("text", "audio", "vision"):
                 sents = fx["truth"][sid][m]
-                sents = sents[-(k + 1):] if k else sents[-1:]
+                sents = sents[-(k + 1) :] if k else sents[-1:]
                 d = t["x"][m].shape[2]
                 want = np.concatenate([np.asarray(s).reshape(-1, d)[:max_len] for s in sents], 0)
                 cut += sum(len(s) > max_len for s in sents)
                 assert t["x"][m].shape[1] == (k + 1) * max_len
                 assert int(t["lengths"][m][i]) == max(len(want), 1), (sid, m)
                 np.testing.assert_allclose(t["x"][m][i, : len(want)].numpy(), want, rtol=1e-6, atol=1e-6)
-                assert not t["x"][m][i, len(want):].any()
+                assert not t["x"][m][i, len(want) :].any()
     assert cut > 0  # the fixture has sentences longer than max_len, so the rule is exercised
     # the default keeps the LAST words instead: different on the same data
     last = UrFunnyDataModule(path=str(tmp_path), context_sentences=k, max_len=max_len)
     last.setup()
-    assert not torch.equal(last.splits["train"].tensors["x"]["text"],
-                           dm.splits["train"].tensors["x"]["text"][:, :max_len])
+    assert not torch.equal(
+        last.splits["train"].tensors["x"]["text"], dm.splits["train"].tensors["x"]["text"][:, :max_len]
+    )
     with pytest.raises(ConfigError, match="data.truncate must be 'last'"):
         UrFunnyDataModule(path=str(tmp_path), truncate="middle")
 
@@ -88,7 +98,9 @@ def test_urfunny_errors(tmp_path):
     with pytest.raises(DataError, match=r"humor_label_sdk\.pkl: file not found.*prepare_data\.py urfunny"):
         UrFunnyDataModule(path=str(tmp_path)).setup()
     fx = write_urfunny(tmp_path)
-    with pytest.raises(DataError, match=r"audio features have dimension 81 but the config says data.feature_dims.audio=74"):
+    with pytest.raises(
+        DataError, match=r"audio features have dimension 81 but the config says data.feature_dims.audio=74"
+    ):
         UrFunnyDataModule(path=str(tmp_path), feature_dims={"audio": 74}).setup()
     labels = dict(fx["labels"])
     del labels[201]
@@ -99,9 +111,13 @@ def test_urfunny_errors(tmp_path):
     pickle.dump({"train": [100], "test": [300]}, open(tmp_path / "data_folds.pkl", "wb"))
     with pytest.raises(DataError, match=r"data_folds\.pkl: key 'dev' not found"):
         UrFunnyDataModule(path=str(tmp_path)).setup()
-    pickle.dump({"train": [100, 101], "dev": [200, 999], "test": [300]}, open(tmp_path / "data_folds.pkl", "wb"))
+    pickle.dump(
+        {"train": [100, 101], "dev": [200, 999], "test": [300]}, open(tmp_path / "data_folds.pkl", "wb")
+    )
     pickle.dump({**fx["labels"], 999: 1.0}, open(tmp_path / "humor_label_sdk.pkl", "wb"))
-    with pytest.raises(DataError, match=r"covarep_features_sdk\.pkl|language_sdk\.pkl: fold id 999 \(valid\) has no features"):
+    with pytest.raises(
+        DataError, match=r"covarep_features_sdk\.pkl|language_sdk\.pkl: fold id 999 \(valid\) has no features"
+    ):
         UrFunnyDataModule(path=str(tmp_path)).setup()
     dm = UrFunnyDataModule(path=str(tmp_path), missing_features="drop")
     dm.setup()
@@ -117,9 +133,11 @@ def test_real_labels_and_folds_agree_with_fixture_features(tmp_path):
     # features for a few REAL ids of each fold, read with the real labels and folds
     pick = {"train": folds["train"][:5], "dev": folds["valid"][:3], "test": folds["test"][:3]}
     fx = write_urfunny(tmp_path, ids_by_split=pick, write_labels_folds=False)
-    dm = UrFunnyDataModule(path=str(tmp_path), files={"labels": str(REAL / "humor_label_sdk.pkl"),
-                                                      "folds": str(REAL / "data_folds.pkl")},
-                           missing_features="drop")
+    dm = UrFunnyDataModule(
+        path=str(tmp_path),
+        files={"labels": str(REAL / "humor_label_sdk.pkl"), "folds": str(REAL / "data_folds.pkl")},
+        missing_features="drop",
+    )
     dm.setup()
     for split, fold in (("train", "train"), ("valid", "dev"), ("test", "test")):
         assert dm.ids[split] == pick[fold]

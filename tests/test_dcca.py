@@ -42,25 +42,39 @@ def test_objective_equals_closed_form_and_sklearn(k):
     est = float(dcca_correlation(x1, x2, k, ridge=1e-8, relative=False))
     se = sum((1 - r**2) / math.sqrt(n) for r in rho[:k])  # asymptotic sd of each sample canonical correlation
     assert abs(est - rho[:k].sum()) < 4 * se, (est, rho[:k].sum(), se)
-    u, v = CCA(n_components=3, max_iter=5000, tol=1e-12).fit(x1.numpy(), x2.numpy()).transform(x1.numpy(),
-                                                                                              x2.numpy())
+    u, v = (
+        CCA(n_components=3, max_iter=5000, tol=1e-12)
+        .fit(x1.numpy(), x2.numpy())
+        .transform(x1.numpy(), x2.numpy())
+    )
     sk = sum(abs(np.corrcoef(u[:, i], v[:, i])[0, 1]) for i in range(k))
     assert est == pytest.approx(sk, abs=1e-4)
 
 
 def test_cholesky_whitening_equals_symmetric_inverse_square_root():
     g = torch.Generator().manual_seed(0)
-    h1, h2 = torch.randn(40, 6, generator=g, dtype=torch.float64), torch.randn(40, 5, generator=g, dtype=torch.float64)
+    h1, h2 = (
+        torch.randn(40, 6, generator=g, dtype=torch.float64),
+        torch.randn(40, 5, generator=g, dtype=torch.float64),
+    )
     h2 = h2 + h1[:, :5] * 0.7
     s11, s12, s22 = batch_covariances(h1, h2, 1e-3, 1e-3)
-    t = (torch.tensor(np.real(sl.inv(sl.sqrtm(s11.numpy())))) @ s12
-         @ torch.tensor(np.real(sl.inv(sl.sqrtm(s22.numpy())))))
-    torch.testing.assert_close(cca_from_covariances(s11, s12, s22), torch.linalg.svdvals(t), rtol=1e-9, atol=1e-10)
+    t = (
+        torch.tensor(np.real(sl.inv(sl.sqrtm(s11.numpy()))))
+        @ s12
+        @ torch.tensor(np.real(sl.inv(sl.sqrtm(s22.numpy()))))
+    )
+    torch.testing.assert_close(
+        cca_from_covariances(s11, s12, s22), torch.linalg.svdvals(t), rtol=1e-9, atol=1e-10
+    )
 
 
 def test_relative_ridge_makes_the_objective_scale_invariant():
     g = torch.Generator().manual_seed(1)
-    h1, h2 = torch.randn(30, 4, generator=g, dtype=torch.float64), torch.randn(30, 4, generator=g, dtype=torch.float64)
+    h1, h2 = (
+        torch.randn(30, 4, generator=g, dtype=torch.float64),
+        torch.randn(30, 4, generator=g, dtype=torch.float64),
+    )
     h2 = h2 + h1
     base = dcca_correlation(h1, h2, None, ridge=1e-2, relative=True)
     torch.testing.assert_close(dcca_correlation(100 * h1, 0.01 * h2, None, ridge=1e-2, relative=True), base)
@@ -82,8 +96,10 @@ def test_gradients_stable_with_repeated_eigenvalues():
     g = torch.Generator().manual_seed(3)
 
     def white(n: int, d: int) -> torch.Tensor:
-        q, _ = torch.linalg.qr(torch.randn(n, d, generator=g, dtype=torch.float64) -
-                               torch.randn(n, d, generator=g, dtype=torch.float64).mean(0))
+        q, _ = torch.linalg.qr(
+            torch.randn(n, d, generator=g, dtype=torch.float64)
+            - torch.randn(n, d, generator=g, dtype=torch.float64).mean(0)
+        )
         q = q - q.mean(0)
         q, _ = torch.linalg.qr(q)
         return q * math.sqrt(n - 1)
@@ -108,15 +124,20 @@ def test_plugin_value_and_gradcheck_through_projections():
     out = model(redundant_batch(24))
     term = plug.loss(out, {}, "train")
     h = {m: plug.proj[m](out.unimodal[m]) for m in model.modalities}
-    ref = torch.stack([dcca_correlation(h[a], h[b], 2, 1e-2) for a, b in modality_pairs(model.modalities)]).mean()
+    ref = torch.stack(
+        [dcca_correlation(h[a], h[b], 2, 1e-2) for a, b in modality_pairs(model.modalities)]
+    ).mean()
     torch.testing.assert_close(term.value, -0.4 * ref)
     assert 0 < float(term.logs["corr"]) <= 2 + 1e-6
     plug.double()
     views = tuple(out.unimodal[m].detach().double().requires_grad_() for m in model.modalities)
 
     def f(*v):
-        o = FusionOutput(unimodal=dict(zip(model.modalities, v)), fused=torch.zeros(24, 2, dtype=torch.float64),
-                         prediction=torch.zeros(24, 1, dtype=torch.float64))
+        o = FusionOutput(
+            unimodal=dict(zip(model.modalities, v)),
+            fused=torch.zeros(24, 2, dtype=torch.float64),
+            prediction=torch.zeros(24, 1, dtype=torch.float64),
+        )
         return plug.loss(o, {}, "train").value
 
     assert torch.autograd.gradcheck(f, views)
@@ -134,7 +155,11 @@ def test_batches_not_larger_than_k_are_skipped():
         term = plug.loss(model(redundant_batch(n)), {}, "train")
         assert float(term.value.detach()) == 0.0 and term.logs["skipped"] == 1.0
     term = plug.loss(model(redundant_batch(4)), {}, "train")
-    assert "skipped" not in term.logs and math.isfinite(float(term.value.detach())) and float(term.value.detach()) < 0
+    assert (
+        "skipped" not in term.logs
+        and math.isfinite(float(term.value.detach()))
+        and float(term.value.detach()) < 0
+    )
 
 
 @pytest.mark.parametrize("kw", [{"k": 9}, {"k": 0}, {"ridge": 0.0}, {"weight": -1.0}, {"out_dim": 0}])
@@ -152,5 +177,7 @@ def test_shipped_defaults_raise_heldout_canonical_correlation_on_tfn():
     for name, extra in (("on", []), ("off", ["reg.dcca.weight=0"])):
         _, outs, _ = short_run("dcca", overrides + extra, model="tfn")
         tr, va = outs["train"].unimodal, outs["val"].unimodal
-        res[name] = sum(linear_cca_heldout((tr[a], tr[b]), (va[a], va[b]), k=4) for a, b in modality_pairs(tuple(tr)))
+        res[name] = sum(
+            linear_cca_heldout((tr[a], tr[b]), (va[a], va[b]), k=4) for a, b in modality_pairs(tuple(tr))
+        )
     assert res["on"] > res["off"] + 0.15, res

@@ -18,14 +18,26 @@ from mmfusion.train import train
 from mmfusion.utils import wandb_offline
 from mmfusion.utils.runtime import compose_train_cfg
 
-TINY = ["data.n_train=64", "data.n_valid=32", "data.n_test=32", "data.seq_len=8", "data.min_len=3",
-        "trainer.max_epochs=1", "trainer.enable_progress_bar=false", "logger=none", "~callbacks.model_summary",
-        "~callbacks.early_stopping", "model.hidden=16", "model.proj_dim=8"]
+TINY = [
+    "data.n_train=64",
+    "data.n_valid=32",
+    "data.n_test=32",
+    "data.seq_len=8",
+    "data.min_len=3",
+    "trainer.max_epochs=1",
+    "trainer.enable_progress_bar=false",
+    "logger=none",
+    "~callbacks.model_summary",
+    "~callbacks.early_stopping",
+    "model.hidden=16",
+    "model.proj_dim=8",
+]
 
 
 def _trainer(epoch: int = 2, step: int = 17) -> SimpleNamespace:
-    return SimpleNamespace(current_epoch=epoch, global_step=step, sanity_checking=False,
-                           state=SimpleNamespace(fn="fit"))
+    return SimpleNamespace(
+        current_epoch=epoch, global_step=step, sanity_checking=False, state=SimpleNamespace(fn="fit")
+    )
 
 
 def _module(lr: float = 0.5, val: dict | None = None) -> SimpleNamespace:
@@ -33,7 +45,11 @@ def _module(lr: float = 0.5, val: dict | None = None) -> SimpleNamespace:
 
 
 def _batch(y: torch.Tensor) -> dict:
-    return {"x": {"text": torch.zeros(4, 3, 2), "audio": torch.ones(4, 3, 2)}, "y": y, "index": torch.arange(4)}
+    return {
+        "x": {"text": torch.zeros(4, 3, 2), "audio": torch.ones(4, 3, 2)},
+        "y": y,
+        "index": torch.arange(4),
+    }
 
 
 def test_divergence_error_is_a_bad_input_error():
@@ -42,8 +58,9 @@ def test_divergence_error_is_a_bad_input_error():
 
 def test_nan_training_loss_names_step_value_and_lr():
     with pytest.raises(DivergenceError) as e:
-        DivergenceGuard().on_train_batch_end(_trainer(), _module(lr=1e30), {"loss": torch.tensor(float("nan"))},
-                                             _batch(torch.zeros(4)), 3)
+        DivergenceGuard().on_train_batch_end(
+            _trainer(), _module(lr=1e30), {"loss": torch.tensor(float("nan"))}, _batch(torch.zeros(4)), 3
+        )
     msg = str(e.value)
     assert "\n" not in msg and "epoch 2, step 17 (batch 3)" in msg and "train/loss = nan" in msg
     assert "learning rate is too high (optim.lr=1e+30)" in msg
@@ -53,8 +70,11 @@ def test_inf_loss_with_nan_in_the_batch_blames_the_data():
     x = torch.ones(4, 3, 2)
     x[1, 2, 0] = float("nan")
     batch = {"x": {"audio": x}, "y": torch.zeros(4)}
-    with pytest.raises(DivergenceError, match=r"train/loss = inf; likely cause: non-finite values in the data: "
-                                              r"batch\['x'\]\['audio'\] \(1 of 24 values\)"):
+    with pytest.raises(
+        DivergenceError,
+        match=r"train/loss = inf; likely cause: non-finite values in the data: "
+        r"batch\['x'\]\['audio'\] \(1 of 24 values\)",
+    ):
         DivergenceGuard().on_train_batch_end(_trainer(), _module(), torch.tensor(float("inf")), batch, 0)
     assert nonfinite_entries(_batch(torch.zeros(4))) == []
 
@@ -66,11 +86,15 @@ def test_finite_loss_passes_and_records_the_first_loss():
     assert g.first_loss == 2.0
 
 
-@pytest.mark.parametrize("val", [{"loss": float("nan"), "MAE": float("nan"), "Corr": 0.1},
-                                 {"loss": 1.0, "MAE": float("inf")}])
+@pytest.mark.parametrize(
+    "val", [{"loss": float("nan"), "MAE": float("nan"), "Corr": 0.1}, {"loss": 1.0, "MAE": float("inf")}]
+)
 def test_nonfinite_validation_loss_or_monitored_metric(val):
-    with pytest.raises(DivergenceError, match=r"validation predictions are not finite after epoch 2, step 17: "
-                                              r"val/(loss|MAE) = (nan|inf)"):
+    with pytest.raises(
+        DivergenceError,
+        match=r"validation predictions are not finite after epoch 2, step 17: "
+        r"val/(loss|MAE) = (nan|inf)",
+    ):
         DivergenceGuard().on_validation_end(_trainer(), _module(val=val))
 
 
@@ -103,8 +127,11 @@ def test_likely_cause_names_the_plugins():
 def test_lr_1e30_stops_the_run_without_metrics(tmp_path):
     """End to end: the issue's `optim.lr=1e30` run used to exit 0 with a test table from NaN predictions."""
     cfg = compose_train_cfg([*TINY, "optim.lr=1e30"], tmp_path)
-    with pytest.raises(DivergenceError, match=r"training diverged at epoch 0, step \d+ .*train/loss = nan.*"
-                                              r"optim.lr=1e\+30"):
+    with pytest.raises(
+        DivergenceError,
+        match=r"training diverged at epoch 0, step \d+ .*train/loss = nan.*"
+        r"optim.lr=1e\+30",
+    ):
         train(cfg)
     assert not (tmp_path / "metrics.json").exists()
 
@@ -122,7 +149,9 @@ def test_nan_labels_are_a_data_error():
     with pytest.raises(DataError) as e:
         NaNLabels(**kw).setup()
     msg = str(e.value)
-    assert "\n" not in msg and "NaNLabels" in msg and "2 non-finite (NaN/inf) label(s) in the valid split" in msg
+    assert (
+        "\n" not in msg and "NaNLabels" in msg and "2 non-finite (NaN/inf) label(s) in the valid split" in msg
+    )
     assert "samples [2, 7]" in msg
     SyntheticSentiment(**kw).setup()  # finite labels pass
 
@@ -130,8 +159,14 @@ def test_nan_labels_are_a_data_error():
 # -- logger=wandb without a login ------------------------------------------------------------------------------------
 @pytest.fixture
 def no_login(tmp_path, monkeypatch):
-    for k in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE", "NETRC", "WANDB_CONFIG_DIR",
-              "WANDB_BASE_URL"):
+    for k in (
+        "WANDB_MODE",
+        "WANDB_API_KEY",
+        "WANDB_IDENTITY_TOKEN_FILE",
+        "NETRC",
+        "WANDB_CONFIG_DIR",
+        "WANDB_BASE_URL",
+    ):
         monkeypatch.delenv(k, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setitem(wandb_offline._NOTICE, "shown", False)

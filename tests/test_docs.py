@@ -35,7 +35,7 @@ def documented_args(doc: str) -> list[str]:
     # a docstring that opens with "Args:" has it on the (dedented) first line: its entries are at indent 0
     indent = -1 if start == 0 else len(lines[start]) - len(lines[start].lstrip())
     names, entry_indent = [], None
-    for line in lines[start + 1:]:
+    for line in lines[start + 1 :]:
         if not line.strip():
             continue
         ind = len(line) - len(line.lstrip())
@@ -61,14 +61,19 @@ def documented_classes() -> list[type]:
     found: dict[str, type] = {"mmfusion.module.FusionModule": FusionModule}
     for pkg in PACKAGES:
         package = importlib.import_module(f"mmfusion.{pkg}")
-        modules = [package] + [importlib.import_module(m.name)
-                               for m in pkgutil.walk_packages(package.__path__, f"{package.__name__}.")]
+        modules = [package] + [
+            importlib.import_module(m.name)
+            for m in pkgutil.walk_packages(package.__path__, f"{package.__name__}.")
+        ]
         for mod in modules:
             for _, obj in inspect.getmembers(mod, inspect.isclass):
                 if obj.__module__ != mod.__name__ or obj.__name__.startswith("_"):
                     continue
-                if issubclass(obj, (FusionModel, Plugin, MultimodalDataModule)) and obj not in (
-                        FusionModel, Plugin, MultimodalDataModule) and "__init__" in vars(obj):
+                if (
+                    issubclass(obj, (FusionModel, Plugin, MultimodalDataModule))
+                    and obj not in (FusionModel, Plugin, MultimodalDataModule)
+                    and "__init__" in vars(obj)
+                ):
                     found[f"{obj.__module__}.{obj.__qualname__}"] = obj
     return [found[k] for k in sorted(found)]
 
@@ -96,10 +101,10 @@ def test_documented_args_parser():
         nothing: not an argument.
     """
     assert documented_args(doc) == ["a", "b", "loader"]
-    assert documented_args('''Args:
+    assert documented_args("""Args:
         a: first.
         b, c: two at once.
-    ''') == ["a", "b", "c"]
+    """) == ["a", "b", "c"]
     assert documented_args("No section.") == []
 
 
@@ -108,8 +113,17 @@ CLASSES = documented_classes()
 
 def test_the_classes_are_found():
     names = {c.__name__ for c in CLASSES}
-    assert {"FusionModule", "TFN", "MFN", "MDM", "Synergy", "EMMAPlugin", "ContinuousAttention",
-            "SyntheticSentiment", "VQA2DataModule"} <= names
+    assert {
+        "FusionModule",
+        "TFN",
+        "MFN",
+        "MDM",
+        "Synergy",
+        "EMMAPlugin",
+        "ContinuousAttention",
+        "SyntheticSentiment",
+        "VQA2DataModule",
+    } <= names
 
 
 @pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)

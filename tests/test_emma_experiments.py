@@ -22,7 +22,9 @@ def zero_dae():
 
 def test_digits_potential_increases_monotonically_with_noise(zero_dae):
     data, dae, _ = zero_dae
-    assert data.zeros_eval.shape == (100, 64) and 0.0 <= data.zeros_eval.min() and data.zeros_eval.max() <= 1.0
+    assert (
+        data.zeros_eval.shape == (100, 64) and 0.0 <= data.zeros_eval.min() and data.zeros_eval.max() <= 1.0
+    )
     c = noise_curve(dae, data.zeros_eval, [0.0, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0], seed=0)
     assert c["n_images"] == 100
     assert np.all(np.diff(c["mean"]) > 0), c["mean"]

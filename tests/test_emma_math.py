@@ -37,8 +37,12 @@ def test_gradient_of_potential_is_m_minus_reconstruction():
     # central finite differences along each axis
     eps = 1e-6
     x = m.detach()[0]
-    fd = torch.stack([(potential(dae, x + eps * e) - potential(dae, x - eps * e)) / (2 * eps)
-                      for e in torch.eye(6, dtype=torch.float64)])
+    fd = torch.stack(
+        [
+            (potential(dae, x + eps * e) - potential(dae, x - eps * e)) / (2 * eps)
+            for e in torch.eye(6, dtype=torch.float64)
+        ]
+    )
     assert torch.allclose(fd, expected[0], atol=1e-7)
 
 
@@ -53,7 +57,7 @@ def test_laplacian_is_trace_of_hessian_and_minus_divergence_of_field():
         assert torch.allclose(jac, jac.T, atol=1e-12)  # tied weights: conservative field
         # the summary's Eq. 10 quantity Tr[W^T diag(s') W] - M is the divergence of r(m) - m = -Delta V
         assert torch.allclose(torch.trace(jac) - 6, -lap[i], atol=1e-10)
-        assert torch.allclose(div_field(dae, ms[i:i + 1])[0], -lap[i], atol=1e-12)
+        assert torch.allclose(div_field(dae, ms[i : i + 1])[0], -lap[i], atol=1e-12)
 
 
 def test_energy_of_a_sample_does_not_depend_on_the_batch():
@@ -61,10 +65,12 @@ def test_energy_of_a_sample_does_not_depend_on_the_batch():
     batch = torch.randn(16, 6, dtype=torch.float64) * 3
     full = potential(dae, batch)
     for i in range(16):
-        assert torch.allclose(potential(dae, batch[i:i + 1]), full[i:i + 1], atol=1e-12)
+        assert torch.allclose(potential(dae, batch[i : i + 1]), full[i : i + 1], atol=1e-12)
     assert torch.allclose(potential(dae, batch[:5]), full[:5], atol=1e-12)
     # the author's Frobenius-norm version would differ: check we are not computing that
-    frob = -torch.nn.functional.softplus(dae.pre_activation(batch)).sum(-1) + 0.5 * (batch - dae.b_r).norm() ** 2
+    frob = (
+        -torch.nn.functional.softplus(dae.pre_activation(batch)).sum(-1) + 0.5 * (batch - dae.b_r).norm() ** 2
+    )
     assert not torch.allclose(frob, full)
 
 
@@ -138,7 +144,9 @@ def test_eq19_masking_threshold_holds_numerically():
 
 def test_capacity_equals_area_under_beta():
     for g, b in [(1.0, 0.0001), (4.0, 1.0), (12.0, 1.0), (0.5, 1.0)]:
-        num, _ = integrate.quad(lambda a, g=g, b=b: max(0.0, math.tanh(g * a - b)), 0, 1, points=[b / g], limit=200)
+        num, _ = integrate.quad(
+            lambda a, g=g, b=b: max(0.0, math.tanh(g * a - b)), 0, 1, points=[b / g], limit=200
+        )
         assert float(capacity(g, b)) == pytest.approx(num, abs=1e-9)
 
 
@@ -155,8 +163,9 @@ def test_composition_forms_and_parametrised_constraints():
     ref = torch.zeros(2, 3, dtype=torch.float64)
     for n in range(2):
         for i in range(3):
-            ref[n, i] = phi[n, i] + sum(c[i, j] * phi[n, i] ** g[i, j] * phi[n, j] ** (1 - g[i, j])
-                                        for j in range(3) if j != i)
+            ref[n, i] = phi[n, i] + sum(
+                c[i, j] * phi[n, i] ** g[i, j] * phi[n, j] ** (1 - g[i, j]) for j in range(3) if j != i
+            )
     assert torch.allclose(out["E"], ref, atol=1e-12)
     assert torch.allclose(out["S"], ref.sum(-1))
     assert torch.allclose(out["alpha"], torch.softmax(-0.5 * ref, -1))
@@ -167,8 +176,9 @@ def test_composition_forms_and_parametrised_constraints():
     assert torch.allclose(s.gamma, s.gamma.T)
     ph = torch.rand(2, 3, dtype=torch.float64) + 3
     gs = s.gamma
-    ref_s = torch.stack([sum(ph[:, i] ** gs[i, k] * ph[:, k] ** (1 - gs[i, k]) for k in range(3))
-                         for i in range(3)], -1)
+    ref_s = torch.stack(
+        [sum(ph[:, i] ** gs[i, k] * ph[:, k] ** (1 - gs[i, k]) for k in range(3)) for i in range(3)], -1
+    )
     assert torch.allclose(s.modal_energies(ph), ref_s, atol=1e-12)
     # constraints hold after large unconstrained gradient steps (parametrisation, not clipping)
     opt = torch.optim.SGD(list(comp.parameters()), lr=50.0)
@@ -186,7 +196,7 @@ def test_partial_energy_gradient_has_the_corrected_sign():
     """Appendix D's Eq. 37 reads log phi_i + log phi_j; the derivative is E_ij (log phi_i - log phi_j)."""
     phi_i, phi_j = torch.tensor(5.0, dtype=torch.float64), torch.tensor(2.0, dtype=torch.float64)
     gamma = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
-    e_ij = phi_i ** gamma * phi_j ** (1 - gamma)
+    e_ij = phi_i**gamma * phi_j ** (1 - gamma)
     (d,) = torch.autograd.grad(e_ij, gamma)
     assert float(d) == pytest.approx(float(e_ij.detach() * (phi_i.log() - phi_j.log())), rel=1e-12)
 

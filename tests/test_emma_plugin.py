@@ -23,9 +23,12 @@ DIMS = {"text": 12, "audio": 5, "vision": 4}
 
 def make_batch(b: int = 16, t: int = 6, seed: int = 0) -> dict:
     g = torch.Generator().manual_seed(seed)
-    return {"x": {m: torch.randn(b, t, d, generator=g) for m, d in DIMS.items()},
-            "lengths": {m: torch.full((b,), t) for m in DIMS}, "y": torch.randn(b, generator=g),
-            "index": torch.arange(b)}
+    return {
+        "x": {m: torch.randn(b, t, d, generator=g) for m, d in DIMS.items()},
+        "lengths": {m: torch.full((b,), t) for m in DIMS},
+        "y": torch.randn(b, generator=g),
+        "index": torch.arange(b),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +81,7 @@ def test_gate_scales_each_modality_by_beta():
     assert torch.allclose(ex["emma/log_alpha"].exp(), ex["emma/alpha"], atol=1e-6)
     assert torch.allclose(ex["emma/energy"], ex["emma/modal_energy"].sum(-1))
     for i, m in enumerate(MODS):
-        assert torch.allclose(gated[m], ex["emma/beta"][:, i:i + 1] * uni[m])
+        assert torch.allclose(gated[m], ex["emma/beta"][:, i : i + 1] * uni[m])
         assert torch.equal(res.scales[m], ex["emma/beta"][:, i])
     # a sample's weights do not depend on the rest of the batch
     one = gate({m: u[:1] for m, u in uni.items()}, {})
@@ -125,7 +128,9 @@ def test_plugin_regulariser_lowers_alpha_of_corrupted_mode(dae_file):
     assert net(batch).extras["emma/alpha"][:, 1].mean() < alpha0 - 0.05
     # validation diagnostics: clean and corrupted copies of the batch
     diag = plugin.diagnostics(net(batch), batch)
-    assert {"clean/alpha_text", "noise_audio/alpha_audio", "drop_vision/beta_vision", "clean/energy"} <= set(diag)
+    assert {"clean/alpha_text", "noise_audio/alpha_audio", "drop_vision/beta_vision", "clean/energy"} <= set(
+        diag
+    )
     # the checkpoint round-trip keeps the gate (net.gate.*) and the plug-in's buffers
     state = net.state_dict()
     assert any(k.startswith("gate.daes.text.") for k in state) and "gate.composition.v_min" in state
@@ -139,7 +144,9 @@ def test_set_trainable_freezes_encoders_found_by_autograd(dae_file):
     on = {n for n, p in net.named_parameters() if p.requires_grad}
     assert not any(n.startswith("proj.") for n in on)  # the per-modality encoders
     assert any(n.startswith("lstm.") for n in on) and any(n.startswith("head.") for n in on)
-    assert any(n.startswith("gate.composition.") for n in on) and not any(n.startswith("gate.daes.") for n in on)
+    assert any(n.startswith("gate.composition.") for n in on) and not any(
+        n.startswith("gate.daes.") for n in on
+    )
     set_trainable(net, "emma", batch)
     assert all(n.startswith("gate.") for n, p in net.named_parameters() if p.requires_grad)
     with pytest.raises(ConfigError, match="trainable"):

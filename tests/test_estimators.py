@@ -141,14 +141,18 @@ def test_bounds_gradcheck_float64() -> None:
 def test_dv_is_stable_for_large_scores() -> None:
     t_p = torch.full((4,), 500.0)
     t_q = torch.tensor([500.0, 0.0, 0.0, 0.0])
-    assert torch.isfinite(E.dv_bound(t_p, t_q)) and E.dv_bound(t_p, t_q).item() == pytest.approx(math.log(4), 1e-5)
+    assert torch.isfinite(E.dv_bound(t_p, t_q)) and E.dv_bound(t_p, t_q).item() == pytest.approx(
+        math.log(4), 1e-5
+    )
     assert torch.isfinite(E.infonce_bound(t_p, t_q[None].expand(4, 4)))
 
 
 # -------------------------------------------------------------------------------------------------------- MMD
 
 
-@pytest.mark.parametrize("name,shift,scale", [("same", 0.0, 1.0), ("mean_shift", 0.5, 1.0), ("scale", 0.0, 1.5)])
+@pytest.mark.parametrize(
+    "name,shift,scale", [("same", 0.0, 1.0), ("mean_shift", 0.5, 1.0), ("scale", 0.0, 1.5)]
+)
 def test_unbiased_mmd2_matches_closed_form(name: str, shift: float, scale: float) -> None:
     """d = 4, n = m = 200, sigma in {0.5, 1, 2, 4}; mean of 100 repetitions within 4 standard errors."""
     g = gen(8)
@@ -195,8 +199,12 @@ def test_mardia_kurtosis_gaussian_uniform_and_scale_invariance() -> None:
     stale = torch.cov(z.T, correction=0)
     for c in (0.5, 0.1):
         # Shankar's stale-covariance b2 scales like c^4 (collapse incentive); the ratio form does not move
-        assert E.mardia_b2(c * z, stale).item() == pytest.approx(c**4 * E.mardia_b2(z, stale).item(), rel=1e-9)
-        assert E.mardia_kurtosis(c * z, stale).item() == pytest.approx(E.mardia_kurtosis(z, stale).item(), rel=1e-9)
+        assert E.mardia_b2(c * z, stale).item() == pytest.approx(
+            c**4 * E.mardia_b2(z, stale).item(), rel=1e-9
+        )
+        assert E.mardia_kurtosis(c * z, stale).item() == pytest.approx(
+            E.mardia_kurtosis(z, stale).item(), rel=1e-9
+        )
 
 
 def test_ema_kurtosis_is_d_d_plus_2_for_gaussians_and_ignores_scale() -> None:
@@ -245,7 +253,9 @@ def trained() -> dict[str, dict[float, float]]:
         for rho in RHOS:
             est = E.DependencyEstimator([5, 5], hidden=64, layers=2, normalize="none", **kw)
             betas = (0.5, 0.9) if name == "w_gp" else (0.9, 0.999)
-            out = G.train_estimator(est, 5, 2, rho, steps=400, batch=256, lr=2e-3, betas=betas, seed=int(rho * 10))
+            out = G.train_estimator(
+                est, 5, 2, rho, steps=400, batch=256, lr=2e-3, betas=betas, seed=int(rho * 10)
+            )
             res[name][rho] = out["estimate"]
     return res
 
@@ -256,7 +266,9 @@ def test_trained_kl_critics_recover_mutual_information(trained: dict[str, dict[f
     for name in ("mine", "nwj"):
         assert abs(trained[name][0.0]) < 0.05, name
         assert trained[name][0.5] == pytest.approx(G.total_correlation(5, 2, 0.5), abs=0.15), name
-        assert 0.8 * G.total_correlation(5, 2, 0.8) < trained[name][0.8] < G.total_correlation(5, 2, 0.8) + 0.3
+        assert (
+            0.8 * G.total_correlation(5, 2, 0.8) < trained[name][0.8] < G.total_correlation(5, 2, 0.8) + 0.3
+        )
     assert abs(trained["infonce"][0.0]) < 0.05
     assert trained["infonce"][0.8] <= math.log(17) + 1e-6
 
@@ -295,15 +307,20 @@ def test_gaussian_tc_probe_matches_closed_form_and_removes_the_small_sample_bias
 
     g = torch.Generator().manual_seed(0)
     assert gaussian_total_correlation(correlated_views(4000, 5, 3, 0.3, g)) == pytest.approx(
-        total_correlation(5, 3, 0.3), abs=0.05)
+        total_correlation(5, 3, 0.3), abs=0.05
+    )
     for rho in (0.0, 0.3):
         fixed = [gaussian_total_correlation(correlated_views(60, 5, 3, rho, g)) for _ in range(200)]
-        raw = [gaussian_total_correlation(correlated_views(60, 5, 3, rho, g), bias_correct=False)
-               for _ in range(200)]
+        raw = [
+            gaussian_total_correlation(correlated_views(60, 5, 3, rho, g), bias_correct=False)
+            for _ in range(200)
+        ]
         assert statistics.mean(fixed) == pytest.approx(total_correlation(5, 3, rho), abs=0.05)
         assert statistics.mean(raw) > total_correlation(5, 3, rho) + 0.5
     # invariant to an invertible linear map of one view; nan when N is too small for the covariance
     v = correlated_views(2000, 4, 2, 0.5, g)
     a = torch.randn(4, 4, generator=g, dtype=torch.float64) + 3 * torch.eye(4, dtype=torch.float64)
-    assert gaussian_total_correlation([v[0] @ a, v[1]]) == pytest.approx(gaussian_total_correlation(v), abs=1e-6)
+    assert gaussian_total_correlation([v[0] @ a, v[1]]) == pytest.approx(
+        gaussian_total_correlation(v), abs=1e-6
+    )
     assert math.isnan(gaussian_total_correlation([t[:5] for t in v]))

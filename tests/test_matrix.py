@@ -12,10 +12,30 @@ from mmfusion.bench.train_step import build_step
 from .conftest import CONFIG_DIR, compose_cfg
 
 SENTIMENT_MODELS = ["ef_lstm", "tfn", "lfn", "mfn", "magbert"]
-LOSS_PLUGINS = ["none", "synergy_mmd", "synergy_kl", "mdm_kl", "mdm_f", "mdm_wasserstein", "contrastive", "dcca",
-                "autoencoder"]
-GROUPS = ["data", "model", "reg", "optim", "trainer", "logger", "callbacks", "debug", "experiment",
-          "hparams_search", "stage"]
+LOSS_PLUGINS = [
+    "none",
+    "synergy_mmd",
+    "synergy_kl",
+    "mdm_kl",
+    "mdm_f",
+    "mdm_wasserstein",
+    "contrastive",
+    "dcca",
+    "autoencoder",
+]
+GROUPS = [
+    "data",
+    "model",
+    "reg",
+    "optim",
+    "trainer",
+    "logger",
+    "callbacks",
+    "debug",
+    "experiment",
+    "hparams_search",
+    "stage",
+]
 
 
 def _options(group: str) -> list[str]:
@@ -72,8 +92,10 @@ def test_representation_objectives_on_batches_of_one_and_two(model, reg):
     module, batch, opts = build_step(model, [reg], "mosi", 8, extra=extra)
     plugin = module.plugins[reg]
     for n in (1, 2):
-        small = {k: ({m: v[:n] for m, v in batch[k].items()} if isinstance(batch[k], dict) else batch[k][:n])
-                 for k in batch}
+        small = {
+            k: ({m: v[:n] for m, v in batch[k].items()} if isinstance(batch[k], dict) else batch[k][:n])
+            for k in batch
+        }
         loss, task_loss, logs = module.optimization_step(small, opts, lambda l: l.backward())
         assert math.isfinite(float(loss)) and math.isfinite(float(task_loss))
         if n < plugin.min_batch_size:
@@ -90,8 +112,9 @@ def test_representation_objectives_carry_the_influence_diagnostic():
 
     assert {"contrastive", "dcca", "autoencoder"} <= set(DISCOVERED)
     torch.manual_seed(0)
-    module, batch, opts = build_step("tfn", ["dcca", "contrastive", "autoencoder"], "mosi", 16,
-                                     extra=["data.seq_len=8", "data.min_len=4"])
+    module, batch, opts = build_step(
+        "tfn", ["dcca", "contrastive", "autoencoder"], "mosi", 16, extra=["data.seq_len=8", "data.min_len=4"]
+    )
     module.influence_every = 1
     module.optimization_step(batch, opts, lambda l: l.backward())
     (rec,) = module.influence_history
@@ -110,5 +133,10 @@ def test_representation_objectives_on_mult(reg):
     plug0 = [p.detach().clone() for p in module.plugins.parameters() if p.requires_grad]
     loss, task_loss, logs = module.optimization_step(batch, opts, lambda l: l.backward())
     assert math.isfinite(float(loss)) and float(loss) != float(task_loss) and f"train/reg/{reg}/loss" in logs
-    assert any(not torch.equal(a, b) for a, b in zip(net0, [p for p in module.net.parameters() if p.requires_grad]))
-    assert any(not torch.equal(a, b) for a, b in zip(plug0, [p for p in module.plugins.parameters() if p.requires_grad]))
+    assert any(
+        not torch.equal(a, b) for a, b in zip(net0, [p for p in module.net.parameters() if p.requires_grad])
+    )
+    assert any(
+        not torch.equal(a, b)
+        for a, b in zip(plug0, [p for p in module.plugins.parameters() if p.requires_grad])
+    )

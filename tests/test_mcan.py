@@ -20,8 +20,16 @@ MCAN_LARGE_PARAMS = 195_551_291
 
 
 def _tiny(**kw) -> MCAN:
-    args = dict(input_dims={"question": 14, "image": 12}, output_dim=7, vocab_size=30, hidden=32, heads=4,
-                layers=2, flat_mlp=16, flat_out=24)
+    args = dict(
+        input_dims={"question": 14, "image": 12},
+        output_dim=7,
+        vocab_size=30,
+        hidden=32,
+        heads=4,
+        layers=2,
+        flat_mlp=16,
+        flat_out=24,
+    )
     args.update(kw)
     return MCAN(**args)
 
@@ -40,8 +48,14 @@ def test_mcan_small_parameter_count() -> None:
 
 def test_mcan_large_parameter_count() -> None:
     with torch.device("meta"):
-        m = MCAN(input_dims={"question": 14, "image": 2048}, output_dim=3129, vocab_size=10, hidden=1024, ff=4096,
-                 flat_out=2048)
+        m = MCAN(
+            input_dims={"question": 14, "image": 2048},
+            output_dim=3129,
+            vocab_size=10,
+            hidden=1024,
+            ff=4096,
+            flat_out=2048,
+        )
     assert sum(p.numel() for p in m.parameters()) == MCAN_LARGE_PARAMS + 300 * 10
 
 
@@ -54,7 +68,10 @@ def test_layer_norm_is_mcans() -> None:
     x = torch.randn(3, 5, dtype=torch.float64)
     xn = x.numpy()
     std = xn.std(-1, ddof=1, keepdims=True)  # unbiased std, eps added outside the sqrt
-    expect = ln.a_2.detach().double().numpy() * (xn - xn.mean(-1, keepdims=True)) / (std + 1e-6) + ln.b_2.detach().double().numpy()
+    expect = (
+        ln.a_2.detach().double().numpy() * (xn - xn.mean(-1, keepdims=True)) / (std + 1e-6)
+        + ln.b_2.detach().double().numpy()
+    )
     np.testing.assert_allclose(ln.double()(x).detach().numpy(), expect, rtol=1e-12)
 
 
@@ -69,6 +86,7 @@ def test_mhatt_equals_masked_scaled_dot_product() -> None:
     ref = torch.nn.functional.scaled_dot_product_attention(Q, K, V, attn_mask=valid[:, None, None, :])
     ref = att.linear_merge(ref.transpose(1, 2).reshape(2, 3, 16))
     torch.testing.assert_close(out, ref, atol=1e-6, rtol=1e-5)
+
     # the scale is 1/sqrt(d_head) = 1/2 (MCAN), written out by hand; 1/sqrt(d_model) = 1/4 gives another output
     def by_hand(scale: float) -> torch.Tensor:
         s = (Q @ K.transpose(-1, -2)) * scale
@@ -100,7 +118,11 @@ def test_contract_pools_fusion_and_replacement() -> None:
     assert set(m.pools) == {"question", "image"} and m.pools["image"].grid_shape == (2, 2)
     batch = {"x": {"question": torch.tensor([[3, 4, 0]]), "image": torch.randn(1, 4, 12)}}
     out = m(batch)
-    assert out.unimodal["question"].shape == (1, 24) and out.fused.shape == (1, 24) and out.prediction.shape == (1, 7)
+    assert (
+        out.unimodal["question"].shape == (1, 24)
+        and out.fused.shape == (1, 24)
+        and out.prediction.shape == (1, 7)
+    )
     torch.testing.assert_close(out.fused, m.proj_norm(out.unimodal["question"] + out.unimodal["image"]))
     assert out.extras["attention/image"].shape == (1, 4, 1)
 
@@ -116,14 +138,21 @@ def test_contract_pools_fusion_and_replacement() -> None:
 
 def test_cnn_image_encoder_is_trained_end_to_end() -> None:
     torch.manual_seed(0)
-    m = _tiny(input_dims={"question": 14, "image": 3}, image_encoder="cnn", image_size=(16, 16), cnn_channels=(4, 8))
+    m = _tiny(
+        input_dims={"question": 14, "image": 3}, image_encoder="cnn", image_size=(16, 16), cnn_channels=(4, 8)
+    )
     assert m.grid_shape == (4, 4) and m.pools["image"].grid_shape == (4, 4)
     out = m({"x": {"question": torch.tensor([[3, 4, 0]] * 2), "image": torch.rand(2, 3, 16, 16)}})
     out.prediction.sum().backward()
     assert m.cnn.net[0].weight.grad is not None and m.cnn.net[0].weight.grad.abs().sum() > 0
     with pytest.raises(ConfigError, match="grid_shape"):
-        _tiny(input_dims={"question": 14, "image": 3}, image_encoder="cnn", image_size=(16, 16),
-              cnn_channels=(4, 8), grid_shape=(8, 8))
+        _tiny(
+            input_dims={"question": 14, "image": 3},
+            image_encoder="cnn",
+            image_size=(16, 16),
+            cnn_channels=(4, 8),
+            grid_shape=(8, 8),
+        )
 
 
 def test_pretrained_embedding() -> None:

@@ -55,7 +55,10 @@ def test_critic_ascends_its_bound_and_only_plugin_optimizer_touches_it(measure: 
     assert bound_on(plugin, model, batch) > before + 0.05
     assert torch.isfinite(torch.as_tensor(logs["critic_estimate"]))
     assert int(plugin.critic_steps) == 30
-    for k, v in model.state_dict().items():  # the critic steps never change (or give gradients to) the encoders
+    for (
+        k,
+        v,
+    ) in model.state_dict().items():  # the critic steps never change (or give gradients to) the encoders
         assert torch.equal(v, before_model[k])
     assert all(p.grad is None for p in model.parameters())
 
@@ -132,6 +135,7 @@ def test_validation_probe_sees_the_whole_split_and_matches_the_gaussian_tc() -> 
     class Identity(TinyFusion):
         def encode(self, batch):  # the views themselves are the unimodal representations
             from mmfusion.contract import Encoded
+
             return Encoded(unimodal=dict(batch["x"]))
 
     d, rho = 8, 0.3
@@ -141,7 +145,7 @@ def test_validation_probe_sees_the_whole_split_and_matches_the_gaussian_tc() -> 
     g = torch.Generator().manual_seed(0)
     views = correlated_views(3000, d, 3, rho, g, torch.float32)
     for i in range(0, 3000, 500):
-        batch = {"x": {m: v[i:i + 500] for m, v in zip(model.modalities, views)}, "y": torch.zeros(500)}
+        batch = {"x": {m: v[i : i + 500] for m, v in zip(model.modalities, views)}, "y": torch.zeros(500)}
         plugin.loss(model(batch), batch, "val")
     diag = plugin.validation_epoch_diagnostics()
     assert diag["tc_probe"] == pytest.approx(total_correlation(d, 3, rho), abs=0.08)

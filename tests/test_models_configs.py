@@ -32,7 +32,11 @@ def test_magbert_experiments_wire_the_tokenizer_and_schedule() -> None:
     assert cfg.data.text_tokenizer == cfg.model.pretrained == "minilm"
     assert cfg.optim.scheduler_interval == "step" and cfg.optim.scheduler._partial_
     cfg = _compose(["experiment=mosei_magbert"])
-    assert cfg.data.text == "tokens" and cfg.model.pretrained == "bert-base-uncased" and cfg.model.pooling == "cls"
+    assert (
+        cfg.data.text == "tokens"
+        and cfg.model.pretrained == "bert-base-uncased"
+        and cfg.model.pooling == "cls"
+    )
 
 
 def test_synergy_grid_is_a_plain_basic_sweep() -> None:

@@ -21,28 +21,100 @@ from .frozen_v0.tfn import TFN as TFN0
 DIMS = {"text": 12, "audio": 5, "vision": 7}
 
 CASES = {
-    "tfn": (TFN, TFN0, dict(hidden={"audio": 4, "vision": 6}, text_hidden=10, text_out=5, dropout=0.3,
-                            post_fusion_dim=8, post_fusion_dropout=0.4)),
-    "tfn_range": (TFN, TFN0, dict(hidden=4, text_hidden=8, text_out=3, dropout={"text": 0.0, "audio": 0.2,
-                                                                                "vision": 0.5},
-                                  post_fusion_dim=6, post_fusion_dropout=0.5, output_range=(-3.0, 3.0))),
+    "tfn": (
+        TFN,
+        TFN0,
+        dict(
+            hidden={"audio": 4, "vision": 6},
+            text_hidden=10,
+            text_out=5,
+            dropout=0.3,
+            post_fusion_dim=8,
+            post_fusion_dropout=0.4,
+        ),
+    ),
+    "tfn_range": (
+        TFN,
+        TFN0,
+        dict(
+            hidden=4,
+            text_hidden=8,
+            text_out=3,
+            dropout={"text": 0.0, "audio": 0.2, "vision": 0.5},
+            post_fusion_dim=6,
+            post_fusion_dropout=0.5,
+            output_range=(-3.0, 3.0),
+        ),
+    ),
     # text input >= 4 x LSTM width: the language sub-network runs the hand-written LSTM scan (subnets.lstm_scan)
-    "tfn_wide": (TFN, TFN0, dict(hidden=4, text_hidden=3, text_out=4, dropout=0.3, post_fusion_dim=6,
-                                 post_fusion_dropout=0.3)),
+    "tfn_wide": (
+        TFN,
+        TFN0,
+        dict(hidden=4, text_hidden=3, text_out=4, dropout=0.3, post_fusion_dim=6, post_fusion_dropout=0.3),
+    ),
     "lfn_wide": (LFN, LFN0, dict(hidden=3, text_hidden=2, text_out=3, dropout=0.2, rank=2, fusion_dim=4)),
-    "lfn": (LFN, LFN0, dict(hidden=4, text_hidden=10, text_out=5, dropout=0.3, rank=3, fusion_dim=6,
-                            post_fusion_dropout=0.2)),
-    "lfn_code": (LFN, LFN0, dict(hidden={"audio": 3, "vision": 5}, text_hidden=8, text_out=4, dropout=0.2, rank=2,
-                                 fusion_dim=None)),
-    "mfn": (MFN, MFN0, dict(hidden={"text": 9, "audio": 4, "vision": 6}, mem_dim=7, attn_hidden=5,
-                            attn_dropout=0.2, mem_hidden=6, mem_dropout=0.3, gamma1_hidden=8, gamma1_dropout=0.7,
-                            gamma2_hidden=5, gamma2_dropout=0.5, out_hidden=6, out_dropout=0.4)),
-    "mfn_nogatemem": (MFN, MFN0, dict(hidden=5, mem_dim=6, gates_see_memory=False, gamma1_dropout=0.3,
-                                      gamma2_dropout=0.0, mem_dropout=0.0, attn_dropout=0.1)),
-    "mfn_window3": (MFN, MFN0, dict(hidden={"text": 6, "audio": 3, "vision": 4}, mem_dim=5, window=3,
-                                    gamma1_dropout=0.0, gamma2_dropout=0.0)),
+    "lfn": (
+        LFN,
+        LFN0,
+        dict(
+            hidden=4, text_hidden=10, text_out=5, dropout=0.3, rank=3, fusion_dim=6, post_fusion_dropout=0.2
+        ),
+    ),
+    "lfn_code": (
+        LFN,
+        LFN0,
+        dict(
+            hidden={"audio": 3, "vision": 5}, text_hidden=8, text_out=4, dropout=0.2, rank=2, fusion_dim=None
+        ),
+    ),
+    "mfn": (
+        MFN,
+        MFN0,
+        dict(
+            hidden={"text": 9, "audio": 4, "vision": 6},
+            mem_dim=7,
+            attn_hidden=5,
+            attn_dropout=0.2,
+            mem_hidden=6,
+            mem_dropout=0.3,
+            gamma1_hidden=8,
+            gamma1_dropout=0.7,
+            gamma2_hidden=5,
+            gamma2_dropout=0.5,
+            out_hidden=6,
+            out_dropout=0.4,
+        ),
+    ),
+    "mfn_nogatemem": (
+        MFN,
+        MFN0,
+        dict(
+            hidden=5,
+            mem_dim=6,
+            gates_see_memory=False,
+            gamma1_dropout=0.3,
+            gamma2_dropout=0.0,
+            mem_dropout=0.0,
+            attn_dropout=0.1,
+        ),
+    ),
+    "mfn_window3": (
+        MFN,
+        MFN0,
+        dict(
+            hidden={"text": 6, "audio": 3, "vision": 4},
+            mem_dim=5,
+            window=3,
+            gamma1_dropout=0.0,
+            gamma2_dropout=0.0,
+        ),
+    ),
     "ef_lstm": (EFLSTM, EFLSTM0, dict(proj_dim=6, hidden=9, dropout=0.4)),
-    "ef_lstm_deep": (EFLSTM, EFLSTM0, dict(proj_dim=None, hidden=7, num_layers=3, dropout=0.3, input_dropout=0.1)),
+    "ef_lstm_deep": (
+        EFLSTM,
+        EFLSTM0,
+        dict(proj_dim=None, hidden=7, num_layers=3, dropout=0.3, input_dropout=0.1),
+    ),
     "ef_lstm_attn": (EFLSTM, EFLSTM0, dict(proj_dim=5, hidden=8, pooling="attention")),
 }
 
@@ -69,12 +141,18 @@ def _run(model: torch.nn.Module, batch: dict, seed: int) -> tuple[dict, dict, to
     loss = loss + sum(0.01 * z.pow(2).mean() for z in out.unimodal.values())
     model.zero_grad(set_to_none=True)
     loss.backward()
-    outs = {"prediction": out.prediction, "fused": out.fused, **{f"z_{m}": z for m, z in out.unimodal.items()}}
+    outs = {
+        "prediction": out.prediction,
+        "fused": out.fused,
+        **{f"z_{m}": z for m, z in out.unimodal.items()},
+    }
     grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
     return {k: v.detach() for k, v in outs.items()}, grads, torch.get_rng_state()
 
 
-def _check(case: str, padded: bool, dtype: torch.dtype, b: int = 6, t: int = 9, averaged_av: bool = False) -> None:
+def _check(
+    case: str, padded: bool, dtype: torch.dtype, b: int = 6, t: int = 9, averaged_av: bool = False
+) -> None:
     new_cls, old_cls, kw = CASES[case]
     torch.manual_seed(0)
     new = new_cls(input_dims=DIMS, output_dim=1, **kw).to(dtype)
@@ -105,7 +183,9 @@ def test_same_as_before_float32(case: str, padded: bool) -> None:
     _check(case, padded, torch.float32)
 
 
-@pytest.mark.parametrize("case", ["tfn", "tfn_wide", "lfn", "lfn_wide", "mfn", "mfn_nogatemem", "ef_lstm_deep"])
+@pytest.mark.parametrize(
+    "case", ["tfn", "tfn_wide", "lfn", "lfn_wide", "mfn", "mfn_nogatemem", "ef_lstm_deep"]
+)
 @pytest.mark.parametrize("padded", [False, True], ids=["full", "padded"])
 def test_same_as_before_float64(case: str, padded: bool) -> None:
     _check(case, padded, torch.float64)
@@ -173,7 +253,9 @@ def test_ef_lstm_seq_norm_is_batchnorm_over_time_steps() -> None:
     batch = _batch(b, t, False, torch.float32)
     x = torch.cat([batch["x"][m] for m in DIMS], -1)
     mean, var = x.mean((0, 2), keepdim=True), x.var((0, 2), unbiased=False, keepdim=True)
-    xn = (x - mean) / torch.sqrt(var + 1e-5) * model.seq_norm.weight[None, :, None] + model.seq_norm.bias[None, :, None]
+    xn = (x - mean) / torch.sqrt(var + 1e-5) * model.seq_norm.weight[None, :, None] + model.seq_norm.bias[
+        None, :, None
+    ]
     _, (h, _) = model.lstm(xn)
     torch.testing.assert_close(model(batch).fused, h[-1], rtol=1e-5, atol=1e-6)
     with pytest.raises(Exception, match="seq_norm=6"):

@@ -14,8 +14,15 @@ from mmfusion.models.subnets import PostFusionMLP, SubNet, apply_keep, dropout_k
 from mmfusion.models.tfn import TFN, tensor_fusion
 
 DIMS = {"mosi": {"text": 768, "audio": 5, "vision": 20}, "mosei": {"text": 768, "audio": 74, "vision": 35}}
-MFN_SMALL = {"hidden": {"text": 8, "audio": 4, "vision": 4}, "mem_dim": 6, "attn_hidden": 8, "mem_hidden": 8,
-             "gamma1_hidden": 8, "gamma2_hidden": 8, "out_hidden": 8}
+MFN_SMALL = {
+    "hidden": {"text": 8, "audio": 4, "vision": 4},
+    "mem_dim": 6,
+    "attn_hidden": 8,
+    "mem_hidden": 8,
+    "gamma1_hidden": 8,
+    "gamma2_hidden": 8,
+    "out_hidden": 8,
+}
 
 
 def make_batch(dims: dict[str, int], b: int = 5, t: int = 7, seed: int = 0, full: bool = False) -> dict:
@@ -36,7 +43,9 @@ def build(name: str, dims: dict[str, int], out: int = 1):
     if name == "tfn":
         return TFN(input_dims=dims, output_dim=out, hidden=8, text_hidden=16, text_out=8, post_fusion_dim=16)
     if name == "lfn":
-        return LFN(input_dims=dims, output_dim=out, hidden=8, text_hidden=16, text_out=8, rank=3, fusion_dim=8)
+        return LFN(
+            input_dims=dims, output_dim=out, hidden=8, text_hidden=16, text_out=8, rank=3, fusion_dim=8
+        )
     return MFN(input_dims=dims, output_dim=out, **MFN_SMALL)
 
 
@@ -88,7 +97,11 @@ def test_every_parameter_gets_a_gradient(name: str) -> None:
 
 def test_tfn_fusion_equals_explicit_outer_product() -> None:
     g = torch.Generator().manual_seed(1)
-    za, zv, zt = torch.randn(3, 2, generator=g), torch.randn(3, 3, generator=g), torch.randn(3, 4, generator=g)
+    za, zv, zt = (
+        torch.randn(3, 2, generator=g),
+        torch.randn(3, 3, generator=g),
+        torch.randn(3, 4, generator=g),
+    )
     fused = tensor_fusion([za, zv, zt])
     assert fused.shape == (3, 3 * 4 * 5)
     for b in range(3):
@@ -117,7 +130,9 @@ def test_dropout_keep_is_torch_dropout(p: float, shape: tuple[int, int], dtype: 
     torch.manual_seed(11)
     keep = dropout_keep(x.numel(), p)
     out, out_next = apply_keep(x, keep, dropout_scale(p, dtype)), torch.rand(4)
-    assert torch.equal(out.view(-1).view(torch.int8), ref.view(-1).view(torch.int8))  # bit for bit (signed zeros)
+    assert torch.equal(
+        out.view(-1).view(torch.int8), ref.view(-1).view(torch.int8)
+    )  # bit for bit (signed zeros)
     assert torch.equal(out_next, ref_next)  # same generator draws consumed
     assert torch.equal(keep.view(shape), ref != 0) and dropout_scale(p, dtype) == pytest.approx(1 / (1 - p))
     inplace = x.clone()
@@ -149,8 +164,9 @@ def test_post_fusion_fast_path_equals_dropout_then_linear() -> None:
 
 
 def test_tfn_output_range() -> None:
-    model = TFN(input_dims=DIMS["mosi"], hidden=4, text_hidden=4, text_out=4, post_fusion_dim=4,
-                output_range=[-3, 3])
+    model = TFN(
+        input_dims=DIMS["mosi"], hidden=4, text_hidden=4, text_out=4, post_fusion_dim=4, output_range=[-3, 3]
+    )
     model.eval()
     big = make_batch(DIMS["mosi"])
     big["x"] = {m: v * 100 for m, v in big["x"].items()}
@@ -181,8 +197,11 @@ def test_lfn_full_rank_equals_tensor_map() -> None:
                 r += 1
         fus.fusion_weights.fill_(1.0)
         fus.fusion_bias.copy_(bias[None])
-    z = {"audio": torch.randn(7, da, dtype=torch.float64), "vision": torch.randn(7, dv, dtype=torch.float64),
-         "text": torch.randn(7, dt, dtype=torch.float64)}
+    z = {
+        "audio": torch.randn(7, da, dtype=torch.float64),
+        "vision": torch.randn(7, dv, dtype=torch.float64),
+        "text": torch.randn(7, dt, dtype=torch.float64),
+    }
     Z = tensor_fusion([z["audio"], z["vision"], z["text"]])  # (7, (da+1)(dv+1)(dt+1))
     expected = Z @ W.reshape(dh, -1).T + bias
     torch.testing.assert_close(fus(z), expected)
@@ -222,8 +241,21 @@ def _mlp(seq: torch.nn.Sequential, x: torch.Tensor) -> torch.Tensor:
 def test_mfn_memory_update_equals_hand_computed_steps(window: int, lstm: str) -> None:
     torch.manual_seed(0)
     dims = {"text": 3, "audio": 2, "vision": 2}
-    model = MFN(input_dims=dims, window=window, lstm=lstm, attn_dropout=0.0, mem_dropout=0.0, gamma1_dropout=0.0,
-                gamma2_dropout=0.0, out_dropout=0.0, **{k: v for k, v in MFN_SMALL.items()}).double().eval()
+    model = (
+        MFN(
+            input_dims=dims,
+            window=window,
+            lstm=lstm,
+            attn_dropout=0.0,
+            mem_dropout=0.0,
+            gamma1_dropout=0.0,
+            gamma2_dropout=0.0,
+            out_dropout=0.0,
+            **{k: v for k, v in MFN_SMALL.items()},
+        )
+        .double()
+        .eval()
+    )
     b, t = 2, 3
     batch = make_batch(dims, b=b, t=t, seed=3)
     batch["x"] = {m: v.double() for m, v in batch["x"].items()}
@@ -239,9 +271,9 @@ def test_mfn_memory_update_equals_hand_computed_steps(window: int, lstm: str) ->
         u = torch.zeros(1, 6, dtype=torch.float64)
         for step in range(n):
             for m in dims:
-                hs[m], cs[m] = _lstm_by_hand(model.lstms[m], batch["x"][m][s:s + 1, step], hs[m], cs[m])
+                hs[m], cs[m] = _lstm_by_hand(model.lstms[m], batch["x"][m][s : s + 1, step], hs[m], cs[m])
             c_now = torch.cat([cs[m] for m in dims], -1)
-            cstar = torch.cat(history[-(window - 1):] + [c_now], -1) if window > 1 else c_now
+            cstar = torch.cat(history[-(window - 1) :] + [c_now], -1) if window > 1 else c_now
             history.append(c_now)
             att = torch.softmax(_mlp(model.attention, cstar), -1)
             chat_in = att * cstar
@@ -250,8 +282,8 @@ def test_mfn_memory_update_equals_hand_computed_steps(window: int, lstm: str) ->
             g2 = torch.sigmoid(_mlp(model.gamma2, torch.cat([chat_in, u], -1)))
             u = g1 * u + g2 * torch.tanh(u_hat)
         expected = torch.cat([hs[m] for m in dims] + [u], -1)
-        torch.testing.assert_close(out.fused[s:s + 1], expected)
-        torch.testing.assert_close(out.unimodal["audio"][s:s + 1], hs["audio"])
+        torch.testing.assert_close(out.fused[s : s + 1], expected)
+        torch.testing.assert_close(out.unimodal["audio"][s : s + 1], hs["audio"])
 
 
 def test_mfn_gate_scales_scale_the_sequences() -> None:

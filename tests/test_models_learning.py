@@ -18,26 +18,66 @@ from mmfusion.utils.runtime import compose_train_cfg
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mosi"
 
-SYNTH = ["data.n_train=768", "data.n_valid=128", "data.n_test=256", "data.seq_len=12", "data.min_len=4",
-         "data.dims={text:32,audio:16,vision:16}"]
+SYNTH = [
+    "data.n_train=768",
+    "data.n_valid=128",
+    "data.n_test=256",
+    "data.seq_len=12",
+    "data.min_len=4",
+    "data.dims={text:32,audio:16,vision:16}",
+]
 SMALL = {
-    "tfn": ["model.hidden=8", "model.text_hidden=32", "model.text_out=8", "model.post_fusion_dim=32",
-            "model.dropout=0.1", "model.post_fusion_dropout=0.1", "optim.lr=3e-3"],
-    "lfn": ["model.hidden=16", "model.text_hidden=32", "model.text_out=16", "model.dropout=0.0", "optim.lr=3e-3"],
-    "mfn": ["model.hidden={text:32,audio:16,vision:16}", "model.mem_dim=32", "model.attn_hidden=32",
-            "model.mem_hidden=32", "model.gamma1_hidden=32", "model.gamma2_hidden=32", "model.out_hidden=32",
-            "optim.lr=3e-3"],
+    "tfn": [
+        "model.hidden=8",
+        "model.text_hidden=32",
+        "model.text_out=8",
+        "model.post_fusion_dim=32",
+        "model.dropout=0.1",
+        "model.post_fusion_dropout=0.1",
+        "optim.lr=3e-3",
+    ],
+    "lfn": [
+        "model.hidden=16",
+        "model.text_hidden=32",
+        "model.text_out=16",
+        "model.dropout=0.0",
+        "optim.lr=3e-3",
+    ],
+    "mfn": [
+        "model.hidden={text:32,audio:16,vision:16}",
+        "model.mem_dim=32",
+        "model.attn_hidden=32",
+        "model.mem_hidden=32",
+        "model.gamma1_hidden=32",
+        "model.gamma2_hidden=32",
+        "model.out_hidden=32",
+        "optim.lr=3e-3",
+    ],
     "ef_lstm": ["model.hidden=64", "model.proj_dim=32", "model.dropout=0.1", "optim.lr=3e-3"],
-    "magbert": ["model.bert_layers=2", "model.bert_lr=1e-4", "optim.lr=1e-3", "data.max_tokens=24",
-                "+optim.scheduler._target_=mmfusion.models.magbert.linear_warmup_schedule",
-                "+optim.scheduler._partial_=true", "optim.scheduler_interval=step"],
+    "magbert": [
+        "model.bert_layers=2",
+        "model.bert_lr=1e-4",
+        "optim.lr=1e-3",
+        "data.max_tokens=24",
+        "+optim.scheduler._target_=mmfusion.models.magbert.linear_warmup_schedule",
+        "+optim.scheduler._partial_=true",
+        "optim.scheduler_interval=step",
+    ],
 }
 EPOCHS = {"tfn": 8, "lfn": 8, "mfn": 8, "ef_lstm": 8, "magbert": 4}  # MAG-BERT: BERT dropout on since dc751f2
 
 
 def run(overrides: list[str], tmp_path: Path) -> dict:
-    cfg = compose_train_cfg([*overrides, "logger=none", "trainer.enable_progress_bar=false", "trainer.accelerator=cpu",
-                             "callbacks.early_stopping.patience=100"], tmp_path)
+    cfg = compose_train_cfg(
+        [
+            *overrides,
+            "logger=none",
+            "trainer.enable_progress_bar=false",
+            "trainer.accelerator=cpu",
+            "callbacks.early_stopping.patience=100",
+        ],
+        tmp_path,
+    )
     result, objs = train(cfg)
     return result | {"datamodule": objs["datamodule"]}
 
@@ -45,8 +85,10 @@ def run(overrides: list[str], tmp_path: Path) -> dict:
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["tfn", "lfn", "mfn", "ef_lstm", "magbert"])
 def test_learns_on_synthetic(name: str, tmp_path: Path) -> None:
-    res = run([f"model={name}", "data=synthetic", f"trainer.max_epochs={EPOCHS[name]}", *SYNTH, *SMALL[name]],
-              tmp_path)
+    res = run(
+        [f"model={name}", "data=synthetic", f"trainer.max_epochs={EPOCHS[name]}", *SYNTH, *SMALL[name]],
+        tmp_path,
+    )
     dm = res["datamodule"]
     y_train = dm.splits["train"].tensors["y"].numpy()
     y_test = dm.splits["test"].tensors["y"].numpy()
@@ -61,6 +103,7 @@ def test_learns_on_synthetic(name: str, tmp_path: Path) -> None:
 @pytest.mark.parametrize("name", ["tfn", "lfn", "mfn", "ef_lstm", "magbert"])
 def test_reaches_72_percent_on_mosi_utterance(name: str, tmp_path: Path) -> None:
     extra = {"magbert": ["model.bert_layers=3", "data.max_tokens=24", "trainer.max_epochs=2"]}.get(
-        name, ["trainer.max_epochs=10"])
+        name, ["trainer.max_epochs=10"]
+    )
     res = run([f"experiment=mosi_{name}", *extra], tmp_path)
     assert res["test"]["Has0_acc_2"] >= 0.72, res["test"]

@@ -41,8 +41,9 @@ def test_mag_equals_hand_computed_formula() -> None:
     torch.testing.assert_close(mag.displacement(t, a), torch.tensor([[[2.0, 0.0, 2.0]]]))
     torch.testing.assert_close(mag(t, a), torch.tensor([[expected]]), atol=1e-5, rtol=1e-5)
     # a large shift is capped at alpha = 1
-    torch.testing.assert_close(tiny_mag(100.0)(t, a), torch.tensor([[layer_norm([3.0, 2.0, 4.0])]]),
-                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        tiny_mag(100.0)(t, a), torch.tensor([[layer_norm([3.0, 2.0, 4.0])]]), atol=1e-5, rtol=1e-5
+    )
 
 
 def test_mag_beta_zero_is_layer_norm_of_text() -> None:
@@ -75,7 +76,7 @@ def test_tokenize_word_index_and_alignment(tokenizer) -> None:
     assert ids[0, n0 - 1] == tokenizer.sep_token_id and wi[0, n0 - 1] == -1
     pieces = tokenizer.tokenize("unwatchable")
     assert len(pieces) > 1  # a word split into several pieces
-    assert wi[0, 1:n0 - 1].tolist() == [0, 1, 2] + [3] * len(pieces)
+    assert wi[0, 1 : n0 - 1].tolist() == [0, 1, 2] + [3] * len(pieces)
     # word-level features: word k's vector on each of its pieces, zeros on [CLS]/[SEP]/padding
     x = torch.arange(2 * 4 * 2, dtype=torch.float32).reshape(2, 4, 2) + 1
     out, valid = align_to_tokens(x, torch.tensor([4, 1]), tok)
@@ -87,12 +88,15 @@ def test_tokenize_word_index_and_alignment(tokenizer) -> None:
     u = torch.randn(2, 1, 3)
     out1, valid1 = align_to_tokens(u, torch.ones(2, dtype=torch.long), tok)
     assert torch.equal(valid1, wi >= 0)
-    torch.testing.assert_close(out1[0, 1:n0 - 1], u[0].expand(n0 - 2, 3))
+    torch.testing.assert_close(out1[0, 1 : n0 - 1], u[0].expand(n0 - 2, 3))
     assert out1[0, 0].abs().sum() == 0 and out1[0, n0:].abs().sum() == 0
 
 
 def test_alignment_without_word_index_uses_special_tokens() -> None:
-    tok = {"input_ids": torch.tensor([[101, 5, 6, 102, 0]]), "attention_mask": torch.tensor([[1, 1, 1, 1, 0]])}
+    tok = {
+        "input_ids": torch.tensor([[101, 5, 6, 102, 0]]),
+        "attention_mask": torch.tensor([[1, 1, 1, 1, 0]]),
+    }
     out, valid = align_to_tokens(torch.ones(1, 1, 2), None, tok)
     assert valid.tolist() == [[False, True, True, False, False]]
     with pytest.raises(DataError):
@@ -102,18 +106,31 @@ def test_alignment_without_word_index_uses_special_tokens() -> None:
 @pytest.fixture(scope="module")
 def mag_model():
     torch.manual_seed(0)
-    return MAGBERT(input_dims={"text": 768, "audio": 5, "vision": 20}, output_dim=1, beta_shift=1.0,
-                   mag_dropout=0.1, pooling="cls")
+    return MAGBERT(
+        input_dims={"text": 768, "audio": 5, "vision": 20},
+        output_dim=1,
+        beta_shift=1.0,
+        mag_dropout=0.1,
+        pooling="cls",
+    )
 
 
 def batch_for(tokenizer, dims: dict[str, int], t: int = 1) -> dict:
-    tok = tokenize(["i really loved this movie", "the plot was dull and boring", "ok"], tokenizer, max_tokens=16)
+    tok = tokenize(
+        ["i really loved this movie", "the plot was dull and boring", "ok"], tokenizer, max_tokens=16
+    )
     g = torch.Generator().manual_seed(0)
-    return {"x": {m: torch.randn(3, t, d, generator=g) for m, d in dims.items()},
-            "lengths": {m: torch.full((3,), t) for m in dims}, "tokens": tok, "y": torch.tensor([2.0, -2.0, 0.0])}
+    return {
+        "x": {m: torch.randn(3, t, d, generator=g) for m, d in dims.items()},
+        "lengths": {m: torch.full((3,), t) for m in dims},
+        "tokens": tok,
+        "y": torch.tensor([2.0, -2.0, 0.0]),
+    }
 
 
-@pytest.mark.parametrize("dims", [{"text": 768, "audio": 5, "vision": 20}, {"text": 768, "audio": 74, "vision": 35}])
+@pytest.mark.parametrize(
+    "dims", [{"text": 768, "audio": 5, "vision": 20}, {"text": 768, "audio": 74, "vision": 35}]
+)
 def test_magbert_contract(tokenizer, dims) -> None:
     model = MAGBERT(input_dims=dims, output_dim=2, bert_layers=2, injection_layer=1).eval()
     out = model(batch_for(tokenizer, dims, t=6))
@@ -127,7 +144,9 @@ def test_magbert_contract(tokenizer, dims) -> None:
 
     b = batch_for(tokenizer, dims, t=6)
     dropped = apply(b, "drop_text", tuple(dims))
-    assert (dropped["tokens"]["input_ids"][~b["tokens"]["special_mask"]] == b["tokens"]["unk_token_id"][0]).all()
+    assert (
+        dropped["tokens"]["input_ids"][~b["tokens"]["special_mask"]] == b["tokens"]["unk_token_id"][0]
+    ).all()
     assert model(dropped).prediction.shape == (3, 2)
     with pytest.raises(DataError, match="tokens"):
         model({"x": {m: torch.randn(2, 1, d) for m, d in dims.items()}})
@@ -207,4 +226,8 @@ def test_linear_warmup_schedule() -> None:
         opt.step()
         sched.step()
     assert lrs[0] == pytest.approx(0.0) and lrs[1] == pytest.approx(0.5)
-    assert lrs[2] == pytest.approx(18 / 18) and lrs[11] == pytest.approx(9 / 18) and lrs[19] == pytest.approx(1 / 18)
+    assert (
+        lrs[2] == pytest.approx(18 / 18)
+        and lrs[11] == pytest.approx(9 / 18)
+        and lrs[19] == pytest.approx(1 / 18)
+    )

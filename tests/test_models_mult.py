@@ -21,8 +21,18 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mosi"
 
 def small(dims=None, **kw) -> MulT:
     torch.manual_seed(0)
-    args = dict(d_model=8, heads=2, layers=2, kernel_size=3, embed_dropout=0.0, attn_dropout=0.0,
-                memory_attn_dropout=0.0, relu_dropout=0.0, res_dropout=0.0, output_dropout=0.0)
+    args = dict(
+        d_model=8,
+        heads=2,
+        layers=2,
+        kernel_size=3,
+        embed_dropout=0.0,
+        attn_dropout=0.0,
+        memory_attn_dropout=0.0,
+        relu_dropout=0.0,
+        res_dropout=0.0,
+        output_dropout=0.0,
+    )
     args.update(kw)
     return MulT(input_dims=dims or {"text": 6, "audio": 5, "vision": 4}, **args)
 
@@ -42,6 +52,7 @@ def mmsa_closed_form(dims: tuple[int, int, int], d: int = 50, layers: int = 4, k
     (in_proj 3w x w + 3w, out_proj w x w + w), fc1/fc2 (w x 4w), 2 LayerNorms; a final LayerNorm per encoder;
     6 crossmodal encoders of width d, 3 memory encoders of width 2d and depth max(layers, 3); bias-free Conv1d;
     proj1, proj2 (6d x 6d) and out_layer (6d -> 1)."""
+
     def enc(w: int, n: int) -> int:
         return n * (4 * w * w + 4 * w + 8 * w * w + 5 * w + 4 * w) + 2 * w
 
@@ -88,8 +99,15 @@ def test_projection_skipped_at_width_d_and_bad_configs() -> None:
     with pytest.raises(ConfigError, match="unknown modalities"):
         MulT(input_dims={"text": 4, "audio": 4}, d_model=8, heads=2, attn_dropout={"txt": 0.1})
     with pytest.raises(DataError, match="T=2 steps < kernel_size 3"):
-        small(conv_padding="valid")({"x": {"text": torch.randn(1, 2, 6), "audio": torch.randn(1, 5, 5),
-                                           "vision": torch.randn(1, 5, 4)}})
+        small(conv_padding="valid")(
+            {
+                "x": {
+                    "text": torch.randn(1, 2, 6),
+                    "audio": torch.randn(1, 5, 5),
+                    "vision": torch.randn(1, 5, 4),
+                }
+            }
+        )
 
 
 # -- numerics -------------------------------------------------------------------------------------------------------
@@ -120,8 +138,10 @@ def test_attention_mask_matches_mult_future_mask() -> None:
         for j in range(4):
             ref[i, j] = j <= i + 1
     assert torch.equal(m, ref)
-    assert torch.equal(attention_mask(torch.tensor([3]), torch.tensor([4]), 5, 6, causal=False)[0, 0],
-                       torch.tensor([[1, 1, 1, 1, 0, 0]] * 5, dtype=torch.bool))
+    assert torch.equal(
+        attention_mask(torch.tensor([3]), torch.tensor([4]), 5, 6, causal=False)[0, 0],
+        torch.tensor([[1, 1, 1, 1, 0, 0]] * 5, dtype=torch.bool),
+    )
 
 
 def test_multihead_attention_equals_torch_reference() -> None:
@@ -154,21 +174,32 @@ def test_crossmodal_layer_by_hand() -> None:
     k/v from LN(Y) (the same LayerNorm), then Z + fc2(relu(fc1(LN'(Z)))); the encoder's embedding sqrt(d) x + PE
     and its final LayerNorm."""
     torch.manual_seed(1)
-    model = small({"text": 4, "audio": 4}, d_model=4, heads=1, layers=1, kernel_size=1, causal_mask=False).double()
+    model = small(
+        {"text": 4, "audio": 4}, d_model=4, heads=1, layers=1, kernel_size=1, causal_mask=False
+    ).double()
     enc = model.crossmodal["audio_to_text"]
     x, y = torch.randn(1, 3, 4, dtype=torch.float64), torch.randn(1, 5, 4, dtype=torch.float64)
     got = enc(x, torch.tensor([3]), y, torch.tensor([5]))
     pe = lambda t: sinusoidal_embedding(torch.arange(1, t + 1), 4).double()  # noqa: E731
     ex, ey = 2.0 * x[0] + pe(3), 2.0 * y[0] + pe(5)
     lay = enc.layers[0]
-    ln = lambda z, n: (z - z.mean(-1, keepdim=True)) / torch.sqrt(z.var(-1, unbiased=False, keepdim=True) + n.eps) * n.weight + n.bias  # noqa: E731
+
+    def ln(z, n):
+        return (z - z.mean(-1, keepdim=True)) / torch.sqrt(
+            z.var(-1, unbiased=False, keepdim=True) + n.eps
+        ) * n.weight + n.bias  # noqa: E731
+
     w, b = lay.attn.in_proj.weight, lay.attn.in_proj.bias
     q = ln(ex, lay.norm_attn) @ w[:4].T + b[:4]
     k = ln(ey, lay.norm_attn) @ w[4:8].T + b[4:8]
     v = ln(ey, lay.norm_attn) @ w[8:].T + b[8:]
     a = torch.softmax(q @ k.T / 2.0, dim=-1) @ v
     z = ex + a @ lay.attn.out_proj.weight.T + lay.attn.out_proj.bias
-    z = z + torch.relu(ln(z, lay.norm_ffn) @ lay.fc1.weight.T + lay.fc1.bias) @ lay.fc2.weight.T + lay.fc2.bias
+    z = (
+        z
+        + torch.relu(ln(z, lay.norm_ffn) @ lay.fc1.weight.T + lay.fc1.bias) @ lay.fc2.weight.T
+        + lay.fc2.bias
+    )
     torch.testing.assert_close(got[0], ln(z, enc.norm))
 
 
@@ -178,34 +209,77 @@ def test_equals_mmsa_mult_with_its_weights() -> None:
     last state (Feature_t/a/v) and the prediction."""
     from types import SimpleNamespace
 
-    mmsa_mult = pytest.importorskip("MMSA.models.singleTask.MULT", reason="the bench extra (mmsa) is not installed")
-    args = SimpleNamespace(use_bert=False, dst_feature_dim_nheads=[8, 2], feature_dims=[6, 5, 4], nlevels=2,
-                           attn_dropout=0.0, attn_dropout_a=0.0, attn_dropout_v=0.0, relu_dropout=0.0,
-                           embed_dropout=0.0, res_dropout=0.0, output_dropout=0.0, text_dropout=0.0, attn_mask=True,
-                           conv1d_kernel_size_l=3, conv1d_kernel_size_a=1, conv1d_kernel_size_v=3,
-                           train_mode="regression", num_classes=1)
+    mmsa_mult = pytest.importorskip(
+        "MMSA.models.singleTask.MULT", reason="the bench extra (mmsa) is not installed"
+    )
+    args = SimpleNamespace(
+        use_bert=False,
+        dst_feature_dim_nheads=[8, 2],
+        feature_dims=[6, 5, 4],
+        nlevels=2,
+        attn_dropout=0.0,
+        attn_dropout_a=0.0,
+        attn_dropout_v=0.0,
+        relu_dropout=0.0,
+        embed_dropout=0.0,
+        res_dropout=0.0,
+        output_dropout=0.0,
+        text_dropout=0.0,
+        attn_mask=True,
+        conv1d_kernel_size_l=3,
+        conv1d_kernel_size_a=1,
+        conv1d_kernel_size_v=3,
+        train_mode="regression",
+        num_classes=1,
+    )
     torch.manual_seed(0)
     ref = mmsa_mult.MULT(args).eval()
-    ours = small(kernel_size={"text": 3, "audio": 1, "vision": 3}, conv_padding="valid", positional=False,
-                 causal_mask=True).eval()
+    ours = small(
+        kernel_size={"text": 3, "audio": 1, "vision": 3},
+        conv_padding="valid",
+        positional=False,
+        causal_mask=True,
+    ).eval()
     assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in ref.parameters())
     short = {"text": "l", "audio": "a", "vision": "v"}
     names = {f"proj.{m}.weight": f"proj_{s}.weight" for m, s in short.items()}
-    names.update({"head.proj1.weight": "proj1.weight", "head.proj1.bias": "proj1.bias",
-                  "head.proj2.weight": "proj2.weight", "head.proj2.bias": "proj2.bias",
-                  "head.out.weight": "out_layer.weight", "head.out.bias": "out_layer.bias"})
-    layer = {"attn.in_proj.weight": "self_attn.in_proj_weight", "attn.in_proj.bias": "self_attn.in_proj_bias",
-             "attn.out_proj.weight": "self_attn.out_proj.weight", "attn.out_proj.bias": "self_attn.out_proj.bias",
-             "fc1.weight": "fc1.weight", "fc1.bias": "fc1.bias", "fc2.weight": "fc2.weight", "fc2.bias": "fc2.bias",
-             "norm_attn.weight": "layer_norms.0.weight", "norm_attn.bias": "layer_norms.0.bias",
-             "norm_ffn.weight": "layer_norms.1.weight", "norm_ffn.bias": "layer_norms.1.bias"}
-    encoders = {f"crossmodal.{a}_to_{b}": f"trans_{short[b]}_with_{short[a]}" for a in short for b in short if a != b}
+    names.update(
+        {
+            "head.proj1.weight": "proj1.weight",
+            "head.proj1.bias": "proj1.bias",
+            "head.proj2.weight": "proj2.weight",
+            "head.proj2.bias": "proj2.bias",
+            "head.out.weight": "out_layer.weight",
+            "head.out.bias": "out_layer.bias",
+        }
+    )
+    layer = {
+        "attn.in_proj.weight": "self_attn.in_proj_weight",
+        "attn.in_proj.bias": "self_attn.in_proj_bias",
+        "attn.out_proj.weight": "self_attn.out_proj.weight",
+        "attn.out_proj.bias": "self_attn.out_proj.bias",
+        "fc1.weight": "fc1.weight",
+        "fc1.bias": "fc1.bias",
+        "fc2.weight": "fc2.weight",
+        "fc2.bias": "fc2.bias",
+        "norm_attn.weight": "layer_norms.0.weight",
+        "norm_attn.bias": "layer_norms.0.bias",
+        "norm_ffn.weight": "layer_norms.1.weight",
+        "norm_ffn.bias": "layer_norms.1.bias",
+    }
+    encoders = {
+        f"crossmodal.{a}_to_{b}": f"trans_{short[b]}_with_{short[a]}" for a in short for b in short if a != b
+    }
     encoders.update({f"memory.{m}": f"trans_{s}_mem" for m, s in short.items()})
     for ours_enc, ref_enc in encoders.items():
-        names[f"{ours_enc}.norm.weight"], names[f"{ours_enc}.norm.bias"] = (f"{ref_enc}.layer_norm.weight",
-                                                                          f"{ref_enc}.layer_norm.bias")
+        names[f"{ours_enc}.norm.weight"], names[f"{ours_enc}.norm.bias"] = (
+            f"{ref_enc}.layer_norm.weight",
+            f"{ref_enc}.layer_norm.bias",
+        )
         for i in range(len(ours.get_submodule(ours_enc).layers)):
-            names.update({f"{ours_enc}.layers.{i}.{k}": f"{ref_enc}.layers.{i}.{v}" for k, v in layer.items()})
+            names.update(
+                {f"{ours_enc}.layers.{i}.{k}": f"{ref_enc}.layers.{i}.{v}" for k, v in layer.items()}
+            )
     ref_state = ref.state_dict()
     assert sorted(names) == sorted(n for n, _ in ours.named_parameters())
     ours.load_state_dict({k: ref_state[v] for k, v in names.items()})
@@ -240,7 +314,7 @@ def test_padding_is_never_read(conv_padding: str, causal: bool) -> None:
         torch.testing.assert_close(again.prediction, out.prediction, rtol=0, atol=0)
         torch.testing.assert_close(again.fused, out.fused, rtol=0, atol=0)
     for i in range(5):
-        alone = {"x": {m: x[i:i + 1, : int(batch["lengths"][m][i])] for m, x in batch["x"].items()}}
+        alone = {"x": {m: x[i : i + 1, : int(batch["lengths"][m][i])] for m, x in batch["x"].items()}}
         one = model(alone)
         torch.testing.assert_close(one.fused[0], out.fused[i], rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(one.prediction[0], out.prediction[i], rtol=1e-5, atol=1e-5)
@@ -252,8 +326,10 @@ def test_read_out_is_each_samples_last_valid_step() -> None:
     model = small(causal_mask=False).eval()
     batch = unaligned_batch(b=3, seed=5)
     out = model(batch)
-    wider = {"x": {m: torch.cat([x, torch.zeros(x.shape[0], 4, x.shape[2])], 1) for m, x in batch["x"].items()},
-             "lengths": batch["lengths"]}
+    wider = {
+        "x": {m: torch.cat([x, torch.zeros(x.shape[0], 4, x.shape[2])], 1) for m, x in batch["x"].items()},
+        "lengths": batch["lengths"],
+    }
     torch.testing.assert_close(model(wider).fused, out.fused, rtol=1e-5, atol=1e-5)
 
 
@@ -268,15 +344,23 @@ def test_gradient_reaches_every_parameter() -> None:
 
 LOSS_PLUGINS = ["none", "synergy_mmd", "synergy_kl", "mdm_kl", "mdm_f", "mdm_wasserstein"]
 # the representation objectives of issue 17, once their configs exist
-LOSS_PLUGINS += [r for r in ("contrastive", "dcca", "autoencoder") if (CONFIG_DIR / "reg" / f"{r}.yaml").is_file()]
+LOSS_PLUGINS += [
+    r for r in ("contrastive", "dcca", "autoencoder") if (CONFIG_DIR / "reg" / f"{r}.yaml").is_file()
+]
 
 
 def test_loss_plugins_work_with_mult() -> None:
     """Every sentiment loss plug-in takes a real training step with model=mult and moves the model."""
     from mmfusion.bench.train_step import build_step
 
-    over = ["model.d_model=8", "model.heads=2", "model.layers=1", "model.kernel_size=3", "data.seq_len=8",
-            "data.min_len=4"]
+    over = [
+        "model.d_model=8",
+        "model.heads=2",
+        "model.layers=1",
+        "model.kernel_size=3",
+        "data.seq_len=8",
+        "data.min_len=4",
+    ]
     for reg in LOSS_PLUGINS:
         torch.manual_seed(0)
         module, batch, opts = build_step("mult", [] if reg == "none" else [reg], "mosi", 8, extra=over)
@@ -301,12 +385,16 @@ def test_learns_an_unaligned_crossmodal_target() -> None:
         return b
 
     train, test = make(512, 1), make(256, 2)
-    model = small({"text": 3, "audio": 2, "vision": 2}, d_model=8, heads=2, layers=1, kernel_size=1,
-                  causal_mask=False)
+    model = small(
+        {"text": 3, "audio": 2, "vision": 2}, d_model=8, heads=2, layers=1, kernel_size=1, causal_mask=False
+    )
     opt = torch.optim.Adam(model.parameters(), lr=5e-3)
     for _ in range(120):  # reaches 0.44x the mean predictor's MAE
         idx = torch.randint(0, 512, (64,))
-        batch = {"x": {m: x[idx] for m, x in train["x"].items()}, "lengths": {m: l[idx] for m, l in train["lengths"].items()}}
+        batch = {
+            "x": {m: x[idx] for m, x in train["x"].items()},
+            "lengths": {m: l[idx] for m, l in train["lengths"].items()},
+        }
         loss = (model(batch).prediction[:, 0] - train["y"][idx]).abs().mean()
         opt.zero_grad()
         loss.backward()
@@ -324,18 +412,43 @@ def _run(overrides: list[str], tmp_path: Path) -> dict:
     from mmfusion.train import train
     from mmfusion.utils.runtime import compose_train_cfg
 
-    cfg = compose_train_cfg([*overrides, "logger=none", "trainer.enable_progress_bar=false", "trainer.accelerator=cpu",
-                             "callbacks.early_stopping.patience=100"], tmp_path)
+    cfg = compose_train_cfg(
+        [
+            *overrides,
+            "logger=none",
+            "trainer.enable_progress_bar=false",
+            "trainer.accelerator=cpu",
+            "callbacks.early_stopping.patience=100",
+        ],
+        tmp_path,
+    )
     result, objs = train(cfg)
     return result | {"datamodule": objs["datamodule"]}
 
 
 @pytest.mark.slow
 def test_learns_on_synthetic(tmp_path: Path) -> None:
-    res = _run(["model=mult", "data=synthetic", "trainer.max_epochs=8", "data.n_train=768", "data.n_valid=128",
-                "data.n_test=256", "data.seq_len=12", "data.min_len=4", "data.dims={text:32,audio:16,vision:16}",
-                "model.d_model=16", "model.heads=2", "model.layers=2", "model.kernel_size=3",
-                "model.input_dropout={text:0.0}", "model.output_dropout=0.1", "optim.lr=2e-3"], tmp_path)
+    res = _run(
+        [
+            "model=mult",
+            "data=synthetic",
+            "trainer.max_epochs=8",
+            "data.n_train=768",
+            "data.n_valid=128",
+            "data.n_test=256",
+            "data.seq_len=12",
+            "data.min_len=4",
+            "data.dims={text:32,audio:16,vision:16}",
+            "model.d_model=16",
+            "model.heads=2",
+            "model.layers=2",
+            "model.kernel_size=3",
+            "model.input_dropout={text:0.0}",
+            "model.output_dropout=0.1",
+            "optim.lr=2e-3",
+        ],
+        tmp_path,
+    )
     dm = res["datamodule"]
     y_train = dm.splits["train"].tensors["y"].numpy()
     y_test = dm.splits["test"].tensors["y"].numpy()

@@ -24,15 +24,40 @@ ROOT = Path(__file__).resolve().parents[1]
 T = {"text": 10, "audio": 24, "vision": 30}
 DIMS = {"text": 16, "audio": 5, "vision": 20}  # data=mosi's feature_dims for audio/vision
 N = {"train": 192, "valid": 48, "test": 96}
-QUIET = ["logger=none", "trainer.enable_progress_bar=false", "trainer.accelerator=cpu", "~callbacks.model_summary",
-         "callbacks.early_stopping.patience=100"]
+QUIET = [
+    "logger=none",
+    "trainer.enable_progress_bar=false",
+    "trainer.accelerator=cpu",
+    "~callbacks.model_summary",
+    "callbacks.early_stopping.patience=100",
+]
 ACCEPT = {
-    "tfn": ["model.hidden=8", "model.text_hidden=16", "model.text_out=8", "model.post_fusion_dim=16",
-            "model.dropout=0.0", "model.post_fusion_dropout=0.0", "optim.lr=3e-3"],
-    "lfn": ["model.hidden=8", "model.text_hidden=16", "model.text_out=8", "model.dropout=0.0", "optim.lr=3e-3"],
-    "mult": ["model.d_model=8", "model.heads=2", "model.layers=1", "model.kernel_size=3",
-             "model.input_dropout={text:0.0}", "model.embed_dropout=0.0", "model.output_dropout=0.0",
-             "optim.lr=3e-3"],
+    "tfn": [
+        "model.hidden=8",
+        "model.text_hidden=16",
+        "model.text_out=8",
+        "model.post_fusion_dim=16",
+        "model.dropout=0.0",
+        "model.post_fusion_dropout=0.0",
+        "optim.lr=3e-3",
+    ],
+    "lfn": [
+        "model.hidden=8",
+        "model.text_hidden=16",
+        "model.text_out=8",
+        "model.dropout=0.0",
+        "optim.lr=3e-3",
+    ],
+    "mult": [
+        "model.d_model=8",
+        "model.heads=2",
+        "model.layers=1",
+        "model.kernel_size=3",
+        "model.input_dropout={text:0.0}",
+        "model.embed_dropout=0.0",
+        "model.output_dropout=0.0",
+        "optim.lr=3e-3",
+    ],
 }
 REFUSE = {"ef_lstm": "EFLSTM", "mfn": "MFN", "magbert": "MAGBERT"}
 
@@ -60,9 +85,14 @@ def write_unaligned(path: Path, seed: int = 0) -> None:
             tb[i, 1, : lens["text"][i]] = 1
         y = np.clip(1.5 * s, -3, 3).astype(np.float32)
         data[split] = {
-            "raw_text": np.array([f"utterance {i}" for i in range(n)]), "text": arrays["text"], "text_bert": tb,
-            "audio": arrays["audio"], "vision": arrays["vision"], "audio_lengths": lens["audio"].tolist(),
-            "vision_lengths": lens["vision"].tolist(), "regression_labels": y,
+            "raw_text": np.array([f"utterance {i}" for i in range(n)]),
+            "text": arrays["text"],
+            "text_bert": tb,
+            "audio": arrays["audio"],
+            "vision": arrays["vision"],
+            "audio_lengths": lens["audio"].tolist(),
+            "vision_lengths": lens["vision"].tolist(),
+            "regression_labels": y,
             "classification_labels": (y > 0).astype(np.float32),
             "annotations": np.array(["Positive" if v > 0 else "Negative" for v in y]),
             "id": [f"{split}vid{i // 4}$_${i % 4}" for i in range(n)],
@@ -107,8 +137,9 @@ def test_models_that_accept_unaligned_input_learn(model: str, unaligned: Path, t
 
 
 @pytest.mark.parametrize("model", sorted(REFUSE))
-def test_models_that_need_aligned_input_refuse_before_they_are_built(model: str, unaligned: Path, tmp_path: Path,
-                                                                     monkeypatch) -> None:
+def test_models_that_need_aligned_input_refuse_before_they_are_built(
+    model: str, unaligned: Path, tmp_path: Path, monkeypatch
+) -> None:
     import importlib
 
     cls = getattr(importlib.import_module(f"mmfusion.models.{model}"), REFUSE[model])
@@ -133,9 +164,22 @@ def test_models_that_need_aligned_input_refuse_before_they_are_built(model: str,
 
 def test_refusal_is_one_line_and_exit_2_from_the_command_line(unaligned: Path, tmp_path: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([sys.executable, "train.py", "data=mosi", f"data.path={unaligned}", "model=mfn", "logger=none",
-                        f"hydra.run.dir={tmp_path}"],
-                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "train.py",
+            "data=mosi",
+            f"data.path={unaligned}",
+            "model=mfn",
+            "logger=none",
+            f"hydra.run.dir={tmp_path}",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 2, r.stderr[-2000:]
     errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
     assert errors == [ln for ln in r.stderr.splitlines() if "Traceback" in ln or ln.startswith("error:")]
@@ -153,8 +197,14 @@ def test_aligned_input_is_not_refused(model: str, tmp_path: Path) -> None:
 
     write_mmsa(tmp_path / "aligned_50.pkl", aligned=True)
     try:
-        result, objs = train(_cfg(tmp_path / "aligned_50.pkl", model, tmp_path / "run",
-                                  ["trainer.max_epochs=1", "data.batch_size=4"]))
+        result, objs = train(
+            _cfg(
+                tmp_path / "aligned_50.pkl",
+                model,
+                tmp_path / "run",
+                ["trainer.max_epochs=1", "data.batch_size=4"],
+            )
+        )
     finally:
         GlobalHydra.instance().clear()
     assert len(set(time_steps(objs["datamodule"]).values())) == 1

@@ -120,8 +120,17 @@ def test_train_with_a_last_batch_of_one_or_two(make_cfg, reg: str, n_train: int)
     data.n_train=65``) at a small scale: they train, skip the small batch each epoch and log the influence."""
     from mmfusion.train import train
 
-    _, objs = train(make_cfg([f"reg={reg}", f"data.n_train={n_train}", "data.n_valid=33", "data.seq_len=8",
-                              "callbacks.plugin_influence.every_n_steps=1"]))
+    _, objs = train(
+        make_cfg(
+            [
+                f"reg={reg}",
+                f"data.n_train={n_train}",
+                "data.n_valid=33",
+                "data.seq_len=8",
+                "callbacks.plugin_influence.every_n_steps=1",
+            ]
+        )
+    )
     module = objs["module"]
     assert module.skipped_batches[reg] == 2  # one per epoch, 2 epochs
     assert len(module.influence_history) == 2 * 2  # the two full batches of each epoch

@@ -53,9 +53,16 @@ SYSTEM = f"{os.system.__module__}.system"  # posix.system: what MarkerPayload's 
 
 def _deep_equal(a, b) -> bool:
     if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
-        return (type(a) is type(b) and a.dtype == b.dtype and a.shape == b.shape
-                and (np.array_equal(a, b, equal_nan=a.dtype.kind in "fc") if a.dtype != object
-                     else all(_deep_equal(x, y) for x, y in zip(a.ravel(), b.ravel()))))
+        return (
+            type(a) is type(b)
+            and a.dtype == b.dtype
+            and a.shape == b.shape
+            and (
+                np.array_equal(a, b, equal_nan=a.dtype.kind in "fc")
+                if a.dtype != object
+                else all(_deep_equal(x, y) for x, y in zip(a.ravel(), b.ravel()))
+            )
+        )
     if isinstance(a, dict):
         return type(a) is type(b) and a.keys() == b.keys() and all(_deep_equal(a[k], b[k]) for k in a)
     if isinstance(a, (list, tuple)):
@@ -96,8 +103,12 @@ def _fixture_files(root: Path) -> list[Path]:
     write_mmsa(root / "a" / "aligned_50.pkl", aligned=True)
     write_mult(root / "m" / "mosi_data_noalign.pkl")
     write_urfunny(root / "f")
-    return [root / "u" / "unaligned_50.pkl", root / "a" / "aligned_50.pkl", root / "m" / "mosi_data_noalign.pkl",
-            *[root / "f" / n for n in URFUNNY_FILES.values()]]
+    return [
+        root / "u" / "unaligned_50.pkl",
+        root / "a" / "aligned_50.pkl",
+        root / "m" / "mosi_data_noalign.pkl",
+        *[root / "f" / n for n in URFUNNY_FILES.values()],
+    ]
 
 
 def test_every_fixture_format_loads_identically(tmp_path):
@@ -141,8 +152,14 @@ def test_python2_fixture_reads_like_the_python3_one(tmp_path):
         assert torch.equal(ta["y"], tb["y"])
 
 
-@pytest.mark.parametrize("rel", ["mosi/bclstm_utterance_features/audio_contextual_padded.pickle",
-                                 "urfunny/humor_label_sdk.pkl", "urfunny/data_folds.pkl"])
+@pytest.mark.parametrize(
+    "rel",
+    [
+        "mosi/bclstm_utterance_features/audio_contextual_padded.pickle",
+        "urfunny/humor_label_sdk.pkl",
+        "urfunny/data_folds.pkl",
+    ],
+)
 def test_real_shared_pickles_load_identically(rel):
     p = SHARED / rel
     if not p.is_file():
@@ -158,12 +175,22 @@ def test_real_shared_pickles_load_identically(rel):
 
 def test_allowed_globals_are_the_documented_list():
     assert set(ALLOWED_GLOBALS) == {
-        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy", "ndarray"), ("numpy", "dtype"),
-        ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
-        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-        ("builtins", "set"), ("builtins", "frozenset"), ("builtins", "complex"), ("builtins", "bytearray"), ("builtins", "bytes"),
-        ("collections", "OrderedDict"), ("_codecs", "encode")}
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.numeric", "_frombuffer"),
+        ("numpy._core.numeric", "_frombuffer"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("builtins", "set"),
+        ("builtins", "frozenset"),
+        ("builtins", "complex"),
+        ("builtins", "bytearray"),
+        ("builtins", "bytes"),
+        ("collections", "OrderedDict"),
+        ("_codecs", "encode"),
+    }
     # the numpy entries resolve to what the running numpy pickles with (1.x and 2.x names alike)
     assert ALLOWED_GLOBALS[("numpy.core.multiarray", "_reconstruct")] is np.zeros(1).__reduce__()[0]
 
@@ -192,21 +219,30 @@ def _evil_copy(src: Path, dst: Path, payload, *keys, py2: bool = False, proto: i
     dst.write_bytes(py2_pickle_bytes(obj) if py2 else pickle.dumps(obj, protocol=proto))
 
 
-@pytest.mark.parametrize("layout,keys,kind,py2,proto", [
-    ("mmsa_unaligned", ("train", "audio"), MarkerPayload, False, 4),
-    ("mmsa_aligned", ("valid", "text"), ExecPayload, False, 5),
-    ("mmsa_unaligned", (), MarkerPayload, False, 0),                 # the whole file is the payload
-    ("mult", ("test", "labels"), MarkerPayload, False, 2),
-    ("mult", ("train", "vision"), ExecPayload, True, 2),            # a Python-2 pickle (__builtin__.exec)
-])
+@pytest.mark.parametrize(
+    "layout,keys,kind,py2,proto",
+    [
+        ("mmsa_unaligned", ("train", "audio"), MarkerPayload, False, 4),
+        ("mmsa_aligned", ("valid", "text"), ExecPayload, False, 5),
+        ("mmsa_unaligned", (), MarkerPayload, False, 0),  # the whole file is the payload
+        ("mult", ("test", "labels"), MarkerPayload, False, 2),
+        ("mult", ("train", "vision"), ExecPayload, True, 2),  # a Python-2 pickle (__builtin__.exec)
+    ],
+)
 def test_mosi_pickle_reader_refuses(tmp_path, layout, keys, kind, py2, proto):
     src = tmp_path / "clean.pkl"
-    (write_mult if layout == "mult" else write_mmsa)(src, **({"aligned": True} if layout == "mmsa_aligned" else {}))
+    (write_mult if layout == "mult" else write_mmsa)(
+        src, **({"aligned": True} if layout == "mmsa_aligned" else {})
+    )
     marker, evil = tmp_path / "PWNED", tmp_path / "evil.pkl"
     _evil_copy(src, evil, kind(marker), *keys, py2=py2, proto=proto)
     with pytest.raises(DataError) as e:
         MosiPickleDataModule(task=SentimentRegression(), path=str(evil), batch_size=4).setup()
-    glob = "__builtin__.exec" if py2 and kind is ExecPayload else ("builtins.exec" if kind is ExecPayload else SYSTEM)
+    glob = (
+        "__builtin__.exec"
+        if py2 and kind is ExecPayload
+        else ("builtins.exec" if kind is ExecPayload else SYSTEM)
+    )
     _assert_refused(str(e.value), evil, marker, glob)
     assert "refused to load" in str(e.value)
 
@@ -234,8 +270,10 @@ def test_csd_sdk_folds_file_is_never_executed(tmp_path):
 
     marker = tmp_path / "PWNED"
     p = tmp_path / "cmu_mosi_std_folds.py"
-    p.write_text(f"import os\nos.system('touch {marker}')\nstandard_train_fold = ['a']\n"
-                 "standard_valid_fold = ['b']\nstandard_test_fold = [__import__('os').getcwd()]\n")
+    p.write_text(
+        f"import os\nos.system('touch {marker}')\nstandard_train_fold = ['a']\n"
+        "standard_valid_fold = ['b']\nstandard_test_fold = [__import__('os').getcwd()]\n"
+    )
     with pytest.raises(ValueError):  # a non-literal list is not evaluated
         load_folds(str(p))
     assert not marker.exists()
@@ -246,8 +284,11 @@ def test_csd_sdk_folds_file_is_never_executed(tmp_path):
 
 
 def _evil_ckpt(path: Path, marker: Path, legacy: bool = False) -> Path:
-    torch.save({"state_dict": {}, "mmfusion_cfg": {}, "x": MarkerPayload(marker)}, path,
-               _use_new_zipfile_serialization=not legacy)
+    torch.save(
+        {"state_dict": {}, "mmfusion_cfg": {}, "x": MarkerPayload(marker)},
+        path,
+        _use_new_zipfile_serialization=not legacy,
+    )
     return path
 
 
@@ -294,8 +335,17 @@ def test_our_checkpoints_need_no_extra_globals(make_cfg, tmp_path):
     from mmfusion.emma.store import load_daes, save_daes
     from mmfusion.train import train
 
-    cfg = make_cfg(["trainer.max_epochs=1", "data.n_train=64", "data.n_valid=32", "data.n_test=32",
-                    "callbacks=resumable", "reg=mdm_kl", "test=false"])
+    cfg = make_cfg(
+        [
+            "trainer.max_epochs=1",
+            "data.n_train=64",
+            "data.n_valid=32",
+            "data.n_test=32",
+            "callbacks=resumable",
+            "reg=mdm_kl",
+            "test=false",
+        ]
+    )
     with open_dict(cfg):
         cfg.paths.output_dir = str(tmp_path / "run")
     train(cfg)
@@ -306,7 +356,15 @@ def test_our_checkpoints_need_no_extra_globals(make_cfg, tmp_path):
         assert "mmfusion_cfg" in read_checkpoint(c)[0]
     x = torch.randn(40, 6)
     dae, rep = fit_dae(x, 4, 0.1, epochs=1, batch_size=20)
-    fit = {"t": {"hidden": 4, "dim": 6, "train_loss": rep.train_loss, "val_loss": rep.val_loss, "seconds": rep.seconds}}
+    fit = {
+        "t": {
+            "hidden": 4,
+            "dim": 6,
+            "train_loss": rep.train_loss,
+            "val_loss": rep.val_loss,
+            "seconds": rep.seconds,
+        }
+    }
     save_daes(tmp_path / "dae.pt", {"t": dae}, {"t": x}, fit)
     assert torch.serialization.get_unsafe_globals_in_checkpoint(str(tmp_path / "dae.pt")) == []
     daes, blob = load_daes(tmp_path / "dae.pt", ("t",), {"t": 6})
@@ -345,8 +403,16 @@ def test_cli_train_refuses_hostile_data_pickle(tmp_path):
     src, evil, marker = tmp_path / "clean.pkl", tmp_path / "evil.pkl", tmp_path / "PWNED"
     write_mmsa(src)
     _evil_copy(src, evil, MarkerPayload(marker), "train", "vision")
-    proc = run_cli(["train.py", "data=mosi", f"data.path={evil}", "logger=none",
-                    f"hydra.run.dir={tmp_path / 'run'}", "trainer.max_epochs=1"])
+    proc = run_cli(
+        [
+            "train.py",
+            "data=mosi",
+            f"data.path={evil}",
+            "logger=none",
+            f"hydra.run.dir={tmp_path / 'run'}",
+            "trainer.max_epochs=1",
+        ]
+    )
     _assert_refused(_one_error_line(proc), evil, marker, SYSTEM)
 
 

@@ -25,8 +25,11 @@ pytestmark = pytest.mark.skipif(not (MOSI / "mosi_index.csv").is_file(), reason=
 
 def _copy(tmp_path: Path) -> Path:
     dst = tmp_path / "mosi"
-    shutil.copytree(MOSI / "bclstm_utterance_features", dst / "bclstm_utterance_features",
-                    ignore=shutil.ignore_patterns("*.pickle", "text_train.csv", "text_test.csv"))
+    shutil.copytree(
+        MOSI / "bclstm_utterance_features",
+        dst / "bclstm_utterance_features",
+        ignore=shutil.ignore_patterns("*.pickle", "text_train.csv", "text_test.csv"),
+    )
     shutil.copy(MOSI / "mosi_index.csv", dst / "mosi_index.csv")
     for p in dst.rglob("*"):
         p.chmod(0o755 if p.is_dir() else 0o644)
@@ -91,8 +94,15 @@ def test_mosi_utterance_file_cut_short_names_the_index(tmp_path):
 def test_cli_bad_csv_and_truncated_checkpoint_exit_2(tmp_path):
     root = _copy(tmp_path)
     _binary_garbage(root / AUDIO)
-    proc = run_cli(["train.py", "data=mosi_utterance", f"data.path={root}", "logger=none",
-                    f"hydra.run.dir={tmp_path / 'run'}"])
+    proc = run_cli(
+        [
+            "train.py",
+            "data=mosi_utterance",
+            f"data.path={root}",
+            "logger=none",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ]
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
     assert len(errors) == 1 and str(root / AUDIO) in errors[0], proc.stderr[-2000:]
@@ -103,4 +113,6 @@ def test_cli_bad_csv_and_truncated_checkpoint_exit_2(tmp_path):
     proc = run_cli(["train.py", f"ckpt_path={ckpt}", "logger=none", f"hydra.run.dir={tmp_path / 'resume'}"])
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
-    assert len(errors) == 1 and "cut.ckpt: not a readable ckpt_path: truncated" in errors[0], proc.stderr[-2000:]
+    assert len(errors) == 1 and "cut.ckpt: not a readable ckpt_path: truncated" in errors[0], proc.stderr[
+        -2000:
+    ]

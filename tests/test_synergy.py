@@ -49,15 +49,22 @@ def test_cnetwork_descends_and_encoders_descend_l_reg(divergence: str) -> None:
     model, batch = TinyFusion(), redundant_batch()
     plugin = Synergy(divergence=divergence, kurt_weight=0.0, proj_dim=8, q_hidden=32, lr=3e-3)
     opts = attach(plugin, model)
-    assert {id(p) for g in opts[0].param_groups for p in g["params"]} == {id(p) for p in plugin.cnet.parameters()}
+    assert {id(p) for g in opts[0].param_groups for p in g["params"]} == {
+        id(p) for p in plugin.cnet.parameters()
+    }
     model_ids = {id(p) for p in model.parameters()}
     assert not model_ids & {id(p) for p in plugin.parameters()}
     # (1) C-network alone (encoders fixed): L_reg goes down
     out = model(batch)
     before = frozen_terms(plugin, out)
     for _ in range(20):
-        pl = plugin.loss(FusionOutput({m: z.detach() for m, z in out.unimodal.items()}, out.fused.detach(),
-                                      out.prediction.detach()), batch, "train")
+        pl = plugin.loss(
+            FusionOutput(
+                {m: z.detach() for m, z in out.unimodal.items()}, out.fused.detach(), out.prediction.detach()
+            ),
+            batch,
+            "train",
+        )
         pl.value.backward()
         plugin.after_backward(opts)
     after = frozen_terms(plugin, out)
@@ -80,8 +87,15 @@ def test_cnetwork_descends_and_encoders_descend_l_reg(divergence: str) -> None:
 def test_kl_critic_ascends_its_bound_and_gets_no_task_gradient() -> None:
     torch.manual_seed(2)
     model, batch = TinyFusion(), redundant_batch()
-    plugin = Synergy(divergence="kl", kurt_weight=0.0, recon_weight=0.0, proj_dim=8, critic_lr=3e-3,
-                     critic_steps=30, critic_hidden=32)
+    plugin = Synergy(
+        divergence="kl",
+        kurt_weight=0.0,
+        recon_weight=0.0,
+        proj_dim=8,
+        critic_lr=3e-3,
+        critic_steps=30,
+        critic_hidden=32,
+    )
     opts = attach(plugin, model)
     assert len(opts) == 2
     out = model(batch)
@@ -119,7 +133,9 @@ def test_switches_select_terms_and_weights_compose_l_reg() -> None:
         pl = plugin.loss(out, batch, "val")
         on = {k for k, w in (("recon", rw), ("align", aw), ("kurt", kw)) if w > 0}
         assert set(plugin.terms(out)) == on
-        expect = 2.0 * sum(w * float(pl.logs[k]) for k, w in (("recon", rw), ("align", aw), ("kurt", kw)) if w)
+        expect = 2.0 * sum(
+            w * float(pl.logs[k]) for k, w in (("recon", rw), ("align", aw), ("kurt", kw)) if w
+        )
         assert float(pl.value.detach()) == pytest.approx(expect, rel=1e-5)
 
 
@@ -213,7 +229,9 @@ def test_alignment_compares_distributions_not_scales() -> None:
     tiny = FusionOutput(out.unimodal, 1e-3 * out.fused, out.prediction)
     normed = Synergy(recon_weight=0.0, kurt_weight=0.0, proj_dim=8)
     attach(normed, model)
-    assert frozen_terms(normed, tiny)["align"] == pytest.approx(frozen_terms(normed, out)["align"], rel=1e-4, abs=1e-6)
+    assert frozen_terms(normed, tiny)["align"] == pytest.approx(
+        frozen_terms(normed, out)["align"], rel=1e-4, abs=1e-6
+    )
     paper = Synergy(recon_weight=0.0, kurt_weight=0.0, proj_dim=8, align_normalize="none")
     attach(paper, model)
     assert frozen_terms(paper, tiny)["align"] > 2 * frozen_terms(paper, out)["align"]
@@ -230,7 +248,9 @@ def test_kl_alignment_has_one_invertible_map_per_side() -> None:
     out = model(batch)
     with torch.no_grad():
         before = plugin.aligned_pairs(out.unimodal, out.fused)
-        plugin.cnet["G"][-1].bias[len(plugin.modalities) + 1] += 1.0  # last layer, fused-side map of modality 1
+        plugin.cnet["G"][-1].bias[len(plugin.modalities) + 1] += (
+            1.0  # last layer, fused-side map of modality 1
+        )
         after = plugin.aligned_pairs(out.unimodal, out.fused)
     m0, m1 = plugin.modalities[0], plugin.modalities[1]
     assert torch.equal(before[m1][0], after[m1][0]) and not torch.equal(before[m1][1], after[m1][1])
@@ -262,8 +282,10 @@ def test_shipped_synergy_mmd_aligns_the_representations_against_beta_zero() -> N
     fixed_off = fixed_projection_mmd(off["plugin"], off["unimodal"], off["fused"])
     assert fixed_on < 0.85 * fixed_off, (fixed_on, fixed_off)
     with torch.no_grad():
-        own = [sum(float(mmd2(a, b)) for a, b in r["plugin"].aligned_pairs(r["unimodal"], r["fused"]).values())
-               for r in (on, off)]
+        own = [
+            sum(float(mmd2(a, b)) for a, b in r["plugin"].aligned_pairs(r["unimodal"], r["fused"]).values())
+            for r in (on, off)
+        ]
     assert own[0] < 0.6 * own[1], own
     assert on["corr"] > 0.5 and off["corr"] > 0.5
 

@@ -61,7 +61,9 @@ class ProbePlugin(Plugin):
 
     def loss(self, out, batch, stage):
         self.calls["loss"] += 1
-        return PluginLoss(self.weight * out.fused.pow(2).sum(-1).mean(), {"fused_norm2": out.fused.pow(2).sum(-1).mean()})
+        return PluginLoss(
+            self.weight * out.fused.pow(2).sum(-1).mean(), {"fused_norm2": out.fused.pow(2).sum(-1).mean()}
+        )
 
     def after_backward(self, optimizers):
         self.calls["after"] += 1
@@ -75,20 +77,30 @@ def test_plugin_contract(make_cfg):
     module = build_module(cfg, dm)
     plugin = ProbePlugin()
     module.plugins["probe"] = plugin
-    plugin.attach(module.net, ModelInfo(module.net.modalities, module.net.unimodal_dims, module.net.fused_dim))
+    plugin.attach(
+        module.net, ModelInfo(module.net.modalities, module.net.unimodal_dims, module.net.fused_dim)
+    )
     probe0 = plugin.probe.weight.detach().clone()
     net0 = {k: v.detach().clone() for k, v in module.net.state_dict().items()}
     import lightning.pytorch as pl
 
-    trainer = pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, limit_val_batches=0)
+    trainer = pl.Trainer(
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
     trainer.fit(module, datamodule=dm)
     steps = len(dm.train_dataloader())
     assert plugin.calls["inner"] == steps and plugin.calls["after"] == steps and plugin.calls["loss"] == steps
     assert not torch.equal(plugin.probe.weight, probe0)  # the auxiliary optimiser stepped
     assert any(not torch.equal(v, net0[k]) for k, v in module.net.state_dict().items())
     main_params = {id(p) for g in module._optimizers()[0].optimizer.param_groups for p in g["params"]}
-    assert not any(id(p) in main_params for p in plugin.parameters())  # plug-in params never in the task optimiser
+    assert not any(
+        id(p) in main_params for p in plugin.parameters()
+    )  # plug-in params never in the task optimiser
     logged = trainer.callback_metrics
     assert "train/reg/probe/probe_mse" in logged and "train/reg/probe/loss" in logged
 
@@ -107,7 +119,16 @@ def test_seed_reproduces_bit_for_bit(make_cfg, tmp_path):
 @pytest.mark.slow
 def test_ef_lstm_mosi_utterance_beats_majority(make_cfg):
     """Real CMU-MOSI utterance features, bc-LSTM test split: >= 72 % Has0_acc_2 (majority class 62.1 %)."""
-    cfg = make_cfg(["data=mosi_utterance", f"data.path={SHARED / 'mosi'}", "trainer.max_epochs=10",
-                    "trainer.enable_progress_bar=false", "logger=none", "~callbacks.model_summary"], fast=False)
+    cfg = make_cfg(
+        [
+            "data=mosi_utterance",
+            f"data.path={SHARED / 'mosi'}",
+            "trainer.max_epochs=10",
+            "trainer.enable_progress_bar=false",
+            "logger=none",
+            "~callbacks.model_summary",
+        ],
+        fast=False,
+    )
     result, _ = train(cfg)
     assert result["test"]["Has0_acc_2"] >= 0.72, result["test"]

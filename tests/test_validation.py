@@ -32,22 +32,42 @@ CASES = {
     "seed_word": (["seed=abc"], ["seed='abc'", "expected an integer in [0, 4294967295] or null"]),
     "seed_negative": (["seed=-3"], ["seed=-3", "[0, 4294967295]"]),
     "dropout_above_one": (["model.dropout=1.5"], ["model.dropout=1.5", "dropout probability in [0, 1)"]),
-    "dropout_in_dict_of_tfn": (["model=tfn", "model.dropout={text: 0.1, audio: 2.0}"],
-                               ["model.dropout=", "dropout probability in [0, 1)"]),
+    "dropout_in_dict_of_tfn": (
+        ["model=tfn", "model.dropout={text: 0.1, audio: 2.0}"],
+        ["model.dropout=", "dropout probability in [0, 1)"],
+    ),
     "model_width_word": (["model.hidden=abc"], ["model.hidden='abc'", "expected an integer"]),
     "model_width_zero": (["model.proj_dim=0"], ["model.proj_dim=0", "expected an integer >= 1"]),
-    "model_bool_as_number": (["model=mfn", "model.gates_see_memory=2"], ["model.gates_see_memory=2", "true or false"]),
-    "model_unknown_argument": (["+model.dropuot=0.1"], ["model.dropuot", "unknown argument of EFLSTM",
-                                                         "did you mean 'dropout'?"]),
-    "mcan_on_sentiment_data": (["model=mcan", "data=synthetic"], ["model=mcan", "vocab_size", "data=synthetic",
-                                                                   "data=easyvqa"]),
-    "reg_weight_word": (["reg=mdm_kl", "reg.mdm_kl.weight=abc"], ["reg.mdm_kl.weight='abc'", "expected a number"]),
+    "model_bool_as_number": (
+        ["model=mfn", "model.gates_see_memory=2"],
+        ["model.gates_see_memory=2", "true or false"],
+    ),
+    "model_unknown_argument": (
+        ["+model.dropuot=0.1"],
+        ["model.dropuot", "unknown argument of EFLSTM", "did you mean 'dropout'?"],
+    ),
+    "mcan_on_sentiment_data": (
+        ["model=mcan", "data=synthetic"],
+        ["model=mcan", "vocab_size", "data=synthetic", "data=easyvqa"],
+    ),
+    "reg_weight_word": (
+        ["reg=mdm_kl", "reg.mdm_kl.weight=abc"],
+        ["reg.mdm_kl.weight='abc'", "expected a number"],
+    ),
     "reg_weight_negative": (["reg=mdm_kl", "reg.mdm_kl.weight=-0.1"], ["reg.mdm_kl.weight=-0.1", ">= 0"]),
-    "reg_critic_lr_zero": (["reg=mdm_wasserstein", "reg.mdm_wasserstein.lr=0"], ["reg.mdm_wasserstein.lr=0", "> 0"]),
-    "limit_fraction_above_one": (["+trainer.limit_val_batches=1.5"], ["trainer.limit_val_batches=1.5", "fraction"]),
+    "reg_critic_lr_zero": (
+        ["reg=mdm_wasserstein", "reg.mdm_wasserstein.lr=0"],
+        ["reg.mdm_wasserstein.lr=0", "> 0"],
+    ),
+    "limit_fraction_above_one": (
+        ["+trainer.limit_val_batches=1.5"],
+        ["trainer.limit_val_batches=1.5", "fraction"],
+    ),
     "precision_unknown": (["trainer.precision=17"], ["trainer.precision=17", "32-true"]),
-    "trainer_unknown_argument": (["+trainer.max_epoch=3"], ["trainer.max_epoch", "unknown Trainer argument",
-                                                             "did you mean 'max_epochs'?"]),
+    "trainer_unknown_argument": (
+        ["+trainer.max_epoch=3"],
+        ["trainer.max_epoch", "unknown Trainer argument", "did you mean 'max_epochs'?"],
+    ),
     "monitor_on_test": (["data.task.monitor=test/MAE"], ["data.task.monitor='test/MAE'", "val/"]),
     "mode_word": (["data.task.mode=up"], ["data.task.mode='up'", "min, max"]),
     "num_workers_negative": (["data.num_workers=-1"], ["data.num_workers=-1", ">= 0"]),
@@ -92,10 +112,12 @@ def _names(group: str) -> list[str]:
 
 
 VQA_REGS = {"cont_softmax", "cont_sparsemax", "mca", "test_mca"}
-SHIPPED = ([[f"model={m}"] + (["data=easyvqa"] if m.startswith("mcan") else []) for m in _names("model")]
-           + [[f"data={d}"] for d in _names("data") if d != "manifolds"]
-           + [[f"reg={r}"] + (["model=mcan", "data=easyvqa"] if r in VQA_REGS else []) for r in _names("reg")]
-           + [[f"{g}={n}"] for g in ("experiment", "optim", "trainer", "debug", "hparams_search") for n in _names(g)])
+SHIPPED = (
+    [[f"model={m}"] + (["data=easyvqa"] if m.startswith("mcan") else []) for m in _names("model")]
+    + [[f"data={d}"] for d in _names("data") if d != "manifolds"]
+    + [[f"reg={r}"] + (["model=mcan", "data=easyvqa"] if r in VQA_REGS else []) for r in _names("reg")]
+    + [[f"{g}={n}"] for g in ("experiment", "optim", "trainer", "debug", "hparams_search") for n in _names(g)]
+)
 
 
 @pytest.mark.parametrize("overrides", SHIPPED, ids=lambda o: " ".join(o))
@@ -115,8 +137,21 @@ def test_unknown_key_suggests_the_closest():
 
 
 def test_known_keys_and_added_keys_pass():
-    assert cli.check_keys(["model=tfn", "model.post_fusion_dim=64", "+foo.bar=1", "++trainer.fast_dev_run=1",
-                           "hydra.run.dir=/tmp/x", "~callbacks.early_stopping", "seed=1,2"], CONFIG_DIR) is None
+    assert (
+        cli.check_keys(
+            [
+                "model=tfn",
+                "model.post_fusion_dim=64",
+                "+foo.bar=1",
+                "++trainer.fast_dev_run=1",
+                "hydra.run.dir=/tmp/x",
+                "~callbacks.early_stopping",
+                "seed=1,2",
+            ],
+            CONFIG_DIR,
+        )
+        is None
+    )
 
 
 def test_key_must_exist_for_every_swept_choice():
@@ -131,12 +166,30 @@ def test_unparsable_override_is_one_line():
 
 
 def test_trainer_arguments_need_no_plus(tmp_path):
-    argv = cli.rewrite_trainer_overrides(["trainer.fast_dev_run=true", "trainer.limit_train_batches=5",
-                                          "trainer.max_epochs=2", "trainer.nonsense=1", "model=tfn", "-m"])
-    assert argv == ["++trainer.fast_dev_run=true", "++trainer.limit_train_batches=5", "++trainer.max_epochs=2",
-                    "trainer.nonsense=1", "model=tfn", "-m"]
+    argv = cli.rewrite_trainer_overrides(
+        [
+            "trainer.fast_dev_run=true",
+            "trainer.limit_train_batches=5",
+            "trainer.max_epochs=2",
+            "trainer.nonsense=1",
+            "model=tfn",
+            "-m",
+        ]
+    )
+    assert argv == [
+        "++trainer.fast_dev_run=true",
+        "++trainer.limit_train_batches=5",
+        "++trainer.max_epochs=2",
+        "trainer.nonsense=1",
+        "model=tfn",
+        "-m",
+    ]
     cfg = compose_train_cfg(argv[:3], tmp_path)
-    assert cfg.trainer.fast_dev_run is True and cfg.trainer.limit_train_batches == 5 and cfg.trainer.max_epochs == 2
+    assert (
+        cfg.trainer.fast_dev_run is True
+        and cfg.trainer.limit_train_batches == 5
+        and cfg.trainer.max_epochs == 2
+    )
     assert cli.check_keys(argv[:3], CONFIG_DIR) is None
 
 
@@ -148,11 +201,14 @@ def _one_line(proc) -> str:
     return lines[0]
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["trainer.max_epochs=abc"], "trainer.max_epochs='abc'"),
-    (["model=mcan", "data=synthetic"], "vocab_size"),
-    (["optim.lrr=1e-3"], "did you mean 'optim.lr'?"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["trainer.max_epochs=abc"], "trainer.max_epochs='abc'"),
+        (["model=mcan", "data=synthetic"], "vocab_size"),
+        (["optim.lrr=1e-3"], "did you mean 'optim.lr'?"),
+    ],
+)
 def test_cli_exit_2_one_line(args, needle, tmp_path):
     assert needle in _one_line(run_cli(["train.py", *args, f"hydra.run.dir={tmp_path}"], timeout=300))
     assert not (Path(tmp_path) / "metrics.json").exists()

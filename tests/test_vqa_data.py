@@ -31,7 +31,15 @@ def _dm(tmp_path, **kw) -> VQA2DataModule:
 
 
 def test_tokeniser_and_ids() -> None:
-    assert tokenize("What's the man's T-shirt/hat color?") == ["whats", "the", "mans", "t", "shirt", "hat", "color"]
+    assert tokenize("What's the man's T-shirt/hat color?") == [
+        "whats",
+        "the",
+        "mans",
+        "t",
+        "shirt",
+        "hat",
+        "color",
+    ]
     vocab = {"PAD": 0, "UNK": 1, "what": 2, "color": 3}
     ids = encode_questions(["What color? zebra", " ".join(["what"] * 20)], vocab, max_tokens=14)
     assert ids[0].tolist() == [2, 3, 1] + [0] * 11
@@ -59,7 +67,9 @@ def test_vqa2_fixture_bottom_up(tmp_path) -> None:
     v = dm.token_vocab
     assert b["x"]["question"][0].tolist()[:6] == [v["what"], v["color"], v["is"], v["the"], v["car"], 0]
     # features: key x is (D, K) -> transposed to (K, D), zero-padded to max_boxes
-    raw = np.load(next(p for p in (tmp_path / "vqa" / "feats" / "train2014").iterdir() if "000000000001" in p.name))
+    raw = np.load(
+        next(p for p in (tmp_path / "vqa" / "feats" / "train2014").iterdir() if "000000000001" in p.name)
+    )
     k = raw["x"].shape[1]
     img = b["x"]["image"][0]
     assert img.shape == (8, 16) and b["lengths"]["image"][0] == k
@@ -97,15 +107,30 @@ def test_glove_and_visual_genome(tmp_path) -> None:
     glove.write_text("what 0.5 0.25 1.0\ncar -1 2 3\nunrelated 9 9 9\n")
     vgq = tmp_path / "VG_questions.json"
     vga = tmp_path / "VG_annotations.json"
-    qs = [{"image_id": 1, "question": "what color is the car", "question_id": 90001},
-          {"image_id": 1, "question": "what is purple", "question_id": 90002},
-          {"image_id": 777777, "question": "what color is it", "question_id": 90003}]
+    qs = [
+        {"image_id": 1, "question": "what color is the car", "question_id": 90001},
+        {"image_id": 1, "question": "what is purple", "question_id": 90002},
+        {"image_id": 777777, "question": "what color is it", "question_id": 90003},
+    ]
     ans = ["red", "purple", "red"]
     vgq.write_text(json.dumps({"questions": qs}))
-    vga.write_text(json.dumps({"annotations": [
-        {"question_id": q["question_id"], "image_id": q["image_id"], "multiple_choice_answer": a,
-         "answers": [{"answer": a, "answer_confidence": "yes", "answer_id": i} for i in range(1, 11)]}
-        for q, a in zip(qs, ans)]}))
+    vga.write_text(
+        json.dumps(
+            {
+                "annotations": [
+                    {
+                        "question_id": q["question_id"],
+                        "image_id": q["image_id"],
+                        "multiple_choice_answer": a,
+                        "answers": [
+                            {"answer": a, "answer_confidence": "yes", "answer_id": i} for i in range(1, 11)
+                        ],
+                    }
+                    for q, a in zip(qs, ans)
+                ]
+            }
+        )
+    )
     dm = _dm(tmp_path, glove=str(glove), vg_questions=str(vgq), vg_annotations=str(vga))
     emb = dm.model_kwargs()["pretrained_emb"]
     assert emb.shape == (len(dm.token_vocab), 3)
@@ -135,8 +160,13 @@ def test_results_file_scores_like_the_soft_targets(tmp_path) -> None:
     path = dm.results("test", pred, tmp_path / "results.json")
     rows = json.loads(path.read_text())
     assert set(rows[0]) == {"question_id", "answer"} and len(rows) == len(te)
-    anns = [a for a in json.loads((tmp_path / "vqa" / "raw" / "v2_mscoco_val2014_annotations.json").read_text())
-            ["annotations"] if a["question_id"] in set(te.question_ids.tolist())]
+    anns = [
+        a
+        for a in json.loads((tmp_path / "vqa" / "raw" / "v2_mscoco_val2014_annotations.json").read_text())[
+            "annotations"
+        ]
+        if a["question_id"] in set(te.question_ids.tolist())
+    ]
     official = vqa_accuracy(rows, anns)["overall"]
     soft = dm.task.metrics(pred, te.targets.numpy())["vqa_acc"]
     assert official == pytest.approx(soft, abs=0.01)

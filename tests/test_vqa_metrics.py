@@ -67,9 +67,16 @@ def test_normalisation_only_when_humans_disagree() -> None:
 
 
 def _ann(qid: int, answers: list[str], at: str, qt: str) -> dict:
-    return {"question_id": qid, "image_id": 1, "question_type": qt, "answer_type": at,
-            "multiple_choice_answer": answers[0],
-            "answers": [{"answer": a, "answer_confidence": "yes", "answer_id": i + 1} for i, a in enumerate(answers)]}
+    return {
+        "question_id": qid,
+        "image_id": 1,
+        "question_type": qt,
+        "answer_type": at,
+        "multiple_choice_answer": answers[0],
+        "answers": [
+            {"answer": a, "answer_confidence": "yes", "answer_id": i + 1} for i, a in enumerate(answers)
+        ],
+    }
 
 
 def test_per_answer_type_and_submission_file(tmp_path) -> None:
@@ -119,7 +126,9 @@ def test_official_targets_equal_the_official_evaluator_on_every_case() -> None:
     y = official_targets(ADVERSARIAL, VOCAB)
     brute = np.array([[official_accuracy(a, gts) for a in VOCAB] for gts in ADVERSARIAL], dtype=np.float32)
     np.testing.assert_allclose(y, brute, atol=1e-6)
-    assert y[0, VOCAB.index("2")] == 0.0 and y[1, VOCAB.index("2")] == 1.0  # the two cases MCAN's targets merge
+    assert (
+        y[0, VOCAB.index("2")] == 0.0 and y[1, VOCAB.index("2")] == 1.0
+    )  # the two cases MCAN's targets merge
     assert y[2, VOCAB.index("yes")] == 0.0 and y[3, VOCAB.index("yes")] == 1.0
     assert y[9, VOCAB.index("dog")] == 0.0 and y[9, VOCAB.index("dog.")] == 1.0
 

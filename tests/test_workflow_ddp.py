@@ -15,9 +15,18 @@ from mmfusion.train import train
 
 from .conftest import run_cli
 
-COMMON = ["data.n_train=128", "data.n_valid=33", "data.n_test=61", "data.seq_len=10", "data.min_len=3",
-          "trainer.enable_progress_bar=false", "logger=none", "~callbacks.model_summary",
-          "~callbacks.early_stopping", "seed=3"]
+COMMON = [
+    "data.n_train=128",
+    "data.n_valid=33",
+    "data.n_test=61",
+    "data.seq_len=10",
+    "data.min_len=3",
+    "trainer.enable_progress_bar=false",
+    "logger=none",
+    "~callbacks.model_summary",
+    "~callbacks.early_stopping",
+    "seed=3",
+]
 
 
 @pytest.mark.slow
@@ -25,8 +34,17 @@ def test_ddp_metrics_equal_single_process(make_cfg, tmp_path):
     cfg = make_cfg([*COMMON, "trainer.max_epochs=2"], fast=False)
     cfg.paths.output_dir = str(tmp_path / "single")
     single, _ = train(cfg)
-    proc = run_cli(["train.py", *COMMON, "train=false", f"ckpt_path={single['best_ckpt']}", "trainer=ddp_cpu",
-                    "trainer.devices=2", f"hydra.run.dir={tmp_path / 'ddp'}"])
+    proc = run_cli(
+        [
+            "train.py",
+            *COMMON,
+            "train=false",
+            f"ckpt_path={single['best_ckpt']}",
+            "trainer=ddp_cpu",
+            "trainer.devices=2",
+            f"hydra.run.dir={tmp_path / 'ddp'}",
+        ]
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "ddp" / "train_ddp_process_1.log").exists()  # two processes really ran
     ddp = json.loads((tmp_path / "ddp" / "metrics.json").read_text())

@@ -23,7 +23,9 @@ def test_sq_norms_by_prefix():
         p.grad = torch.full_like(p, 2.0)
     sq = _sq_norms(m, 1)
     assert sq == {"0": 4.0 * (6 + 3), "1": 4.0 * (3 + 1)}
-    assert math.sqrt(sum(sq.values())) == pytest.approx(torch.cat([p.grad.flatten() for p in m.parameters()]).norm().item())
+    assert math.sqrt(sum(sq.values())) == pytest.approx(
+        torch.cat([p.grad.flatten() for p in m.parameters()]).norm().item()
+    )
 
 
 class FigurePlugin(Plugin):
@@ -48,9 +50,15 @@ def test_callbacks_log_norms_and_figures(make_cfg, tmp_path):
     module.plugins["figs"] = plugin
     gn = GradNormMonitor(depth=2)
     logger = pl.loggers.TensorBoardLogger(str(tmp_path), name="tb", version="")
-    trainer = pl.Trainer(max_epochs=2, logger=logger, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, default_root_dir=str(tmp_path),
-                         callbacks=[gn, PredictionScatter(), FigureLogger()])
+    trainer = pl.Trainer(
+        max_epochs=2,
+        logger=logger,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=str(tmp_path),
+        callbacks=[gn, PredictionScatter(), FigureLogger()],
+    )
     trainer.fit(module, datamodule=dm)
     logged = trainer.callback_metrics
     assert logged["grad_norm/net/total"] > 0
@@ -76,5 +84,7 @@ def test_builtin_renderers():
     figs = attention_figures(model, out)
     assert set(figs) == {"attention/image", "attention/text"}
     assert figs["attention/image"].axes[0].images[0].get_array().shape == (2, 3)
-    out.extras.update({"emma/alpha": torch.rand(4, 3), "emma/beta": torch.rand(4, 3), "emma/energy": torch.rand(4)})
+    out.extras.update(
+        {"emma/alpha": torch.rand(4, 3), "emma/beta": torch.rand(4, 3), "emma/energy": torch.rand(4)}
+    )
     assert set(emma_figures(out, ("text", "audio", "vision"))) == {"emma/weights_energy"}

@@ -27,8 +27,17 @@ from mmfusion.errors import ConfigError, DivergenceError
 
 from .conftest import run_cli
 
-TINY = ["data.n_train=64", "data.n_valid=32", "data.n_test=32", "data.seq_len=8", "data.min_len=3",
-        "trainer.max_epochs=1", "trainer.enable_progress_bar=false", "~callbacks.model_summary", "logger=none"]
+TINY = [
+    "data.n_train=64",
+    "data.n_valid=32",
+    "data.n_test=32",
+    "data.seq_len=8",
+    "data.min_len=3",
+    "trainer.max_epochs=1",
+    "trainer.enable_progress_bar=false",
+    "~callbacks.model_summary",
+    "logger=none",
+]
 
 
 def _dist(line: str):
@@ -53,8 +62,12 @@ def test_study_name_from_search_and_choices():
     assert study_name_for("optuna_tpe", ch, {}) == "optuna_tpe-model=mfn-data=mosi-reg=none"
     assert study_name_for("optuna_tpe", {**ch, "model": "tfn"}, {}) != study_name_for("optuna_tpe", ch, {})
     assert study_name_for("optuna_tpe", {**ch, "reg": ["mdm_kl", "synergy_mmd"]}, {}).endswith(
-        "reg=mdm_kl+synergy_mmd")
-    assert study_name_for("optuna_tpe", ch, {"model": "mfn,tfn"}) == "optuna_tpe-model=mfn,tfn-data=mosi-reg=none"
+        "reg=mdm_kl+synergy_mmd"
+    )
+    assert (
+        study_name_for("optuna_tpe", ch, {"model": "mfn,tfn"})
+        == "optuna_tpe-model=mfn,tfn-data=mosi-reg=none"
+    )
 
 
 def _dead_pid() -> int:
@@ -96,6 +109,7 @@ def test_outcome_of_jobs():
             if exc is not None:
                 raise exc
             return value
+
         return _Ret(rv)
 
     assert _outcome(job(0.25)) == ("COMPLETE", 0.25)
@@ -138,16 +152,30 @@ def test_pruning_callback_reports_and_prunes():
 def test_pruned_and_diverged_trials_are_recorded_and_the_sweep_goes_on(tmp_path):
     """A threshold pruner below any MAE prunes the first trial at its first validation epoch (no test, no
     metrics.json); a diverging trial (lr 1e30) is stored FAIL; the sweep exits 0."""
-    proc = run_cli(["train.py", "-m", "hparams_search=optuna_tpe", "model=ef_lstm", f"paths.log_dir={tmp_path}",
-                    f"hydra.sweep.dir={tmp_path / 's'}", "hydra.sweeper.params=null",
-                    "hydra.sweeper.params_by_choice=null", "optim.lr=choice(1e-3,1e30)",
-                    "~hydra.sweeper.sampler", "+hydra.sweeper.sampler={_target_:optuna.samplers.GridSampler}",
-                    "~hydra.sweeper.pruner",
-                    "+hydra.sweeper.pruner={_target_:optuna.pruners.ThresholdPruner,upper:1.0e-6}",
-                    "hydra.sweeper.n_trials=2", *TINY])
+    proc = run_cli(
+        [
+            "train.py",
+            "-m",
+            "hparams_search=optuna_tpe",
+            "model=ef_lstm",
+            f"paths.log_dir={tmp_path}",
+            f"hydra.sweep.dir={tmp_path / 's'}",
+            "hydra.sweeper.params=null",
+            "hydra.sweeper.params_by_choice=null",
+            "optim.lr=choice(1e-3,1e30)",
+            "~hydra.sweeper.sampler",
+            "+hydra.sweeper.sampler={_target_:optuna.samplers.GridSampler}",
+            "~hydra.sweeper.pruner",
+            "+hydra.sweeper.pruner={_target_:optuna.pruners.ThresholdPruner,upper:1.0e-6}",
+            "hydra.sweeper.n_trials=2",
+            *TINY,
+        ]
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     storage = f"sqlite:///{tmp_path / 'optuna' / 'studies.db'}"
-    (trials,) = [optuna.load_study(study_name=n, storage=storage).trials for n in optuna.get_all_study_names(storage)]
+    (trials,) = [
+        optuna.load_study(study_name=n, storage=storage).trials for n in optuna.get_all_study_names(storage)
+    ]
     by_lr = {t.params["optim.lr"]: t for t in trials}
     assert by_lr[1e-3].state == optuna.trial.TrialState.PRUNED
     assert list(by_lr[1e-3].intermediate_values) == [0]
@@ -158,14 +186,24 @@ def test_pruned_and_diverged_trials_are_recorded_and_the_sweep_goes_on(tmp_path)
 
 # every search config x every model it names (its header comment / params_by_choice), one trial each
 CASES = [("optuna_tpe", m, "none") for m in ("ef_lstm", "lfn", "tfn", "mfn")] + [
-    ("synergy_optuna", "tfn", "synergy_mmd"), ("synergy_grid", "tfn", "synergy_mmd")]
+    ("synergy_optuna", "tfn", "synergy_mmd"),
+    ("synergy_grid", "tfn", "synergy_mmd"),
+]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("search,model,reg", CASES)
 def test_search_config_runs_as_written(tmp_path, search, model, reg):
-    args = ["train.py", "-m", f"hparams_search={search}", f"model={model}", f"reg={reg}",
-            f"paths.log_dir={tmp_path}", f"hydra.sweep.dir={tmp_path / 's'}", *TINY]
+    args = [
+        "train.py",
+        "-m",
+        f"hparams_search={search}",
+        f"model={model}",
+        f"reg={reg}",
+        f"paths.log_dir={tmp_path}",
+        f"hydra.sweep.dir={tmp_path / 's'}",
+        *TINY,
+    ]
     if search == "synergy_grid":  # Hydra's basic sweeper: one point of the grid as written
         args += ["hydra.sweeper.params={data.batch_size:32,optim.lr:1.0e-2}"]
     else:
@@ -202,8 +240,15 @@ def test_optuna_dashboard_reads_the_sweeper_storage(tmp_path):
     name = study_name_for("optuna_tpe", {"model": "mfn", "data": "mosi", "reg": "none"}, {})
     study = optuna.create_study(study_name=name, storage=storage)
     study.tell(study.ask({"x": FloatDistribution(0, 1)}), 0.3)
-    env = {"REQUEST_METHOD": "GET", "PATH_INFO": "/api/studies", "wsgi.input": io.BytesIO(),
-           "wsgi.errors": sys.stderr, "SERVER_NAME": "x", "SERVER_PORT": "1", "wsgi.url_scheme": "http"}
+    env = {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": "/api/studies",
+        "wsgi.input": io.BytesIO(),
+        "wsgi.errors": sys.stderr,
+        "SERVER_NAME": "x",
+        "SERVER_PORT": "1",
+        "wsgi.url_scheme": "http",
+    }
     status: list[str] = []
     body = b"".join(wsgi(storage)(env, lambda s, h, e=None: status.append(s)))
     assert status == ["200 OK"]

@@ -23,9 +23,17 @@ from .conftest import ROOT, run_cli
 sys.path.insert(0, str(ROOT / "scripts"))
 import make_table  # noqa: E402
 
-TINY = ["data.n_train=64", "data.n_valid=32", "data.n_test=32", "data.seq_len=8", "data.min_len=3",
-        "trainer.enable_progress_bar=false", "~callbacks.model_summary", "~callbacks.early_stopping",
-        "trainer.log_every_n_steps=1"]
+TINY = [
+    "data.n_train=64",
+    "data.n_valid=32",
+    "data.n_test=32",
+    "data.seq_len=8",
+    "data.min_len=3",
+    "trainer.enable_progress_bar=false",
+    "~callbacks.model_summary",
+    "~callbacks.early_stopping",
+    "trainer.log_every_n_steps=1",
+]
 
 
 def _job(sweep: Path, n: int, overrides: list[str], metrics: dict | None) -> None:
@@ -37,12 +45,20 @@ def _job(sweep: Path, n: int, overrides: list[str], metrics: dict | None) -> Non
 
 
 def test_multirun_summary_table(tmp_path):
-    vals = {(lr, s): (0.5 + lr * 10 + 0.01 * s, 0.6 + lr * 10 + 0.02 * s) for lr in (0.001, 0.003) for s in (1, 2, 3)}
+    vals = {
+        (lr, s): (0.5 + lr * 10 + 0.01 * s, 0.6 + lr * 10 + 0.02 * s)
+        for lr in (0.001, 0.003)
+        for s in (1, 2, 3)
+    }
     n = 0
     for (lr, s), (v, t) in vals.items():
         failed = (lr, s) == (0.003, 3)
-        _job(tmp_path, n, [f"optim.lr={lr}", f"seed={s}", "model=tfn"],
-             None if failed else {"selection": "val/MAE (min)", "val": {"MAE": v}, "test": {"MAE": t}})
+        _job(
+            tmp_path,
+            n,
+            [f"optim.lr={lr}", f"seed={s}", "model=tfn"],
+            None if failed else {"selection": "val/MAE (min)", "val": {"MAE": v}, "test": {"MAE": t}},
+        )
         n += 1
     jobs = collect_jobs(tmp_path)
     assert [j["job"] for j in jobs] == list(range(6))
@@ -54,18 +70,24 @@ def test_multirun_summary_table(tmp_path):
     v = [vals[(0.001, s)][0] for s in (1, 2, 3)]
     t = [vals[(0.001, s)][1] for s in (1, 2, 3)]
     assert statistics.stdev(v) == pytest.approx(np.std(v, ddof=1))
-    assert (f"| 0.001 | 3 | {np.mean(v):.4f} ± {np.std(v, ddof=1):.4f} | {np.mean(t):.4f} ± {np.std(t, ddof=1):.4f} |"
-            in lines)
+    assert (
+        f"| 0.001 | 3 | {np.mean(v):.4f} ± {np.std(v, ddof=1):.4f} | {np.mean(t):.4f} ± {np.std(t, ddof=1):.4f} |"
+        in lines
+    )
     v2 = [vals[(0.003, s)][0] for s in (1, 2)]  # the failed seed is left out
     assert any(ln.startswith(f"| 0.003 | 2 | {np.mean(v2):.4f} ± {np.std(v2, ddof=1):.4f}") for ln in lines)
 
 
 def test_learning_curve_from_csv(tmp_path):
     f = tmp_path / "metrics.csv"
-    rows = [{"epoch": 0, "step": 0, "train/loss": 2.0}, {"epoch": 0, "step": 1, "train/loss": 1.0},
-            {"epoch": 0, "step": 1, "val/loss": 1.4, "val/MAE": 1.2},
-            {"epoch": 1, "step": 2, "train/loss": 0.8}, {"epoch": 1, "step": 3, "train/loss": 0.6},
-            {"epoch": 1, "step": 3, "val/loss": 1.1, "val/MAE": 0.9}]
+    rows = [
+        {"epoch": 0, "step": 0, "train/loss": 2.0},
+        {"epoch": 0, "step": 1, "train/loss": 1.0},
+        {"epoch": 0, "step": 1, "val/loss": 1.4, "val/MAE": 1.2},
+        {"epoch": 1, "step": 2, "train/loss": 0.8},
+        {"epoch": 1, "step": 3, "train/loss": 0.6},
+        {"epoch": 1, "step": 3, "val/loss": 1.1, "val/MAE": 0.9},
+    ]
     with f.open("w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=["epoch", "step", "train/loss", "val/MAE", "val/loss"])
         w.writeheader()
@@ -112,7 +134,9 @@ def test_run_prints_paths_writes_curve_links_checkpoint_and_eval_goes_beside(tmp
     (ev,) = (run / "eval").iterdir()
     assert f"results folder: {ev}\nmetrics:        {ev / 'metrics.json'}" in proc.stdout
     res = json.loads((ev / "metrics.json").read_text())
-    assert res["metrics"]["MAE"] == pytest.approx(metrics["test"]["MAE"], rel=1e-6)  # same checkpoint, same split
+    assert res["metrics"]["MAE"] == pytest.approx(
+        metrics["test"]["MAE"], rel=1e-6
+    )  # same checkpoint, same split
     # make_table on the run folder ignores the eval/ result and says no published numbers apply to synthetic data
     assert make_table.main([str(run), "--out", str(tmp_path / "t"), "--published"]) == 0
     md = (tmp_path / "t.md").read_text()
@@ -125,8 +149,17 @@ def test_run_prints_paths_writes_curve_links_checkpoint_and_eval_goes_beside(tmp
 @pytest.mark.slow
 def test_multirun_ends_with_summary(tmp_path):
     sweep = tmp_path / "sweep"
-    proc = run_cli(["train.py", "-m", "seed=1,2", *TINY, "trainer.max_epochs=1", "logger=none",
-                    f"hydra.sweep.dir={sweep}"])
+    proc = run_cli(
+        [
+            "train.py",
+            "-m",
+            "seed=1,2",
+            *TINY,
+            "trainer.max_epochs=1",
+            "logger=none",
+            f"hydra.sweep.dir={sweep}",
+        ]
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     maes = [json.loads((sweep / j / "metrics.json").read_text())["test"]["MAE"] for j in ("0", "1")]
     saved = (sweep / "summary.md").read_text()

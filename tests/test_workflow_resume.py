@@ -16,16 +16,37 @@ from mmfusion.train import train
 from .conftest import run_cli
 
 # 128 / 32 = 4 batches per epoch, 3 epochs = 12 steps; mid-epoch checkpoints every 3 steps
-TINY = ["data.n_train=128", "data.n_valid=32", "data.n_test=32", "data.seq_len=10", "data.min_len=3",
-        "data.batch_size=32", "trainer.max_epochs=3", "trainer.enable_progress_bar=false", "logger=none",
-        "callbacks=resumable", "callbacks.step_checkpoint.every_n_train_steps=3", "~callbacks.model_summary",
-        "~callbacks.early_stopping", "model.dropout=0.3", "model.input_dropout=0.2", "seed=11"]
+TINY = [
+    "data.n_train=128",
+    "data.n_valid=32",
+    "data.n_test=32",
+    "data.seq_len=10",
+    "data.min_len=3",
+    "data.batch_size=32",
+    "trainer.max_epochs=3",
+    "trainer.enable_progress_bar=false",
+    "logger=none",
+    "callbacks=resumable",
+    "callbacks.step_checkpoint.every_n_train_steps=3",
+    "~callbacks.model_summary",
+    "~callbacks.early_stopping",
+    "model.dropout=0.3",
+    "model.input_dropout=0.2",
+    "seed=11",
+]
 
 
 def test_resumable_loader_skips_consumed_batches():
     ds = ArrayDataset({"x": {"a": torch.arange(10.0)[:, None]}, "y": torch.arange(10.0)})
-    mk = lambda: ResumableDataLoader(ds, batch_size=3, sampler=SeededShuffleSampler(10, seed=4),  # noqa: E731
-                                     collate_fn=passthrough_collate)
+
+    def mk():
+        return ResumableDataLoader(
+            ds,
+            batch_size=3,
+            sampler=SeededShuffleSampler(10, seed=4),  # noqa: E731
+            collate_fn=passthrough_collate,
+        )
+
     full = [b["index"].tolist() for b in mk()]
     dl = mk()
     it = iter(dl)
@@ -64,17 +85,28 @@ def test_resume_after_kill_equals_uninterrupted(make_cfg, tmp_path, reg, steps_p
     optimiser steps per batch), a moving average and random negatives: all must resume exactly too. The CSV
     log of the killed-and-resumed run has exactly the rows of the uninterrupted one (history kept)."""
     k = steps_per_batch
-    args = [*TINY, f"reg={reg}", f"callbacks.step_checkpoint.every_n_train_steps={3 * k}", "logger=csv",
-            "trainer.log_every_n_steps=1"]
+    args = [
+        *TINY,
+        f"reg={reg}",
+        f"callbacks.step_checkpoint.every_n_train_steps={3 * k}",
+        "logger=csv",
+        "trainer.log_every_n_steps=1",
+    ]
     # uninterrupted reference, in-process
     cfg = make_cfg(args, fast=False)
     cfg.paths.output_dir = str(tmp_path / "ref")
     ref, _ = train(cfg)
     # killed when batch 8 starts (epoch 1, third batch): the newest checkpoint is after batch 6 (mid-epoch 1)
     run = tmp_path / "killed"
-    proc = run_cli(["train.py", *args, f"hydra.run.dir={run}",
-                    "+callbacks.preempt._target_=mmfusion.callbacks.resume.SimulatedPreemption",
-                    f"+callbacks.preempt.at_step={7 * k}"])
+    proc = run_cli(
+        [
+            "train.py",
+            *args,
+            f"hydra.run.dir={run}",
+            "+callbacks.preempt._target_=mmfusion.callbacks.resume.SimulatedPreemption",
+            f"+callbacks.preempt.at_step={7 * k}",
+        ]
+    )
     assert proc.returncode == -9, proc.stderr[-2000:]  # SIGKILL: no clean shutdown
     ck = torch.load(run / "checkpoints" / "last-step.ckpt", map_location="cpu", weights_only=False)
     assert ck["global_step"] == 6 * k and ck["epoch"] == 1  # mid-epoch (epoch 1, 2 of 4 batches done)
@@ -122,8 +154,11 @@ def test_wandb_run_id_is_reused_on_resume(tmp_path):
 
 
 def _snapshot(folder):
-    return {str(p.relative_to(folder)): (p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): (p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.mark.slow
@@ -131,9 +166,18 @@ def test_resume_that_changes_the_run_is_refused_and_touches_nothing(tmp_path):
     """``ckpt_path=last`` with another model (or data): one line, exit 2, no file of the run deleted or rewritten
     (csv/metrics.csv and .hydra/config.yaml included)."""
     run = tmp_path / "run"
-    base = ["train.py", "data.n_train=64", "data.n_valid=32", "data.n_test=32", "data.seq_len=8", "data.min_len=3",
-            "trainer.max_epochs=1", "trainer.enable_progress_bar=false", "~callbacks.model_summary",
-            f"hydra.run.dir={run}"]
+    base = [
+        "train.py",
+        "data.n_train=64",
+        "data.n_valid=32",
+        "data.n_test=32",
+        "data.seq_len=8",
+        "data.min_len=3",
+        "trainer.max_epochs=1",
+        "trainer.enable_progress_bar=false",
+        "~callbacks.model_summary",
+        f"hydra.run.dir={run}",
+    ]
     proc = run_cli(base)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (run / "csv" / "metrics.csv").is_file() and (run / ".hydra" / "config.yaml").is_file()
@@ -142,6 +186,8 @@ def test_resume_that_changes_the_run_is_refused_and_touches_nothing(tmp_path):
         proc = run_cli([*base, change, "ckpt_path=last"])
         assert proc.returncode == 2, proc.stderr[-2000:]
         lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-        assert len(lines) == 1 and lines[0].startswith("error: ckpt_path=last: this config changes the run"), lines
+        assert len(lines) == 1 and lines[0].startswith(
+            "error: ckpt_path=last: this config changes the run"
+        ), lines
         assert key in lines[0]
         assert _snapshot(run) == before

@@ -23,8 +23,14 @@ def test_conditions_and_area():
     names = [c["name"] for c in conds]
     assert names[0] == "clean"
     drops = [n for n in names if n.startswith("drop_")]
-    assert drops == ["drop_text", "drop_audio", "drop_vision", "drop_text+audio", "drop_text+vision",
-                     "drop_audio+vision"]
+    assert drops == [
+        "drop_text",
+        "drop_audio",
+        "drop_vision",
+        "drop_text+audio",
+        "drop_text+vision",
+        "drop_audio+vision",
+    ]
     assert sum(n.startswith("noise_text:") for n in names) == 9 and "noise_vision:0.9" in names
     assert sum(n.startswith("missing_all:") for n in names) == 9
     # trapezoid rule, and auc_norm of a constant curve is the constant
@@ -44,8 +50,11 @@ def test_drop_gate_and_unk_and_missing_steps():
     out = res.unimodal
     assert torch.equal(out["text"], torch.zeros(4, 3)) and torch.equal(out["audio"], h["audio"])
     assert torch.equal(res.scales["text"], torch.zeros(4)) and torch.equal(res.scales["audio"], torch.ones(4))
-    tok = {"input_ids": torch.tensor([[101, 7, 8, 102, 0]]), "attention_mask": torch.tensor([[1, 1, 1, 1, 0]]),
-           "word_index": torch.tensor([[-1, 0, 1, -1, -1]])}
+    tok = {
+        "input_ids": torch.tensor([[101, 7, 8, 102, 0]]),
+        "attention_mask": torch.tensor([[1, 1, 1, 1, 0]]),
+        "word_index": torch.tensor([[-1, 0, 1, -1, -1]]),
+    }
     assert unk_text({"tokens": tok}, 100)["tokens"]["input_ids"].tolist() == [[101, 100, 100, 102, 0]]
     del tok["word_index"]
     assert unk_text({"tokens": tok}, 100)["tokens"]["input_ids"].tolist() == [[101, 100, 100, 102, 0]]
@@ -63,8 +72,11 @@ def test_suite_on_tiny_checkpoint(make_cfg, tmp_path):
     cfg.paths.output_dir = str(tmp_path / "train")
     res, _ = train(cfg)
     ckpt = res["best_ckpt"]
-    ecfg = make_cfg([f"ckpt_path={ckpt}", "eval.robustness=quick", "trainer.enable_progress_bar=false"],
-                    fast=False, config_name="eval.yaml")
+    ecfg = make_cfg(
+        [f"ckpt_path={ckpt}", "eval.robustness=quick", "trainer.enable_progress_bar=false"],
+        fast=False,
+        config_name="eval.yaml",
+    )
     ecfg.paths.output_dir = str(tmp_path / "robust")
     out = evaluate_suite(ecfg)
     rows = {r["name"]: r["metrics"] for r in out["rows"]}

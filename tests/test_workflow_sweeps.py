@@ -19,15 +19,35 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import make_table  # noqa: E402
 import wandb_sync  # noqa: E402
 
-TINY = ["data.n_train=128", "data.n_valid=32", "data.n_test=64", "data.seq_len=10", "data.min_len=3",
-        "trainer.max_epochs=1", "trainer.enable_progress_bar=false", "~callbacks.model_summary"]
+TINY = [
+    "data.n_train=128",
+    "data.n_valid=32",
+    "data.n_test=64",
+    "data.seq_len=10",
+    "data.min_len=3",
+    "trainer.max_epochs=1",
+    "trainer.enable_progress_bar=false",
+    "~callbacks.model_summary",
+]
 
 
 @pytest.mark.slow
 def test_joblib_grid_wandb_groups_tags_and_table(tmp_path):
     sweep = tmp_path / "sweep"
-    proc = run_cli(["train.py", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "model=ef_lstm",
-                    "reg=none", "seed=1,2", "logger=wandb", f"hydra.sweep.dir={sweep}", *TINY])
+    proc = run_cli(
+        [
+            "train.py",
+            "-m",
+            "hydra/launcher=joblib",
+            "hydra.launcher.n_jobs=2",
+            "model=ef_lstm",
+            "reg=none",
+            "seed=1,2",
+            "logger=wandb",
+            f"hydra.sweep.dir={sweep}",
+            *TINY,
+        ]
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Joblib" in proc.stdout + proc.stderr
     runs = {}
@@ -62,7 +82,8 @@ def _fake_run(d: Path, model: str, reg: str, seed: int, lr: str, metrics: dict) 
     (d / ".hydra").mkdir(parents=True)
     (d / ".hydra" / "hydra.yaml").write_text(
         f"hydra:\n  runtime:\n    choices:\n      model: {model}\n      reg: {reg}\n      data: mosi\n"
-        f"  overrides:\n    task: [model={model}, reg={reg}, seed={seed}, optim.lr={lr}, data.n_train=10]\n")
+        f"  overrides:\n    task: [model={model}, reg={reg}, seed={seed}, optim.lr={lr}, data.n_train=10]\n"
+    )
     (d / ".hydra" / "config.yaml").write_text(f"seed: {seed}\n")
     (d / "metrics.json").write_text(json.dumps({"test": metrics, "val": metrics}))
 
@@ -70,9 +91,15 @@ def _fake_run(d: Path, model: str, reg: str, seed: int, lr: str, metrics: dict) 
 def test_make_table_groups_and_published(tmp_path):
     keys = ["Mult_acc_7", "Has0_acc_2", "Non0_acc_2", "Has0_F1_score", "Non0_F1_score", "MAE", "Corr"]
     vals = {}
-    for i, (model, reg, seed, lr) in enumerate([("mfn", "none", 1, "0.001"), ("mfn", "none", 2, "0.001"),
-                                                ("mfn", "none", 3, "0.001"), ("mfn", "none", 1, "0.01"),
-                                                ("mfn", "synergy_mmd", 1, "0.001")]):
+    for i, (model, reg, seed, lr) in enumerate(
+        [
+            ("mfn", "none", 1, "0.001"),
+            ("mfn", "none", 2, "0.001"),
+            ("mfn", "none", 3, "0.001"),
+            ("mfn", "none", 1, "0.01"),
+            ("mfn", "synergy_mmd", 1, "0.001"),
+        ]
+    ):
         m = {k: 0.1 * (i + 1) + 0.01 * j for j, k in enumerate(keys)}
         vals[(model, reg, seed, lr)] = m
         _fake_run(tmp_path / "runs" / str(i), model, reg, seed, lr, m)
@@ -86,8 +113,11 @@ def test_make_table_groups_and_published(tmp_path):
     single = [r for r in rows if r["variant"] == "optim.lr=0.01"][0]
     assert math.isnan(single["stats"]["MAE"][1])
     pub = make_table.published_rows(rows, ROOT / "scripts" / "published_results.json")
-    assert {(p["reg"], p["source"].split()[0]) for p in pub} == {("none", "Shankar"), ("synergy_mmd", "Shankar"),
-                                                                  ("none", "Colombo")}
+    assert {(p["reg"], p["source"].split()[0]) for p in pub} == {
+        ("none", "Shankar"),
+        ("synergy_mmd", "Shankar"),
+        ("none", "Colombo"),
+    }
     mfn_none = [p for p in pub if p["reg"] == "none" and p["source"].startswith("Shankar")][0]
     assert mfn_none["values"] == {"Acc_7": 31.3, "Acc_2": 76.6, "MAE": 1.01, "Corr": 0.62}
     md, records = make_table.render(rows, cols, pub)
@@ -97,8 +127,14 @@ def test_make_table_groups_and_published(tmp_path):
 
 def test_make_table_vqa_columns(tmp_path):
     for i, seed in enumerate((1, 2)):
-        _fake_run(tmp_path / str(i), "mcan", "cont_softmax", seed, "0.001",
-                  {"vqa_acc": 60.0 + seed, "vqa_acc_yesno": 80.0 + seed, "vqa_acc_number": 40.0, "loss": 1.0})
+        _fake_run(
+            tmp_path / str(i),
+            "mcan",
+            "cont_softmax",
+            seed,
+            "0.001",
+            {"vqa_acc": 60.0 + seed, "vqa_acc_yesno": 80.0 + seed, "vqa_acc_number": 40.0, "loss": 1.0},
+        )
     rows, cols, _ = make_table.aggregate(make_table.collect_folder(tmp_path, "test"))
     assert [c[0] for c in cols] == ["VQA acc", "VQA number", "VQA yesno"]
     assert rows[0]["stats"]["VQA acc"][:2] == pytest.approx((61.5, np.std([61.0, 62.0], ddof=1)))
@@ -114,9 +150,18 @@ def test_optuna_sqlite_failed_trials_and_resume(tmp_path):
     "complete, 4 trials, best ..." and exits 0."""
     import optuna
 
-    common = ["train.py", "-m", "hparams_search=synergy_optuna", "hydra.sweeper.params=null", "model=ef_lstm",
-              "optim.lr=choice(0.001,0.003)", "data.min_len=choice(3,50)", f"paths.log_dir={tmp_path}",
-              "logger=none", *[a for a in TINY if not a.startswith("data.min_len")]]
+    common = [
+        "train.py",
+        "-m",
+        "hparams_search=synergy_optuna",
+        "hydra.sweeper.params=null",
+        "model=ef_lstm",
+        "optim.lr=choice(0.001,0.003)",
+        "data.min_len=choice(3,50)",
+        f"paths.log_dir={tmp_path}",
+        "logger=none",
+        *[a for a in TINY if not a.startswith("data.min_len")],
+    ]
     p1 = run_cli([*common, "hydra.sweeper.n_trials=3", f"hydra.sweep.dir={tmp_path / 's1'}"])
     assert p1.returncode == 0, p1.stderr[-3000:]
     storage = f"sqlite:///{tmp_path / 'optuna' / 'studies.db'}"
@@ -130,9 +175,17 @@ def test_optuna_sqlite_failed_trials_and_resume(tmp_path):
     trials = optuna.load_study(study_name=STUDY, storage=storage).trials
     assert len(trials) == 4
     assert {(t.params["optim.lr"], t.params["data.min_len"]) for t in trials} == {
-        (0.001, 3), (0.003, 3), (0.001, 50), (0.003, 50)}  # the whole grid, no repeats
+        (0.001, 3),
+        (0.003, 3),
+        (0.001, 50),
+        (0.003, 50),
+    }  # the whole grid, no repeats
     for t in trials:  # the failing points are stored as FAIL, the others with the run's validation MAE
-        expected = optuna.trial.TrialState.FAIL if t.params["data.min_len"] == 50 else optuna.trial.TrialState.COMPLETE
+        expected = (
+            optuna.trial.TrialState.FAIL
+            if t.params["data.min_len"] == 50
+            else optuna.trial.TrialState.COMPLETE
+        )
         assert t.state == expected
     maes = sorted(json.loads(f.read_text())["val"]["MAE"] for f in tmp_path.glob("s[12]/*/metrics.json"))
     assert sorted(t.value for t in trials if t.value is not None) == pytest.approx(maes)
@@ -145,8 +198,14 @@ def test_optuna_sqlite_failed_trials_and_resume(tmp_path):
     assert f"study {STUDY} complete, 4 trials, best val/MAE = {min(maes):.6g}" in out
     assert not [p for p in (tmp_path / "s3").iterdir() if p.name.isdigit()]
     # another model is another study: it does not continue (nor report) the ef_lstm study
-    p4 = run_cli([*[a if a != "model=ef_lstm" else "model=lfn" for a in common], "hydra.sweeper.n_trials=1",
-                  "data.min_len=3", f"hydra.sweep.dir={tmp_path / 's4'}"])
+    p4 = run_cli(
+        [
+            *[a if a != "model=ef_lstm" else "model=lfn" for a in common],
+            "hydra.sweeper.n_trials=1",
+            "data.min_len=3",
+            f"hydra.sweep.dir={tmp_path / 's4'}",
+        ]
+    )
     assert p4.returncode == 0, p4.stderr[-3000:]
     assert sorted(optuna.get_all_study_names(storage)) == sorted([STUDY, STUDY.replace("ef_lstm", "lfn")])
     assert len(optuna.load_study(study_name=STUDY.replace("ef_lstm", "lfn"), storage=storage).trials) == 1
@@ -167,7 +226,10 @@ def test_objective_reports_worst_value_for_nan():
 def test_launcher_and_search_configs_compose(tmp_path):
     cfg = compose_cfg(["hydra/launcher=slurm", "hydra.launcher.partition=gpu"], tmp_path)
     launcher = cfg.hydra.launcher
-    assert launcher._target_.endswith("SlurmLauncher") and get_class(launcher._target_).__name__ == "SlurmLauncher"
+    assert (
+        launcher._target_.endswith("SlurmLauncher")
+        and get_class(launcher._target_).__name__ == "SlurmLauncher"
+    )
     assert launcher.partition == "gpu" and launcher.timeout_min == 240 and launcher.gpus_per_node == 1
     assert str(launcher.submitit_folder).endswith(".submitit/%j")
     cfg = compose_cfg(["hydra/launcher=joblib"], tmp_path)
@@ -181,6 +243,8 @@ def test_launcher_and_search_configs_compose(tmp_path):
         assert str(sw.storage) == f"sqlite:///{tmp_path / 'optuna' / 'studies.db'}"
         assert cfg.hydra.mode is None or str(cfg.hydra.mode) != "RunMode.MULTIRUN"  # -m stays on the CLI
     cfg = compose_cfg(["hparams_search=synergy_optuna"], tmp_path)
-    assert dict(cfg.hydra.sweeper.params) == {"data.batch_size": "choice(32, 64)",
-                                              "optim.lr": "choice(1.0e-2, 5.0e-3, 1.0e-3, 5.0e-4, 1.0e-4)"}
+    assert dict(cfg.hydra.sweeper.params) == {
+        "data.batch_size": "choice(32, 64)",
+        "optim.lr": "choice(1.0e-2, 5.0e-3, 1.0e-3, 5.0e-4, 1.0e-4)",
+    }
     assert cfg.optim.grad_clip_val == 5.0

@@ -16,8 +16,14 @@ NUMBERS = ("one", "2", "three")  # 'one'/'three' exercise the digit normalisatio
 
 
 def _info(subtype: str) -> dict:
-    return {"description": "This is v2.0 of the VQA dataset.", "url": "http://visualqa.org", "version": "2.0",
-            "year": 2017, "contributor": "VQA Team", "date_created": "2017-04-26 17:07:13"}
+    return {
+        "description": "This is v2.0 of the VQA dataset.",
+        "url": "http://visualqa.org",
+        "version": "2.0",
+        "year": 2017,
+        "contributor": "VQA Team",
+        "date_created": "2017-04-26 17:07:13",
+    }
 
 
 def _answers(main: str, others: list[str]) -> list[dict]:
@@ -35,22 +41,54 @@ def write_split(root: Path, subtype: str, image_ids: list[int], qid0: int) -> tu
     for iid in image_ids:
         color, n = image_facts(iid)
         items = [
-            ("What color is the car?", color, "other", "what color is the", ["Red." if color == "red" else color]),
+            (
+                "What color is the car?",
+                color,
+                "other",
+                "what color is the",
+                ["Red." if color == "red" else color],
+            ),
             ("Is the car red?", "yes" if color == "red" else "no", "yes/no", "is the", []),
             ("How many cars are there?", NUMBERS[n - 1], "number", "how many", [str(n)]),
         ]
         for text, main, at, qt, others in items:
             qid += 1
             questions.append({"image_id": iid, "question": text, "question_id": qid})
-            annotations.append({"question_type": qt, "multiple_choice_answer": main, "answers": _answers(main, others),
-                                "image_id": iid, "answer_type": at, "question_id": qid})
+            annotations.append(
+                {
+                    "question_type": qt,
+                    "multiple_choice_answer": main,
+                    "answers": _answers(main, others),
+                    "image_id": iid,
+                    "answer_type": at,
+                    "question_id": qid,
+                }
+            )
     qpath = root / f"v2_OpenEnded_mscoco_{subtype}_questions.json"
     apath = root / f"v2_mscoco_{subtype}_annotations.json"
-    qpath.write_text(json.dumps({"info": _info(subtype), "task_type": "Open-Ended", "data_type": "mscoco",
-                                 "license": {"url": "http://creativecommons.org/licenses/by/4.0/", "name": "CC BY 4.0"},
-                                 "data_subtype": subtype, "questions": questions}))
-    apath.write_text(json.dumps({"info": _info(subtype), "license": {"url": "", "name": ""}, "data_subtype": subtype,
-                                 "annotations": annotations, "data_type": "mscoco"}))
+    qpath.write_text(
+        json.dumps(
+            {
+                "info": _info(subtype),
+                "task_type": "Open-Ended",
+                "data_type": "mscoco",
+                "license": {"url": "http://creativecommons.org/licenses/by/4.0/", "name": "CC BY 4.0"},
+                "data_subtype": subtype,
+                "questions": questions,
+            }
+        )
+    )
+    apath.write_text(
+        json.dumps(
+            {
+                "info": _info(subtype),
+                "license": {"url": "", "name": ""},
+                "data_subtype": subtype,
+                "annotations": annotations,
+                "data_type": "mscoco",
+            }
+        )
+    )
     return qpath, apath
 
 
@@ -63,8 +101,9 @@ def image_features(image_id: int, dim: int, cells: int, rng: np.random.Generator
     return f
 
 
-def write_vqa_fixture(root: Path, layout: str = "bottom_up", dim: int = 16, grid: int = 4,
-                      n_train: int = 12, n_val: int = 12) -> dict[str, object]:
+def write_vqa_fixture(
+    root: Path, layout: str = "bottom_up", dim: int = 16, grid: int = 4, n_train: int = 12, n_val: int = 12
+) -> dict[str, object]:
     """Write train2014/val2014 questions+annotations and features; return the datamodule keyword arguments."""
     root = Path(root)
     raw = root / "raw"
@@ -87,5 +126,11 @@ def write_vqa_fixture(root: Path, layout: str = "bottom_up", dim: int = 16, grid
                 np.savez(name, x=f.T, bbox=np.zeros((k, 4), np.float32), num_bbox=k, image_h=480, image_w=640)
             else:  # deep-spin grid layout: np.savez(path, (h*w, D)) -> key arr_0
                 np.savez(name, image_features(iid, dim, grid * grid, rng))
-    return {"train_questions": str(tq), "train_annotations": str(ta), "val_questions": str(vq),
-            "val_annotations": str(va), "feature_dirs": dirs, "layout": layout}
+    return {
+        "train_questions": str(tq),
+        "train_annotations": str(ta),
+        "val_questions": str(vq),
+        "val_annotations": str(va),
+        "feature_dirs": dirs,
+        "layout": layout,
+    }

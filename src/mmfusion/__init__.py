@@ -1,2 +1,3 @@
 """mmfusion: multimodal fusion research framework."""
+
 __version__ = "0.1.0"

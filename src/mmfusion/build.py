@@ -47,10 +47,12 @@ def check_alignment(cfg: DictConfig, dm: MultimodalDataModule) -> None:
     name = run_choices().get("model") or target.rsplit(".", 2)[-2]
     where = f" (data.path={cfg.data.path})" if cfg.get("data") and cfg.data.get("path") else ""
     shown = ", ".join(f"{m}: {t}" for m, t in steps.items())
-    raise ConfigError(f"model={name} ({getattr(cls, '__name__', target)}) needs word-aligned input (the same number "
-                      f"of time steps for every modality), but the data has T = {{{shown}}}{where}; use word-aligned "
-                      f"data (e.g. MMSA aligned_50.pkl, MulT mosi_data.pkl) or a model that accepts unaligned "
-                      f"sequences: model=mult, model=tfn or model=lfn")
+    raise ConfigError(
+        f"model={name} ({getattr(cls, '__name__', target)}) needs word-aligned input (the same number "
+        f"of time steps for every modality), but the data has T = {{{shown}}}{where}; use word-aligned "
+        f"data (e.g. MMSA aligned_50.pkl, MulT mosi_data.pkl) or a model that accepts unaligned "
+        f"sequences: model=mult, model=tfn or model=lfn"
+    )
 
 
 def build_module(cfg: DictConfig, dm: MultimodalDataModule) -> FusionModule:

@@ -129,14 +129,22 @@ class FusionModel(nn.Module):
 
     def param_groups(self, lr: float, weight_decay: float) -> list[dict[str, Any]]:
         """Optimiser parameter groups (override for e.g. separate BERT learning rates)."""
-        return [{"params": [p for p in self.parameters() if p.requires_grad], "lr": lr, "weight_decay": weight_decay}]
+        return [
+            {
+                "params": [p for p in self.parameters() if p.requires_grad],
+                "lr": lr,
+                "weight_decay": weight_decay,
+            }
+        ]
 
     def set_gate(self, gate: nn.Module | None) -> None:
         self.gate = gate
 
     def replace_pool(self, name: str, pool: nn.Module) -> None:
         if name not in self.pools:
-            raise KeyError(f"model {type(self).__name__} has no attention pool {name!r}; has {list(self.pools)}")
+            raise KeyError(
+                f"model {type(self).__name__} has no attention pool {name!r}; has {list(self.pools)}"
+            )
         self.pools[name] = pool
 
 

@@ -36,7 +36,9 @@ def parse(spec: str | None) -> list[tuple[str, list[str], float]]:
             try:
                 rate = float(level)
             except ValueError:
-                raise ConfigError(f"eval.corrupt: bad rate in {part!r}; expected missing_<modality>|all:<rate>") from None
+                raise ConfigError(
+                    f"eval.corrupt: bad rate in {part!r}; expected missing_<modality>|all:<rate>"
+                ) from None
             if not 0.0 <= rate <= 1.0:
                 raise ConfigError(f"eval.corrupt: missing rate must be in [0, 1], got {part!r}")
             ops.append(("missing", name.split("+"), rate))
@@ -45,13 +47,19 @@ def parse(spec: str | None) -> list[tuple[str, list[str], float]]:
             try:
                 ops.append(("noise", name.split("+"), float(level or 0.5)))
             except ValueError:
-                raise ConfigError(f"eval.corrupt: bad noise level in {part!r}; expected noise_<modality>:<std>") from None
+                raise ConfigError(
+                    f"eval.corrupt: bad noise level in {part!r}; expected noise_<modality>:<std>"
+                ) from None
         else:
-            raise ConfigError(f"eval.corrupt: unknown corruption {part!r}; expected drop_<m>[+<m>], noise_<m>:<std>, missing_<m>|all:<rate> or none")
+            raise ConfigError(
+                f"eval.corrupt: unknown corruption {part!r}; expected drop_<m>[+<m>], noise_<m>:<std>, missing_<m>|all:<rate> or none"
+            )
     return ops
 
 
-def apply(batch: Batch, spec: str | None, modalities: tuple[str, ...], generator: torch.Generator | None = None) -> Batch:
+def apply(
+    batch: Batch, spec: str | None, modalities: tuple[str, ...], generator: torch.Generator | None = None
+) -> Batch:
     """Return a corrupted shallow copy of ``batch`` (the original tensors are not modified)."""
     ops = parse(spec)
     if not ops:
@@ -61,7 +69,11 @@ def apply(batch: Batch, spec: str | None, modalities: tuple[str, ...], generator
     b = next(iter(batch["x"].values())).shape[0]
     device = next(iter(batch["x"].values())).device
     corrupt = batch.get("corrupt")
-    corrupt = corrupt.clone() if corrupt is not None else torch.zeros(b, len(modalities), dtype=torch.bool, device=device)
+    corrupt = (
+        corrupt.clone()
+        if corrupt is not None
+        else torch.zeros(b, len(modalities), dtype=torch.bool, device=device)
+    )
     for kind, mods, level in ops:
         if mods == ["all"]:
             mods = list(modalities)

@@ -43,7 +43,9 @@ def evaluate(cfg: DictConfig, corrupt: str | None = None) -> tuple[dict[str, Any
     split = cfg.get("split", "test")
     if split == "test":
         trainer.test(module, datamodule=dm, ckpt_path=cfg.ckpt_path, verbose=False, weights_only=True)
-        metrics = dict(module.last_metrics.get("test", {}))  # float64, whole deduplicated split, with its loss
+        metrics = dict(
+            module.last_metrics.get("test", {})
+        )  # float64, whole deduplicated split, with its loss
     elif split == "valid":
         if corrupt:
             raise MMFusionError("eval.corrupt is applied on split=test only")
@@ -62,14 +64,21 @@ def _hydra_main(cfg: DictConfig) -> None:
         if (cfg.get("eval") or {}).get("robustness"):  # the corruption suite (mmfusion/robustness.py)
             robustness.print_table(robustness.evaluate_suite(cfg))
             out = Path(cfg.paths.output_dir)
-            print(f"results folder: {out}\nresults:        {out / 'robustness.json'} (+ .csv, _auc.csv, figures)")
+            print(
+                f"results folder: {out}\nresults:        {out / 'robustness.json'} (+ .csv, _auc.csv, figures)"
+            )
             return
         result, objs = evaluate(cfg)
         keys = ["loss", *objs["datamodule"].task.summary_keys()]
-        print_metrics(f"{result['split'].upper()} split, corruption: {result['corruption'] or 'none'}",
-                      result["metrics"], keys)
+        print_metrics(
+            f"{result['split'].upper()} split, corruption: {result['corruption'] or 'none'}",
+            result["metrics"],
+            keys,
+        )
         save_json(Path(cfg.paths.output_dir) / "metrics.json", result)
-        print(f"results folder: {cfg.paths.output_dir}\nmetrics:        {Path(cfg.paths.output_dir) / 'metrics.json'}")
+        print(
+            f"results folder: {cfg.paths.output_dir}\nmetrics:        {Path(cfg.paths.output_dir) / 'metrics.json'}"
+        )
 
 
 def main() -> None:

@@ -156,11 +156,22 @@ class FusionModule(pl.LightningModule):
             clip = clip_by(self.grad_clip_val, self.grad_clip_algorithm)
         elif not self.grad_clip_val:
             clip = None
-        res = training_step(self.net, self.task.loss, dict(self.plugins), batch, opts[0], plugin_opts, backward,
-                            clip=clip, before_backward=self._log_influence if measure else None,
-                            skipped=self.skipped_batches)
-        logs = {f"train/reg/{name}/skipped_batches": float(self.skipped_batches.get(name, 0))
-                for name in self.plugins}
+        res = training_step(
+            self.net,
+            self.task.loss,
+            dict(self.plugins),
+            batch,
+            opts[0],
+            plugin_opts,
+            backward,
+            clip=clip,
+            before_backward=self._log_influence if measure else None,
+            skipped=self.skipped_batches,
+        )
+        logs = {
+            f"train/reg/{name}/skipped_batches": float(self.skipped_batches.get(name, 0))
+            for name in self.plugins
+        }
         logs.update(res.logs)
         return res.loss, res.task_loss, logs
 
@@ -175,15 +186,24 @@ class FusionModule(pl.LightningModule):
             for k, v in vals.items():
                 record[f"{name}/{k}"] = v
                 if self._trainer is not None and math.isfinite(v):
-                    self.log(f"train/reg/{name}/{k}", v, on_step=False, on_epoch=True,
-                             batch_size=int(task_loss.numel()))
+                    self.log(
+                        f"train/reg/{name}/{k}",
+                        v,
+                        on_step=False,
+                        on_epoch=True,
+                        batch_size=int(task_loss.numel()),
+                    )
         self.influence_history.append(record)
 
     def training_step(self, batch, batch_idx: int):
         loss, task_loss, logs = self.optimization_step(
-            batch, self._optimizers(), self.manual_backward,
-            clip=lambda opt: self.clip_gradients(opt, gradient_clip_val=self.grad_clip_val,
-                                                 gradient_clip_algorithm=self.grad_clip_algorithm))
+            batch,
+            self._optimizers(),
+            self.manual_backward,
+            clip=lambda opt: self.clip_gradients(
+                opt, gradient_clip_val=self.grad_clip_val, gradient_clip_algorithm=self.grad_clip_algorithm
+            ),
+        )
         sch = self.lr_schedulers()
         if sch is not None and self.scheduler_interval == "step":
             sch.step()
@@ -191,8 +211,10 @@ class FusionModule(pl.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=bs)
         self.log("train/task_loss", task_loss, batch_size=bs)
         if logs:
-            self.log_dict({k: (v.detach() if isinstance(v, Tensor) else float(v)) for k, v in logs.items()},
-                          batch_size=bs)
+            self.log_dict(
+                {k: (v.detach() if isinstance(v, Tensor) else float(v)) for k, v in logs.items()},
+                batch_size=bs,
+            )
         return loss
 
     def on_train_epoch_end(self) -> None:
@@ -210,14 +232,18 @@ class FusionModule(pl.LightningModule):
         for name, p in active_plugins(self.plugins, batch).items():
             term = p.loss(out, batch, stage)
             if term is not None:
-                self.log(f"{stage}/reg/{name}/loss", term.value.detach().float(), batch_size=bs, sync_dist=True)
+                self.log(
+                    f"{stage}/reg/{name}/loss", term.value.detach().float(), batch_size=bs, sync_dist=True
+                )
             if batch_idx == 0 and stage == "val":
                 diag = p.diagnostics(out, batch)
                 if diag:
-                    self.log_dict({f"val/reg/{name}/{k}": v for k, v in diag.items()}, batch_size=bs,
-                                  sync_dist=True)
-        self._outputs[stage].append({"pred": out.prediction.detach(), "y": batch["y"].detach(),
-                                     "index": batch["index"].detach()})
+                    self.log_dict(
+                        {f"val/reg/{name}/{k}": v for k, v in diag.items()}, batch_size=bs, sync_dist=True
+                    )
+        self._outputs[stage].append(
+            {"pred": out.prediction.detach(), "y": batch["y"].detach(), "index": batch["index"].detach()}
+        )
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self._eval_step(batch, "val", batch_idx)
@@ -233,7 +259,9 @@ class FusionModule(pl.LightningModule):
         pred = torch.cat([o["pred"] for o in outs])
         y = torch.cat([o["y"] for o in outs])
         idx = torch.cat([o["index"] for o in outs])
-        if self.trainer.world_size > 1:  # gather the whole split, drop the DistributedSampler's padding repeats
+        if (
+            self.trainer.world_size > 1
+        ):  # gather the whole split, drop the DistributedSampler's padding repeats
             pred = self.all_gather(pred).flatten(0, 1)
             y = self.all_gather(y).flatten(0, 1)
             idx = self.all_gather(idx).flatten(0, 1)
@@ -268,7 +296,10 @@ class FusionModule(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint.update(self.extra_checkpoint)
         # diagnostics' counters, so a resumed run measures influence on the same steps and keeps its counts
-        checkpoint["mmfusion_counters"] = {"steps": int(self._n_steps), "skipped_batches": dict(self.skipped_batches)}
+        checkpoint["mmfusion_counters"] = {
+            "steps": int(self._n_steps),
+            "skipped_batches": dict(self.skipped_batches),
+        }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         counters = checkpoint.get("mmfusion_counters") or {}

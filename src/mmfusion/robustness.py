@@ -75,8 +75,9 @@ def _mods(value: Any, modalities: tuple[str, ...]) -> list[str]:
 
 def conditions(suite: Mapping[str, Any], modalities: tuple[str, ...]) -> list[dict[str, Any]]:
     """The list of conditions: ``{"name", "family", "modality", "level", "kind", "mods"}``."""
-    out: list[dict[str, Any]] = [{"name": "clean", "family": "clean", "modality": "", "level": 0.0,
-                                  "kind": "none", "mods": []}]
+    out: list[dict[str, Any]] = [
+        {"name": "clean", "family": "clean", "modality": "", "level": 0.0, "kind": "none", "mods": []}
+    ]
     drop = suite.get("drop")
     if drop:
         if drop == "singles_and_pairs":
@@ -86,21 +87,49 @@ def conditions(suite: Mapping[str, Any], modalities: tuple[str, ...]) -> list[di
         for s in sets:
             for m in s:
                 if m not in modalities:
-                    raise ConfigError(f"eval.robustness.drop: unknown modality {m!r}; this model has {list(modalities)}")
-            out.append({"name": "drop_" + "+".join(s), "family": "drop", "modality": "+".join(s), "level": 1.0,
-                        "kind": "drop", "mods": s})
+                    raise ConfigError(
+                        f"eval.robustness.drop: unknown modality {m!r}; this model has {list(modalities)}"
+                    )
+            out.append(
+                {
+                    "name": "drop_" + "+".join(s),
+                    "family": "drop",
+                    "modality": "+".join(s),
+                    "level": 1.0,
+                    "kind": "drop",
+                    "mods": s,
+                }
+            )
     noise = suite.get("noise") or {}
     for m in _mods(noise.get("modalities"), modalities) if noise else []:
         if m not in modalities:
-            raise ConfigError(f"eval.robustness.noise: unknown modality {m!r}; this model has {list(modalities)}")
+            raise ConfigError(
+                f"eval.robustness.noise: unknown modality {m!r}; this model has {list(modalities)}"
+            )
         for lv in noise.get("levels", []):
-            out.append({"name": f"noise_{m}:{float(lv):g}", "family": f"noise_{m}", "modality": m,
-                        "level": float(lv), "kind": "noise", "mods": [m]})
+            out.append(
+                {
+                    "name": f"noise_{m}:{float(lv):g}",
+                    "family": f"noise_{m}",
+                    "modality": m,
+                    "level": float(lv),
+                    "kind": "noise",
+                    "mods": [m],
+                }
+            )
     miss = suite.get("missing_steps") or {}
     for m in (miss.get("modalities") or ["all"]) if miss else []:
         for r in miss.get("rates", []):
-            out.append({"name": f"missing_{m}:{float(r):g}", "family": f"missing_{m}", "modality": m,
-                        "level": float(r), "kind": "missing", "mods": [m]})
+            out.append(
+                {
+                    "name": f"missing_{m}:{float(r):g}",
+                    "family": f"missing_{m}",
+                    "modality": m,
+                    "level": float(r),
+                    "kind": "missing",
+                    "mods": [m],
+                }
+            )
     return out
 
 
@@ -112,6 +141,7 @@ class DropGate(nn.Module):
         super().__init__()
         self.drop = set(drop)
         self.inner = inner
+
     def forward(self, unimodal: dict[str, Tensor], batch: Mapping[str, Any]) -> GateOutput:
         scales: dict[str, Tensor] = {}
         extras: dict[str, Any] = {}
@@ -146,8 +176,9 @@ def unk_text(batch: Mapping[str, Any], unk_id: int) -> dict[str, Any]:
 
 # -- evaluation --------------------------------------------------------------------------------------------------
 @torch.no_grad()
-def evaluate_condition(module: Any, loader: Any, cond: Mapping[str, Any], drop_mode: str, seed: int,
-                       unk_id: int | None = None) -> dict[str, float]:
+def evaluate_condition(
+    module: Any, loader: Any, cond: Mapping[str, Any], drop_mode: str, seed: int, unk_id: int | None = None
+) -> dict[str, float]:
     """The task's metrics on the whole split under one condition (eval mode, no gradients)."""
     net = module.net
     mods = tuple(net.modalities)
@@ -171,12 +202,16 @@ def evaluate_condition(module: Any, loader: Any, cond: Mapping[str, Any], drop_m
             if cond["kind"] == "drop" and "text" in cond["mods"] and drop_mode != "representation":
                 if drop_mode == "unk":
                     if "tokens" not in batch:
-                        raise ConfigError("eval.drop_mode=unk needs a model that reads text as tokens (BERT); "
-                                          "this data has no batch['tokens']: use input or representation")
+                        raise ConfigError(
+                            "eval.drop_mode=unk needs a model that reads text as tokens (BERT); "
+                            "this data has no batch['tokens']: use input or representation"
+                        )
                     batch = unk_text(batch, int(unk_id))
                 elif "tokens" in batch:
-                    raise ConfigError("eval.drop_mode=input zeroes text FEATURES, which this BERT model does not "
-                                      "read (it reads batch['tokens']); use eval.drop_mode=unk or representation")
+                    raise ConfigError(
+                        "eval.drop_mode=input zeroes text FEATURES, which this BERT model does not "
+                        "read (it reads batch['tokens']); use eval.drop_mode=unk or representation"
+                    )
             if spec:
                 g = torch.Generator().manual_seed(seed * 100_003 + batch_idx)
                 batch = corruption.apply(batch, spec, mods, g)
@@ -234,8 +269,13 @@ def plot_curves(curv: dict[str, dict[str, Any]], key: str, out_dir: Path, title:
         fig, ax = plt.subplots(figsize=(4.5, 3.2))
         for fam in fams:
             c = curv[fam]
-            ax.plot(c["levels"], c["metrics"][key], marker="o", ms=3,
-                    label=f"{fam.split('_', 1)[1]} (AUC {c['auc_norm'][key]:.3f})")
+            ax.plot(
+                c["levels"],
+                c["metrics"][key],
+                marker="o",
+                ms=3,
+                label=f"{fam.split('_', 1)[1]} (AUC {c['auc_norm'][key]:.3f})",
+            )
         ax.set_xlabel("noise level (x feature std)" if kind == "noise" else "missing-step rate")
         ax.set_ylabel(key)
         ax.set_title(title or f"{key} under {kind}")
@@ -248,9 +288,16 @@ def plot_curves(curv: dict[str, dict[str, Any]], key: str, out_dir: Path, title:
     return paths
 
 
-def run_suite(module: Any, datamodule: Any, suite: Mapping[str, Any], drop_mode: str = "input",
-              split: str = "test", seed: int = 0, out_dir: str | Path | None = None,
-              loggers: list[Any] | None = None) -> dict[str, Any]:
+def run_suite(
+    module: Any,
+    datamodule: Any,
+    suite: Mapping[str, Any],
+    drop_mode: str = "input",
+    split: str = "test",
+    seed: int = 0,
+    out_dir: str | Path | None = None,
+    loggers: list[Any] | None = None,
+) -> dict[str, Any]:
     """Evaluate every condition of ``suite``; write JSON/CSV/PNG to ``out_dir``; log to ``loggers``."""
     if drop_mode not in DROP_MODES:
         raise ConfigError(f"eval.drop_mode must be one of {DROP_MODES}, got {drop_mode!r}")
@@ -274,16 +321,30 @@ def run_suite(module: Any, datamodule: Any, suite: Mapping[str, Any], drop_mode:
         log.info("%-22s %s", cond["name"], "  ".join(f"{k}={metrics[k]:.4f}" for k in keys if k in metrics))
     curv = curves(rows, keys)
     primary = task.monitor.split("/", 1)[-1]
-    result = {"split": split, "drop_mode": drop_mode, "primary_metric": primary, "keys": keys, "rows": rows,
-              "curves": curv}
+    result = {
+        "split": split,
+        "drop_mode": drop_mode,
+        "primary_metric": primary,
+        "keys": keys,
+        "rows": rows,
+        "curves": curv,
+    }
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         save_json(out / "robustness.json", result)
-        write_csv(out / "robustness.csv", [{k: r[k] for k in ("name", "family", "modality", "level")} | r["metrics"]
-                                           for r in rows])
-        write_csv(out / "robustness_auc.csv", [{"family": f, "metric": k, "auc": c["auc"][k],
-                                                "auc_norm": c["auc_norm"][k]} for f, c in curv.items() for k in keys])
+        write_csv(
+            out / "robustness.csv",
+            [{k: r[k] for k in ("name", "family", "modality", "level")} | r["metrics"] for r in rows],
+        )
+        write_csv(
+            out / "robustness_auc.csv",
+            [
+                {"family": f, "metric": k, "auc": c["auc"][k], "auc_norm": c["auc_norm"][k]}
+                for f, c in curv.items()
+                for k in keys
+            ],
+        )
         result["figures"] = [str(p) for p in plot_curves(curv, primary, out)]
     if loggers:
         log_results(result, loggers)
@@ -292,7 +353,9 @@ def run_suite(module: Any, datamodule: Any, suite: Mapping[str, Any], drop_mode:
 
 def log_results(result: Mapping[str, Any], loggers: list[Any]) -> None:
     flat = {f"robust/{r['name']}/{k}": v for r in result["rows"] for k, v in r["metrics"].items()}
-    flat.update({f"robust_auc/{fam}/{k}": v for fam, c in result["curves"].items() for k, v in c["auc_norm"].items()})
+    flat.update(
+        {f"robust_auc/{fam}/{k}": v for fam, c in result["curves"].items() for k, v in c["auc_norm"].items()}
+    )
     for lg in loggers:
         lg.log_metrics(flat, step=0)
         kind = type(lg).__name__
@@ -302,9 +365,14 @@ def log_results(result: Mapping[str, Any], loggers: list[Any]) -> None:
                 import wandb
 
                 lg.experiment.log({name: wandb.Image(p)})
-                lg.experiment.log({"robustness_table": wandb.Table(
-                    columns=["name", *result["rows"][0]["metrics"].keys()],
-                    data=[[r["name"], *r["metrics"].values()] for r in result["rows"]])})
+                lg.experiment.log(
+                    {
+                        "robustness_table": wandb.Table(
+                            columns=["name", *result["rows"][0]["metrics"].keys()],
+                            data=[[r["name"], *r["metrics"].values()] for r in result["rows"]],
+                        )
+                    }
+                )
             elif kind == "TensorBoardLogger":
                 import matplotlib.image as mpimg
 
@@ -333,9 +401,16 @@ def evaluate_suite(cfg: DictConfig) -> dict[str, Any]:
     module.load_state_dict(ck["state_dict"])
     module.to(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     loggers = list(instantiate_dict(cfg.get("logger")).values())
-    result = run_suite(module, dm, suite, drop_mode=str(ev.get("drop_mode", "input")),
-                       split=str(cfg.get("split", "test")), seed=int(ev.get("corruption_seed", 0)),
-                       out_dir=cfg.paths.output_dir, loggers=loggers)
+    result = run_suite(
+        module,
+        dm,
+        suite,
+        drop_mode=str(ev.get("drop_mode", "input")),
+        split=str(cfg.get("split", "test")),
+        seed=int(ev.get("corruption_seed", 0)),
+        out_dir=cfg.paths.output_dir,
+        loggers=loggers,
+    )
     result["ckpt_path"] = str(cfg.ckpt_path)
     result["suite"] = suite
     save_json(Path(cfg.paths.output_dir) / "robustness.json", result)  # with the checkpoint and the suite
@@ -346,7 +421,9 @@ def print_table(result: Mapping[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    keys = [k for k in result.get("keys", []) if k in result["rows"][0]["metrics"]][:6] or list(result["rows"][0]["metrics"])
+    keys = [k for k in result.get("keys", []) if k in result["rows"][0]["metrics"]][:6] or list(
+        result["rows"][0]["metrics"]
+    )
     t = Table(title=f"Robustness ({result['split']} split, drop_mode={result['drop_mode']})")
     for k in ["condition", *keys]:
         t.add_column(k, justify="left" if k == "condition" else "right")

@@ -64,8 +64,16 @@ class SentimentRegression(Task):
         return sentiment_metrics(prediction.reshape(-1), target.reshape(-1))
 
     def summary_keys(self) -> list[str]:
-        return ["MAE", "Corr", "Mult_acc_7", "Mult_acc_5", "Has0_acc_2", "Has0_F1_score", "Non0_acc_2",
-                "Non0_F1_score"]
+        return [
+            "MAE",
+            "Corr",
+            "Mult_acc_7",
+            "Mult_acc_5",
+            "Has0_acc_2",
+            "Has0_F1_score",
+            "Non0_acc_2",
+            "Non0_F1_score",
+        ]
 
 
 class BinaryClassification(Task):

@@ -36,8 +36,13 @@ class VQATask(Task):
 
     name = "vqa"
 
-    def __init__(self, num_answers: int = 1, answer_types: Sequence[str] | None = None,
-                 monitor: str = "val/vqa_acc", mode: str = "max") -> None:
+    def __init__(
+        self,
+        num_answers: int = 1,
+        answer_types: Sequence[str] | None = None,
+        monitor: str = "val/vqa_acc",
+        mode: str = "max",
+    ) -> None:
         super().__init__(monitor, mode)
         if num_answers < 1:
             raise ConfigError(f"task.num_answers must be >= 1, got {num_answers}")
@@ -55,8 +60,10 @@ class VQATask(Task):
 
     def loss(self, prediction: Tensor, target: Tensor) -> Tensor:
         if prediction.shape != target.shape:
-            raise ConfigError(f"VQATask: prediction {tuple(prediction.shape)} and soft scores "
-                              f"{tuple(target.shape)} differ (answer vocabulary size vs model output_dim)")
+            raise ConfigError(
+                f"VQATask: prediction {tuple(prediction.shape)} and soft scores "
+                f"{tuple(target.shape)} differ (answer vocabulary size vs model output_dim)"
+            )
         bce = F.binary_cross_entropy_with_logits(prediction.float(), target.float(), reduction="sum")
         return bce / prediction.shape[0]
 

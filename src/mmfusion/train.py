@@ -40,17 +40,24 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     module = build_module(cfg, dm)
     ckpt_path = runtime.resolve_ckpt_path(cfg.get("ckpt_path"), cfg)
     continue_wandb_run(cfg, ckpt_path)  # resume: same W&B run (id saved next to the checkpoint)
-    callbacks = [DivergenceGuard(), *instantiate_dict(cfg.get("callbacks")).values()]  # NaN loss/metric: error
+    callbacks = [
+        DivergenceGuard(),
+        *instantiate_dict(cfg.get("callbacks")).values(),
+    ]  # NaN loss/metric: error
     loggers = list(instantiate_dict(cfg.get("logger")).values())
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     runtime.log_run_info(trainer, module, cfg)
 
     if cfg.get("train", True):
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
-        save_learning_curve(trainer, Path(cfg.paths.output_dir) / "learning_curve.png")  # from csv/metrics.csv
+        save_learning_curve(
+            trainer, Path(cfg.paths.output_dir) / "learning_curve.png"
+        )  # from csv/metrics.csv
     ckpt_cb = trainer.checkpoint_callback
     monitor = getattr(ckpt_cb, "monitor", None)
-    selection = f"{monitor} ({getattr(ckpt_cb, 'mode', '')})" if monitor else "last epoch (no monitored checkpoint)"
+    selection = (
+        f"{monitor} ({getattr(ckpt_cb, 'mode', '')})" if monitor else "last epoch (no monitored checkpoint)"
+    )
     result: dict[str, Any] = {"selection": selection}
     best = ckpt_cb.best_model_path if ckpt_cb else ""
     if cfg.get("train", True):

@@ -38,8 +38,9 @@ class StepResult:
     logs: dict[str, Any] = field(default_factory=dict)
 
 
-def active_plugins(plugins: Mapping[str, Plugin], batch: Batch,
-                   skipped: MutableMapping[str, int] | None = None) -> dict[str, Plugin]:
+def active_plugins(
+    plugins: Mapping[str, Plugin], batch: Batch, skipped: MutableMapping[str, int] | None = None
+) -> dict[str, Plugin]:
     """The plug-ins whose term can be formed on ``batch`` (``len >= min_batch_size``); the others are counted in
     ``skipped`` (cumulative, per plug-in name)."""
     n = int(batch["y"].shape[0])
@@ -52,7 +53,9 @@ def active_plugins(plugins: Mapping[str, Plugin], batch: Batch,
     return active
 
 
-def clip_by(grad_clip_val: float | None, algorithm: str = "norm") -> Callable[[torch.optim.Optimizer], None] | None:
+def clip_by(
+    grad_clip_val: float | None, algorithm: str = "norm"
+) -> Callable[[torch.optim.Optimizer], None] | None:
     """A clipping function on an optimiser's parameters (by norm or value); ``None`` when clipping is off."""
     if not grad_clip_val:
         return None

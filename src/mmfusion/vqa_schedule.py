@@ -22,10 +22,14 @@ from mmfusion.errors import ConfigError
 class WarmupStepDecay:
     """Picklable factor ``f(epoch)`` (0-based) for :class:`~torch.optim.lr_scheduler.LambdaLR`."""
 
-    def __init__(self, warmup_epochs: int = 3, decay_epochs: Sequence[int] = (10, 12), decay_rate: float = 0.2) -> None:
+    def __init__(
+        self, warmup_epochs: int = 3, decay_epochs: Sequence[int] = (10, 12), decay_rate: float = 0.2
+    ) -> None:
         if warmup_epochs < 0 or not 0.0 < decay_rate <= 1.0:
-            raise ConfigError(f"WarmupStepDecay: need warmup_epochs >= 0 and 0 < decay_rate <= 1, got "
-                              f"{warmup_epochs}, {decay_rate}")
+            raise ConfigError(
+                f"WarmupStepDecay: need warmup_epochs >= 0 and 0 < decay_rate <= 1, got "
+                f"{warmup_epochs}, {decay_rate}"
+            )
         self.warmup_epochs = int(warmup_epochs)
         self.decay_epochs = tuple(int(e) for e in decay_epochs)
         self.decay_rate = float(decay_rate)
@@ -36,7 +40,11 @@ class WarmupStepDecay:
         return warm * self.decay_rate**n_decays
 
 
-def mcan_scheduler(optimizer: torch.optim.Optimizer, warmup_epochs: int = 3, decay_epochs: Sequence[int] = (10, 12),
-                   decay_rate: float = 0.2) -> LambdaLR:
+def mcan_scheduler(
+    optimizer: torch.optim.Optimizer,
+    warmup_epochs: int = 3,
+    decay_epochs: Sequence[int] = (10, 12),
+    decay_rate: float = 0.2,
+) -> LambdaLR:
     """``LambdaLR`` with :class:`WarmupStepDecay` (per-epoch stepping)."""
     return LambdaLR(optimizer, WarmupStepDecay(warmup_epochs, decay_epochs, decay_rate))

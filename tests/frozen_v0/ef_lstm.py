@@ -53,13 +53,18 @@ class EFLSTM(FusionModel):
         self.unimodal_dims = {m: (proj_dim or d) for m, d in input_dims.items()}
         self.input_dropout = nn.Dropout(input_dropout)
         self.lstm = nn.LSTM(
-            sum(self.unimodal_dims.values()), hidden, num_layers=num_layers, batch_first=True,
+            sum(self.unimodal_dims.values()),
+            hidden,
+            num_layers=num_layers,
+            batch_first=True,
             dropout=dropout if num_layers > 1 else 0.0,
         )
         self.fused_dim = hidden
         if pooling == "attention":
             self.pools["time"] = DiscreteAttentionPool(hidden, out_dim=hidden)
-        self.head = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, output_dim))
+        self.head = nn.Sequential(
+            nn.Linear(hidden, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, output_dim)
+        )
 
     def encode(self, batch: Batch) -> Encoded:
         seqs, unimodal, lens = {}, {}, {}

@@ -45,7 +45,9 @@ class LowRankFusion(nn.Module):
         if rank < 1:
             raise ConfigError(f"model.rank must be >= 1, got {rank}")
         self.rank, self.out_dim = int(rank), int(out_dim)
-        self.factors = nn.ParameterDict({m: nn.Parameter(torch.empty(rank, d + 1, out_dim)) for m, d in dims.items()})
+        self.factors = nn.ParameterDict(
+            {m: nn.Parameter(torch.empty(rank, d + 1, out_dim)) for m, d in dims.items()}
+        )
         self.fusion_weights = nn.Parameter(torch.empty(1, rank))
         self.fusion_bias = nn.Parameter(torch.zeros(1, out_dim))
         for p in self.factors.values():
@@ -86,8 +88,11 @@ class LFN(FusionModel):
         self.unimodal_dims = dict(self.encoders.out_dims)
         self.fused_dim = int(fusion_dim) if fusion_dim else int(output_dim)
         self.fusion = LowRankFusion(self.unimodal_dims, rank, self.fused_dim)
-        self.head = (nn.Sequential(nn.Dropout(post_fusion_dropout), nn.Linear(self.fused_dim, output_dim))
-                     if fusion_dim else nn.Identity())
+        self.head = (
+            nn.Sequential(nn.Dropout(post_fusion_dropout), nn.Linear(self.fused_dim, output_dim))
+            if fusion_dim
+            else nn.Identity()
+        )
 
     def encode(self, batch: Batch) -> Encoded:
         return Encoded(unimodal=self.encoders(batch))

@@ -41,14 +41,18 @@ from .subnets import as_sequence, per_modality
 
 
 def mlp2(in_dim: int, hidden: int, out_dim: int, dropout: float) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, out_dim))
+    return nn.Sequential(
+        nn.Linear(in_dim, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, out_dim)
+    )
 
 
 def lstm_cell_states(lstm: nn.LSTM, x: Tensor, h: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
     """Forget gates ``f`` and inputs ``i*g`` of a 1-layer ``lstm`` at every step, from its inputs ``x`` (B,T,D)
     and hidden outputs ``h`` (B,T,H); on padded steps ``f = 1, i*g = 0`` so the cell state is carried."""
     h_prev = F.pad(h[:, :-1], (0, 0, 1, 0))
-    gates = F.linear(x, lstm.weight_ih_l0, lstm.bias_ih_l0) + F.linear(h_prev, lstm.weight_hh_l0, lstm.bias_hh_l0)
+    gates = F.linear(x, lstm.weight_ih_l0, lstm.bias_ih_l0) + F.linear(
+        h_prev, lstm.weight_hh_l0, lstm.bias_hh_l0
+    )
     i, f, g, _ = gates.chunk(4, dim=-1)
     v = valid[..., None]
     ig = torch.sigmoid(i) * torch.tanh(g) * v
@@ -93,8 +97,16 @@ def cell_scan(f: Tensor, ig: Tensor) -> Tensor:
 
 
 def memory_scan(
-    pre: Tensor, chat: Tensor, valid: Tensor | None, w_mem: Tensor, split: int,
-    g1_out: nn.Linear, g2_out: nn.Linear, p1: float, p2: float, training: bool,
+    pre: Tensor,
+    chat: Tensor,
+    valid: Tensor | None,
+    w_mem: Tensor,
+    split: int,
+    g1_out: nn.Linear,
+    g2_out: nn.Linear,
+    p1: float,
+    p2: float,
+    training: bool,
 ) -> Tensor:
     """The per-step part of the multi-view gated memory.
 
@@ -103,7 +115,10 @@ def memory_scan(
     weights on ``u_{t-1}`` (None-equivalent zeros when the gates do not see the memory).
     """
     u = torch.zeros_like(chat[0])
-    pre_t, chat_t = pre.unbind(0), chat.unbind(0)  # one stack in backward, not a zero-filled gradient per step
+    pre_t, chat_t = (
+        pre.unbind(0),
+        chat.unbind(0),
+    )  # one stack in backward, not a zero-filled gradient per step
     valid_t = valid.unbind(0) if valid is not None else None
     w_t = w_mem.t() if w_mem is not None else None
     for t in range(len(pre_t)):
@@ -150,7 +165,9 @@ class MFN(FusionModel):
         if lstm not in ("loop", "fused"):
             raise ConfigError(f"model.lstm must be 'loop' or 'fused'; got {lstm!r}")
         self.lstm_impl = lstm
-        self.lstms = nn.ModuleDict({m: nn.LSTM(input_dims[m], hid[m], batch_first=True) for m in self.modalities})
+        self.lstms = nn.ModuleDict(
+            {m: nn.LSTM(input_dims[m], hid[m], batch_first=True) for m in self.modalities}
+        )
         self.state_dim = sum(hid.values())
         self.window, self.mem_dim = int(window), int(mem_dim)
         self.gates_see_memory = bool(gates_see_memory)
@@ -161,8 +178,12 @@ class MFN(FusionModel):
         self.gamma1 = mlp2(gin, gamma1_hidden, self.mem_dim, gamma1_dropout)  # D_g1 on [c^; u_{t-1}]
         self.gamma2 = mlp2(gin, gamma2_hidden, self.mem_dim, gamma2_dropout)  # D_g2
         self.fused_dim = self.state_dim + self.mem_dim
-        self.head = nn.Sequential(nn.Linear(self.fused_dim, out_hidden), nn.ReLU(), nn.Dropout(out_dropout),
-                                  nn.Linear(out_hidden, output_dim))
+        self.head = nn.Sequential(
+            nn.Linear(self.fused_dim, out_hidden),
+            nn.ReLU(),
+            nn.Dropout(out_dropout),
+            nn.Linear(out_hidden, output_dim),
+        )
         self._scan = torch.compile(memory_scan, dynamic=False) if compile else memory_scan
 
     # -- System of LSTMs ------------------------------------------------------------------------------------------
@@ -170,14 +191,20 @@ class MFN(FusionModel):
         xs = {m: as_sequence(batch["x"][m]) for m in self.modalities}
         steps = {m: x.shape[1] for m, x in xs.items()}
         if len(set(steps.values())) != 1:
-            raise DataError(f"MFN needs word-aligned sequences (the same T for every modality); got T = {steps}")
+            raise DataError(
+                f"MFN needs word-aligned sequences (the same T for every modality); got T = {steps}"
+            )
         t = next(iter(steps.values()))
         lens = {m: lengths_of(batch, m, xs[m]) for m in self.modalities}
         valids = [length_mask(lens[m], t) for m in self.modalities]
         valid_any = torch.stack(valids).any(0)
         if self.lstm_impl == "loop":
-            hs, cells = lstm_loop([self.lstms[m] for m in self.modalities], [xs[m] for m in self.modalities], valids)
-            return Encoded(unimodal=dict(zip(self.modalities, hs)), state={"cells": cells, "valid": valid_any})
+            hs, cells = lstm_loop(
+                [self.lstms[m] for m in self.modalities], [xs[m] for m in self.modalities], valids
+            )
+            return Encoded(
+                unimodal=dict(zip(self.modalities, hs)), state={"cells": cells, "valid": valid_any}
+            )
         unimodal, fs, igs = {}, [], []
         for m, valid in zip(self.modalities, valids):
             h_seq, h_last = run_lstm(self.lstms[m], xs[m], lens[m])
@@ -194,8 +221,15 @@ class MFN(FusionModel):
         b, t, s = cells.shape
         scales = state.get("gate_scales")
         if scales:
-            col = torch.cat([scales[m].reshape(b, 1).to(cells.dtype).expand(b, self.unimodal_dims[m])
-                             if m in scales else cells.new_ones(b, self.unimodal_dims[m]) for m in self.modalities], 1)
+            col = torch.cat(
+                [
+                    scales[m].reshape(b, 1).to(cells.dtype).expand(b, self.unimodal_dims[m])
+                    if m in scales
+                    else cells.new_ones(b, self.unimodal_dims[m])
+                    for m in self.modalities
+                ],
+                1,
+            )
             cells = cells * col[:, None, :]
         # c* over the window, oldest first: [c_{t-w+1}; ...; c_t]
         cstar = torch.cat([F.pad(cells, (0, 0, k, 0))[:, :t] for k in range(self.window - 1, -1, -1)], dim=-1)
@@ -209,6 +243,16 @@ class MFN(FusionModel):
         w_mem = torch.cat([g1_in.weight[:, cd:], g2_in.weight[:, cd:]], 0) if self.gates_see_memory else None
         valid = state["valid"]
         valid_t = None if bool(valid.all()) else valid.transpose(0, 1)[..., None]
-        u = self._scan(pre, chat.transpose(0, 1), valid_t, w_mem, g1_in.out_features,
-                       self.gamma1[3], self.gamma2[3], self.gamma1[2].p, self.gamma2[2].p, self.training)
+        u = self._scan(
+            pre,
+            chat.transpose(0, 1),
+            valid_t,
+            w_mem,
+            g1_in.out_features,
+            self.gamma1[3],
+            self.gamma2[3],
+            self.gamma1[2].p,
+            self.gamma2[2].p,
+            self.training,
+        )
         return torch.cat([unimodal[m] for m in self.modalities] + [u], dim=-1)

@@ -40,8 +40,12 @@ def per_modality(value: float | int | Mapping[str, float | int], modalities: Seq
     return {m: value for m in modalities}
 
 
-def encoder_hidden(modalities: Sequence[str], hidden: int | Mapping[str, int], text_hidden: int,
-                   sequence_modalities: Sequence[str]) -> dict[str, int]:
+def encoder_hidden(
+    modalities: Sequence[str],
+    hidden: int | Mapping[str, int],
+    text_hidden: int,
+    sequence_modalities: Sequence[str],
+) -> dict[str, int]:
     """Hidden size per modality: ``hidden`` (int or mapping) for the vector sub-networks, ``text_hidden`` for the
     LSTM sub-networks unless ``hidden`` names them explicitly."""
     out = {}
@@ -68,7 +72,11 @@ class SubNet(nn.Module):
         self.norm = nn.BatchNorm1d(in_dim)
         self.drop = nn.Dropout(dropout)
         self.layers = nn.Sequential(
-            nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, hidden),
+            nn.Linear(in_dim, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, hidden),
             nn.ReLU(),
         )
 
@@ -87,8 +95,13 @@ class TextSubNet(nn.Module):
 
     def __init__(self, in_dim: int, hidden: int, out_dim: int, dropout: float, num_layers: int = 1) -> None:
         super().__init__()
-        self.lstm = nn.LSTM(in_dim, hidden, num_layers=num_layers, batch_first=True,
-                            dropout=dropout if num_layers > 1 else 0.0)
+        self.lstm = nn.LSTM(
+            in_dim,
+            hidden,
+            num_layers=num_layers,
+            batch_first=True,
+            dropout=dropout if num_layers > 1 else 0.0,
+        )
         self.drop = nn.Dropout(dropout)
         self.out = nn.Linear(hidden, out_dim)
 
@@ -208,23 +221,44 @@ class PostFusionMLP(nn.Module):
     largest tensors of the step) run as :class:`_DropoutLinear`: the same numbers and generator draws as ``net``
     (tested), faster (docs/benchmarks_models.md); elsewhere (eval, CUDA, autocast) ``net`` runs as is."""
 
-    def __init__(self, in_dim: int, hidden: int, out_dim: int, dropout: float,
-                 output_range: Sequence[float] | None = None) -> None:
+    def __init__(
+        self,
+        in_dim: int,
+        hidden: int,
+        out_dim: int,
+        dropout: float,
+        output_range: Sequence[float] | None = None,
+    ) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Dropout(dropout), nn.Linear(in_dim, hidden), nn.ReLU(),
-                                 nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, out_dim))
+        self.net = nn.Sequential(
+            nn.Dropout(dropout),
+            nn.Linear(in_dim, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, out_dim),
+        )
         if output_range is not None:
             if len(output_range) != 2 or not output_range[0] < output_range[1] or out_dim != 1:
-                raise ConfigError(f"model.output_range must be [low, high] with low < high for a single regression "
-                                  f"output; got {list(output_range)} with output_dim={out_dim}")
+                raise ConfigError(
+                    f"model.output_range must be [low, high] with low < high for a single regression "
+                    f"output; got {list(output_range)} with output_dim={out_dim}"
+                )
             self.register_buffer("range_", torch.tensor([float(output_range[0]), float(output_range[1])]))
         else:
             self.range_ = None
 
     def _fast_path(self, x: Tensor) -> bool:
         p = self.net[0].p
-        return (self.training and 0.0 < p < 1.0 and x.dim() == 2 and x.numel() > 0 and x.device.type == "cpu"
-                and x.dtype in (torch.float32, torch.float64) and not torch.is_autocast_enabled("cpu"))
+        return (
+            self.training
+            and 0.0 < p < 1.0
+            and x.dim() == 2
+            and x.numel() > 0
+            and x.device.type == "cpu"
+            and x.dtype in (torch.float32, torch.float64)
+            and not torch.is_autocast_enabled("cpu")
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         if self._fast_path(x):

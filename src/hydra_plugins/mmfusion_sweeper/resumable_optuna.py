@@ -64,8 +64,10 @@ def distribution(override: Override) -> Any:
     if override.is_range_sweep():
         start, stop, step = value.start, value.stop, value.step
         if any(isinstance(v, float) for v in (start, stop, step)):
-            raise ConfigError(f"hydra.sweeper.params.{key}: range() takes integers, got {override.input_line!r}; "
-                              "use interval(a,b) for a float range")
+            raise ConfigError(
+                f"hydra.sweeper.params.{key}: range() takes integers, got {override.input_line!r}; "
+                "use interval(a,b) for a float range"
+            )
         if value.shuffle:
             return CategoricalDistribution(list(override.sweep_iterator(transformer=Transformer.encode)))
         return IntDistribution(int(start), int(stop) - int(step), step=int(step))  # Python's exclusive stop
@@ -74,7 +76,9 @@ def distribution(override: Override) -> Any:
         if isinstance(value.start, int) and isinstance(value.end, int):
             return IntDistribution(int(value.start), int(value.end), log=log_scale)
         return FloatDistribution(float(value.start), float(value.end), log=log_scale)
-    raise ConfigError(f"hydra.sweeper.params.{key}: {override.input_line!r} is not a search space Optuna can sample")
+    raise ConfigError(
+        f"hydra.sweeper.params.{key}: {override.input_line!r} is not a search space Optuna can sample"
+    )
 
 
 def _key(override: Override) -> str:
@@ -129,16 +133,19 @@ def fail_stale_trials(study: Any) -> int:
         study.tell(t.number, state=optuna.trial.TrialState.FAIL)
         if t.params:
             study.enqueue_trial(dict(t.params), user_attrs={"mmf_redo_of": t.number})
-        log.warning("trial %d was left RUNNING by a killed sweep: marked failed, its parameters are redone",
-                    t.number)
+        log.warning(
+            "trial %d was left RUNNING by a killed sweep: marked failed, its parameters are redone", t.number
+        )
         n += 1
     return n
 
 
 def finished_trials(study: Any) -> int:
     """Finished trials that count towards ``n_trials`` (complete, pruned, failed; not the stale ones)."""
-    return sum(t.state.name in FINISHED and not t.system_attrs.get(STALE_ATTR)
-               for t in study.get_trials(deepcopy=False))
+    return sum(
+        t.state.name in FINISHED and not t.system_attrs.get(STALE_ATTR)
+        for t in study.get_trials(deepcopy=False)
+    )
 
 
 def best_line(study: Any, metric: str) -> str:
@@ -155,10 +162,21 @@ def best_line(study: Any, metric: str) -> str:
 class ResumableOptunaSweeper(Sweeper):
     """Hydra sweeper running an Optuna study (see module doc). Args mirror configs/hydra/sweeper/mmf_optuna.yaml."""
 
-    def __init__(self, sampler: Any = None, pruner: Any = None, direction: str = "minimize",
-                 study_name: str | None = None, storage: str | None = None, n_trials: int = 20, n_jobs: int = 1,
-                 max_failure_rate: float = 1.0, params: Any = None, params_by_choice: Any = None,
-                 search_name: str | None = None, metric: str | None = None) -> None:
+    def __init__(
+        self,
+        sampler: Any = None,
+        pruner: Any = None,
+        direction: str = "minimize",
+        study_name: str | None = None,
+        storage: str | None = None,
+        n_trials: int = 20,
+        n_jobs: int = 1,
+        max_failure_rate: float = 1.0,
+        params: Any = None,
+        params_by_choice: Any = None,
+        search_name: str | None = None,
+        metric: str | None = None,
+    ) -> None:
         self.sampler_cfg, self.pruner_cfg = sampler, pruner
         self.direction = str(direction)
         self.study_name, self.storage = study_name, storage
@@ -173,8 +191,9 @@ class ResumableOptunaSweeper(Sweeper):
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.hydra_context, self.config = hydra_context, config
-        self.launcher = Plugins.instance().instantiate_launcher(hydra_context=hydra_context,
-                                                                task_function=task_function, config=config)
+        self.launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=hydra_context, task_function=task_function, config=config
+        )
 
     def sweep(self, arguments: list[str]) -> Any:
         try:
@@ -196,8 +215,12 @@ class ResumableOptunaSweeper(Sweeper):
             if extra:
                 cfg_params.update(dict(extra))
             elif by_option:
-                log.info("params_by_choice.%s has no entry for %s=%s: only the common params are searched",
-                         group, group, opt)
+                log.info(
+                    "params_by_choice.%s has no entry for %s=%s: only the common params are searched",
+                    group,
+                    group,
+                    opt,
+                )
         space: dict[str, Any] = {}
         for o in parser.parse_overrides([f"{k}={v}" for k, v in cfg_params.items()]):
             space[_key(o)] = distribution(o)
@@ -228,13 +251,17 @@ class ResumableOptunaSweeper(Sweeper):
             if OmegaConf.select(run_cfg, key, default=marker, throw_on_missing=False) is marker:
                 parent, _, leaf = key.rpartition(".")
                 node = OmegaConf.select(run_cfg, parent) if parent else run_cfg
-                near = difflib.get_close_matches(leaf, list(node.keys()) if isinstance(node, DictConfig) else [], n=1)
+                near = difflib.get_close_matches(
+                    leaf, list(node.keys()) if isinstance(node, DictConfig) else [], n=1
+                )
                 ch = self.config.hydra.runtime.choices
                 group = key.split(".")[0]
                 where = f" with {group}={_choice_value(ch, group)}" if _choice_value(ch, group) else ""
                 hint = f" (did you mean {parent + '.' if parent else ''}{near[0]}?)" if near else ""
-                raise ConfigError(f"hydra.sweeper.params: {key} is not a config key{where}{hint}; search it per "
-                                  f"option under hydra.sweeper.params_by_choice.{group}, or add it with +{key}")
+                raise ConfigError(
+                    f"hydra.sweeper.params: {key} is not a config key{where}{hint}; search it per "
+                    f"option under hydra.sweeper.params_by_choice.{group}, or add it with +{key}"
+                )
 
     def _make_study(self, name: str, dists: dict[str, Any]) -> Any:
         import optuna
@@ -247,15 +274,26 @@ class ResumableOptunaSweeper(Sweeper):
                 grid = {}
                 for k, d in dists.items():
                     if not isinstance(d, optuna.distributions.CategoricalDistribution):
-                        raise ConfigError(f"hydra.sweeper.params.{k}: the grid sampler needs choice(...) values, "
-                                          f"got {type(d).__name__}")
+                        raise ConfigError(
+                            f"hydra.sweeper.params.{k}: the grid sampler needs choice(...) values, "
+                            f"got {type(d).__name__}"
+                        )
                     grid[k] = list(d.choices)
                 scfg["search_space"] = grid
             sampler = instantiate(scfg)
-        pruner = instantiate(OmegaConf.to_container(OmegaConf.create(self.pruner_cfg), resolve=True)) \
-            if self.pruner_cfg else optuna.pruners.NopPruner()
-        return optuna.create_study(study_name=name, storage=self.storage, sampler=sampler, pruner=pruner,
-                                   direction=self.direction, load_if_exists=True)
+        pruner = (
+            instantiate(OmegaConf.to_container(OmegaConf.create(self.pruner_cfg), resolve=True))
+            if self.pruner_cfg
+            else optuna.pruners.NopPruner()
+        )
+        return optuna.create_study(
+            study_name=name,
+            storage=self.storage,
+            sampler=sampler,
+            pruner=pruner,
+            direction=self.direction,
+            load_if_exists=True,
+        )
 
     def _sweep(self, arguments: list[str]) -> Any:
         import optuna
@@ -279,7 +317,9 @@ class ResumableOptunaSweeper(Sweeper):
             target = len(grid)
         left = max(0, target - done)
         where = f" in {self.storage}" if self.storage else ""
-        print(f"[sweep] study {name}{where}: {done} finished trials, running {left} to reach n_trials={target}")
+        print(
+            f"[sweep] study {name}{where}: {done} finished trials, running {left} to reach n_trials={target}"
+        )
         in_process = type(self.launcher).__name__ == "BasicLauncher" and self.n_jobs == 1
         if self.pruner_cfg and not in_process:
             log.warning("pruning needs the basic launcher with n_jobs=1: trials run to the end")
@@ -314,8 +354,10 @@ class ResumableOptunaSweeper(Sweeper):
             returns.append(results)
             left -= batch_n
             if n_run and n_fail / n_run > self.max_failure_rate:
-                raise RuntimeError(f"study {name}: {n_fail} of {n_run} trials failed "
-                                   f"(> max_failure_rate={self.max_failure_rate})")
+                raise RuntimeError(
+                    f"study {name}: {n_fail} of {n_run} trials failed "
+                    f"(> max_failure_rate={self.max_failure_rate})"
+                )
         self._report(study, name, metric, sweep_dir)
         return returns
 
@@ -326,11 +368,19 @@ class ResumableOptunaSweeper(Sweeper):
         line = best_line(study, metric)
         print(f"[sweep] study {name} complete, {n} trials, {line}")
         done = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
-        out = {"study_name": name, "storage": self.storage, "n_trials": n, "direction": self.direction,
-               "metric": metric}
+        out = {
+            "study_name": name,
+            "storage": self.storage,
+            "n_trials": n,
+            "direction": self.direction,
+            "metric": metric,
+        }
         if done:
-            out.update(best_value=float(study.best_value), best_trial=int(study.best_trial.number),
-                       best_params=dict(study.best_params))
+            out.update(
+                best_value=float(study.best_value),
+                best_trial=int(study.best_trial.number),
+                best_params=dict(study.best_params),
+            )
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(OmegaConf.create(out), sweep_dir / "optimization_results.yaml")
 

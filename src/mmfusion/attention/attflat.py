@@ -35,8 +35,12 @@ class ScoreMLP(nn.Module):
 
     def __init__(self, in_dim: int, mid_dim: int, out_dim: int, dropout: float) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(in_dim, mid_dim), nn.ReLU(inplace=True), nn.Dropout(dropout),
-                                 nn.Linear(mid_dim, out_dim))
+        self.net = nn.Sequential(
+            nn.Linear(in_dim, mid_dim),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(mid_dim, out_dim),
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
@@ -50,8 +54,15 @@ class AttFlat(nn.Module):
     (B, L, G) weights of the last call (detached).
     """
 
-    def __init__(self, in_dim: int, mid_dim: int = 512, out_dim: int = 1024, glimpses: int = 1,
-                 dropout: float = 0.1, grid_shape: tuple[int, int] | None = None) -> None:
+    def __init__(
+        self,
+        in_dim: int,
+        mid_dim: int = 512,
+        out_dim: int = 1024,
+        glimpses: int = 1,
+        dropout: float = 0.1,
+        grid_shape: tuple[int, int] | None = None,
+    ) -> None:
         super().__init__()
         if glimpses < 1:
             raise ConfigError(f"AttFlat: glimpses must be >= 1, got {glimpses}")

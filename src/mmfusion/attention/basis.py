@@ -42,7 +42,9 @@ class GaussianBasis(nn.Module):
         """num/len(stds) centres on linspace(0, 1) for each std (quati's IMDB basis: stds 0.1 and 0.5)."""
         per = num // len(stds)
         if per * len(stds) != num or per < 1:
-            raise ConfigError(f"1-D basis: num_basis={num} must be a positive multiple of len(stds)={len(stds)}")
+            raise ConfigError(
+                f"1-D basis: num_basis={num} must be a positive multiple of len(stds)={len(stds)}"
+            )
         mu = torch.linspace(0, 1, per, dtype=torch.float64)
         centres = torch.cat([mu for _ in stds])
         variances = torch.cat([torch.full((per,), s * s, dtype=torch.float64) for s in stds])

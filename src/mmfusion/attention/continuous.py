@@ -54,8 +54,9 @@ def _gauss_legendre(n: int, lo: float, hi: float, like: Tensor) -> tuple[Tensor,
     return x, torch.as_tensor(0.5 * (hi - lo) * w, dtype=like.dtype, device=like.device)
 
 
-def interval_moments(m: Tensor, s: Tensor, lo: float, hi: float, flat_above: float = 1.0,
-                     gl_nodes: int = 24) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def interval_moments(
+    m: Tensor, s: Tensor, lo: float, hi: float, flat_above: float = 1.0, gl_nodes: int = 24
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """X_k = int_lo^hi x^k N(x; m, s^2) dx for k = 0..3 (elementwise).
 
     Closed form through the truncated standard-normal moments (notes sect. 3.5: M_1, M_2, M_3). Where the Gaussian
@@ -74,7 +75,7 @@ def interval_moments(m: Tensor, s: Tensor, lo: float, hi: float, flat_above: flo
     x0 = z0
     x1 = m * z0 + s * z1
     x2 = m * m * z0 + 2 * m * s * z1 + s * s * z2
-    x3 = m ** 3 * z0 + 3 * m * m * s * z1 + 3 * m * s * s * z2 + s ** 3 * z3
+    x3 = m**3 * z0 + 3 * m * m * s * z1 + 3 * m * s * s * z2 + s**3 * z3
     flat = s > flat_above * (hi - lo)
     if bool(flat.any()):
         idx = flat.nonzero(as_tuple=True)
@@ -84,7 +85,7 @@ def interval_moments(m: Tensor, s: Tensor, lo: float, hi: float, flat_above: flo
         outs = []
         for k, xk in enumerate((x0, x1, x2, x3)):
             xk = xk.clone()
-            xk[idx] = (dens * xn ** k).sum(-1)
+            xk[idx] = (dens * xn**k).sum(-1)
             outs.append(xk)
         x0, x1, x2, x3 = outs
     return x0, x1, x2, x3
@@ -167,7 +168,9 @@ class ContinuousSoftmax2d(Function):
         # Sigma^-1 C_2 Sigma^-1 = r (A^-1 d d^T A^-1 - A^-1)   (Eq. 3.20 with alpha = 1)
         gr = g * r
         grad_mu = torch.einsum("bn,bni->bi", gr, ad)
-        grad_sigma = 0.5 * (torch.einsum("bn,bni,bnj->bij", gr, ad, ad) - torch.einsum("bn,bnij->bij", gr, ainv))
+        grad_sigma = 0.5 * (
+            torch.einsum("bn,bni,bnj->bij", gr, ad, ad) - torch.einsum("bn,bnij->bij", gr, ainv)
+        )
         return grad_mu, grad_sigma, None, None
 
 
@@ -204,7 +207,9 @@ def _angle_features(mt: Tensor, prec: Tensor, detp: Tensor, n_angles: int) -> tu
     phv = 0.5 * torch.atan2(2 * s01, 2 * hd)
     v0, v1 = phv.cos(), phv.sin()
     xm = mt[..., 0] * v0 + mt[..., 1] * v1  # centre along the axis, measured from the foot of the origin
-    ps = mt[..., 1] * v0 - mt[..., 0] * v1  # signed distance of the axis from the origin (normal n = (-v1, v0))
+    ps = (
+        mt[..., 1] * v0 - mt[..., 0] * v1
+    )  # signed distance of the axis from the origin (normal n = (-v1, v0))
     p = ps.abs()
     h = (1 - p * p).clamp_min(0).sqrt()
     th_c = torch.atan2(mt[..., 1], mt[..., 0])
@@ -212,7 +217,9 @@ def _angle_features(mt: Tensor, prec: Tensor, detp: Tensor, n_angles: int) -> tu
     th_m = torch.atan2(ps * v0 - h * v1, -ps * v1 - h * v0)
     rho0 = mt.norm(dim=-1)
     e0, e1 = mt[..., 0] / rho0.clamp_min(tiny), mt[..., 1] / rho0.clamp_min(tiny)
-    sperp = torch.sqrt((p00 * e0 * e0 + 2 * p01 * e0 * e1 + p11 * e1 * e1) / detp)  # e^T Sigma~^-1 e / |Sigma~^-1|
+    sperp = torch.sqrt(
+        (p00 * e0 * e0 + 2 * p01 * e0 * e1 + p11 * e1 * e1) / detp
+    )  # e^T Sigma~^-1 e / |Sigma~^-1|
     w_c = torch.where(rho0 > 0, sperp / rho0.clamp(tiny, 1.0), torch.full_like(rho0, math.inf))
     w_x = ss / h.clamp_min(1e-3)
     log_min = math.log(_RELEVANCE_MIN)
@@ -319,7 +326,9 @@ def _place_nodes(mt: Tensor, prec: Tensor, detp: Tensor, n_angles: int) -> _Node
     delta = 0.5 * (lo + hi)
     # monotone: gamma_max + gamma_min D(separation / 2) <= 1 - margin (D decreasing on [0, pi])
     sep = torch.minimum(delta, 2 * math.pi - delta)
-    bound = torch.maximum(g0, g1) + torch.minimum(g0, g1) * _poisson((0.5 * sep).sin(), (0.5 * sep).cos(), r)[1]
+    bound = (
+        torch.maximum(g0, g1) + torch.minimum(g0, g1) * _poisson((0.5 * sep).sin(), (0.5 * sep).cos(), r)[1]
+    )
     scale = ((1 - _MONOTONE_MARGIN) / bound.clamp_min(torch.finfo(dt).tiny)).clamp_max(1.0)
     return _NodePlacement(theta0=th0, delta=delta, g0=g0 * scale, g1=g1 * scale, kappa=kappa, r=r)
 
@@ -338,11 +347,15 @@ def _evaluate_nodes(pl: _NodePlacement, n_angles: int) -> tuple[Tensor, Tensor, 
     su, cu = u.sin(), u.cos()
     a_u, d_u = _poisson(su, cu, r)  # A(u), D(u)
     sd, cd = delta.sin()[..., None], delta.cos()[..., None]
-    a_delta, _ = _poisson(sd, cd, r)  # A(Delta); psi(0) = 0: psi = u - c g0 A(u) - c g1 (A(u - Delta) + A(Delta))
+    a_delta, _ = _poisson(
+        sd, cd, r
+    )  # A(Delta); psi(0) = 0: psi = u - c g0 A(u) - c g1 (A(u - Delta) + A(Delta))
     sin_shift = (su * cd).addcmul_(cu, sd, value=-1)  # sin(u - Delta)
     cos_shift = (cu * cd).addcmul_(su, sd)  # cos(u - Delta)
     d_shift = (cos_shift * (-2 * r)).add_(1 + r * r).reciprocal_().mul_((1 - r) ** 2)  # D(u - Delta)
-    psi = sin_shift.mul_(r).atan2_(cos_shift.mul_(-r).add_(1)).mul_(2).add_(a_delta)  # A(u - Delta) + A(Delta)
+    psi = (
+        sin_shift.mul_(r).atan2_(cos_shift.mul_(-r).add_(1)).mul_(2).add_(a_delta)
+    )  # A(u - Delta) + A(Delta)
     del sin_shift  # its buffer is psi now
     psi.mul_(-cg1[..., None]).addcmul_(a_u, cg0[..., None], value=-1).add_(u)  # psi(u)
     # psi' = c (1 - g0 D(u) - g1 D(u - Delta)); weight = psi' kappa / (cos^2 psi + kappa^2 sin^2 psi) 2 pi / K
@@ -381,8 +394,9 @@ def _whiten(mu: Tensor, sigma: Tensor, centres: Tensor, covs: Tensor) -> tuple[T
     return c, c2, rinv, mt, prec, detp
 
 
-def _sparsemax2d_terms(mu: Tensor, sigma: Tensor, centres: Tensor, covs: Tensor, n_angles: int,
-                       adaptive: bool = True):
+def _sparsemax2d_terms(
+    mu: Tensor, sigma: Tensor, centres: Tensor, covs: Tensor, n_angles: int, adaptive: bool = True
+):
     """Whitened polar reduction of App. A.2 (Alg. 4) for the truncated paraboloid TP(mu, Sigma).
 
     Whitening s = Sigma^-1/2 (t - mu) / c maps the support to the unit disk and RBF j to N(mu~_j, Sigma~_j); in
@@ -399,11 +413,17 @@ def _sparsemax2d_terms(mu: Tensor, sigma: Tensor, centres: Tensor, covs: Tensor,
     if adaptive:
         a0, a1, w = _adaptive_angles(mt, prec, detp, n_angles)
     else:
-        u = 2 * math.pi * torch.arange(n_angles, dtype=mu.dtype, device=mu.device) / n_angles  # distinct nodes
+        u = (
+            2 * math.pi * torch.arange(n_angles, dtype=mu.dtype, device=mu.device) / n_angles
+        )  # distinct nodes
         a0, a1, w = u.cos(), u.sin(), torch.full_like(u, 2 * math.pi / n_angles)
     a0, a1 = a0.expand(*mt.shape[:-1], n_angles), a1.expand(*mt.shape[:-1], n_angles)  # (B, N, K)
     # (B, N, K) arithmetic in place where possible: every fresh buffer costs page faults on CPU
-    p00, p01, p11 = prec[..., 0, 0, None], 0.5 * (prec[..., 0, 1] + prec[..., 1, 0])[..., None], prec[..., 1, 1, None]
+    p00, p01, p11 = (
+        prec[..., 0, 0, None],
+        0.5 * (prec[..., 0, 1] + prec[..., 1, 0])[..., None],
+        prec[..., 1, 1, None],
+    )
     q = (a0 * a0).mul_(p00)  # a^T Sigma~^-1 a
     tmp = (a0 * a1).mul_(2 * p01)
     q.add_(tmp).add_(torch.mul(a1, a1, out=tmp).mul_(p11))
@@ -413,7 +433,9 @@ def _sparsemax2d_terms(mu: Tensor, sigma: Tensor, centres: Tensor, covs: Tensor,
     expo = torch.mul(a0, mt[..., 1, None], out=tmp).addcmul_(a1, mt[..., 0, None], value=-1).square_()
     expo.mul_(detp[..., None]).div_(q)
     sig2 = q.reciprocal_()
-    stl = (sig2 * (detp[..., None] / (2 * math.pi))).sqrt_().mul_(w).mul_(expo.mul_(-0.5).exp_())  # w * s~(theta)
+    stl = (
+        (sig2 * (detp[..., None] / (2 * math.pi))).sqrt_().mul_(w).mul_(expo.mul_(-0.5).exp_())
+    )  # w * s~(theta)
     x0, x1, x2, x3 = interval_moments(b.mul_(sig2), sig2.sqrt_(), 0.0, 1.0)
     return dict(c=c, c2=c2, rinv=rinv, stl=stl, x1=x1, x2=x2, x3=x3, a0=a0, a1=a1)
 
@@ -422,8 +444,9 @@ class ContinuousSparsemax2d(Function):
     """2-D truncated paraboloid TP(mu, Sigma) (Alg. 4, App. A.2): r_j = -lambda int s~(theta) (M_1 - M_3) dtheta."""
 
     @staticmethod
-    def forward(ctx, mu: Tensor, sigma: Tensor, centres: Tensor, covs: Tensor, n_angles: int,
-                adaptive: bool = True) -> Tensor:
+    def forward(
+        ctx, mu: Tensor, sigma: Tensor, centres: Tensor, covs: Tensor, n_angles: int, adaptive: bool = True
+    ) -> Tensor:
         t = _sparsemax2d_terms(mu, sigma, centres, covs, n_angles, adaptive)
         stl, a0, a1 = t["stl"], t["a0"], t["a1"]
         dot = lambda x, y: torch.einsum("bnk,bnk->bn", x, y)  # noqa: E731  (batched dot, no (B, N, K) temporary)
@@ -433,7 +456,9 @@ class ContinuousSparsemax2d(Function):
         v2 = stl.mul_(t["x2"])
         t2 = torch.stack([dot(v2, a0), dot(v2, a1)], -1)  # whitened int_S s psi_j    (B, N, 2)
         v3a0 = v3 * a0
-        t3 = torch.stack([dot(v3a0, a0), dot(v3a0, a1), dot(v3.mul_(a1), a1)], -1)  # whitened int_S s s^T psi_j
+        t3 = torch.stack(
+            [dot(v3a0, a0), dot(v3a0, a1), dot(v3.mul_(a1), a1)], -1
+        )  # whitened int_S s s^T psi_j
         ctx.save_for_backward(t["c"], t["c2"], t["rinv"], t1, t2, t3)
         return r
 
@@ -446,7 +471,9 @@ class ContinuousSparsemax2d(Function):
         grad_mu = c[:, None] * torch.einsum("bij,bj->bi", rinv, g2)
         g3 = torch.einsum("bn,bnk->bk", g, t3)
         g1 = (g * t1).sum(-1) / 4.0
-        m = torch.stack([torch.stack([g3[:, 0] - g1, g3[:, 1]], -1), torch.stack([g3[:, 1], g3[:, 2] - g1], -1)], -2)
+        m = torch.stack(
+            [torch.stack([g3[:, 0] - g1, g3[:, 1]], -1), torch.stack([g3[:, 1], g3[:, 2] - g1], -1)], -2
+        )
         grad_sigma = 0.5 * c2[:, None, None] * (rinv @ m @ rinv)
         return grad_mu, grad_sigma, None, None, None, None
 
@@ -460,8 +487,9 @@ def continuous_softmax(mu: Tensor, sigma: Tensor, basis: GaussianBasis) -> Tenso
     return (ContinuousSoftmax1d if basis.dim == 1 else ContinuousSoftmax2d).apply(mu, sigma, c, v)
 
 
-def continuous_sparsemax(mu: Tensor, sigma: Tensor, basis: GaussianBasis, n_angles: int = 100,
-                         adaptive_angles: bool = True) -> Tensor:
+def continuous_sparsemax(
+    mu: Tensor, sigma: Tensor, basis: GaussianBasis, n_angles: int = 100, adaptive_angles: bool = True
+) -> Tensor:
     """r = E_p[psi] for the truncated parabola (1-D) / paraboloid (2-D) TP(mu, sigma); ``n_angles`` = K (2-D)."""
     c, v = _basis(basis, mu)
     if basis.dim == 1:
@@ -472,7 +500,9 @@ def continuous_sparsemax(mu: Tensor, sigma: Tensor, basis: GaussianBasis, n_angl
 def gaussian_density(t: Tensor, mu: Tensor, sigma: Tensor) -> Tensor:
     """N(t; mu, Sigma) for t (..., P, 2) (or (..., P) in 1-D), mu (..., 2), sigma (..., 2, 2)."""
     if sigma.dim() == mu.dim():  # 1-D: mu (...,), sigma = variance (...,)
-        return torch.exp(-0.5 * (t - mu[..., None]) ** 2 / sigma[..., None]) / torch.sqrt(2 * math.pi * sigma[..., None])
+        return torch.exp(-0.5 * (t - mu[..., None]) ** 2 / sigma[..., None]) / torch.sqrt(
+            2 * math.pi * sigma[..., None]
+        )
     d = t - mu[..., None, :]
     q = torch.einsum("...pi,...ij,...pj->...p", d, inv2(sigma), d)
     return torch.exp(-0.5 * q) / (2 * math.pi * det2(sigma).sqrt()[..., None])

@@ -13,7 +13,19 @@ class DiscreteAttentionPool(AttFlat):
     """Additive attention over a right-padded sequence: softmax(MLP(x)) weighted sum, Linear(D -> out_dim)
     (``out_dim`` defaults to ``in_dim``)."""
 
-    def __init__(self, in_dim: int, mid_dim: int = 64, out_dim: int | None = None, glimpses: int = 1,
-                 dropout: float = 0.0) -> None:
-        super().__init__(in_dim, mid_dim=mid_dim, out_dim=out_dim or in_dim, glimpses=glimpses, dropout=dropout,
-                         grid_shape=None)
+    def __init__(
+        self,
+        in_dim: int,
+        mid_dim: int = 64,
+        out_dim: int | None = None,
+        glimpses: int = 1,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__(
+            in_dim,
+            mid_dim=mid_dim,
+            out_dim=out_dim or in_dim,
+            glimpses=glimpses,
+            dropout=dropout,
+            grid_shape=None,
+        )

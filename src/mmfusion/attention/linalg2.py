@@ -18,8 +18,9 @@ def det2(a: Tensor) -> Tensor:
 def inv2(a: Tensor, det: Tensor | None = None) -> Tensor:
     """Inverse of (..., 2, 2) by the adjugate."""
     d = det2(a) if det is None else det
-    adj = torch.stack([torch.stack([a[..., 1, 1], -a[..., 0, 1]], -1),
-                       torch.stack([-a[..., 1, 0], a[..., 0, 0]], -1)], -2)
+    adj = torch.stack(
+        [torch.stack([a[..., 1, 1], -a[..., 0, 1]], -1), torch.stack([-a[..., 1, 0], a[..., 0, 0]], -1)], -2
+    )
     return adj / d[..., None, None]
 
 
@@ -55,6 +56,8 @@ def eig_floor2(a: Tensor, floor: float) -> Tensor:
     c1, c2 = l1.clamp_min(floor), l2.clamp_min(floor)
     gap = torch.where(ok, 2 * r, torch.ones_like(r))
     beta = torch.where(ok, (c1 - c2) / gap, (m >= floor).to(a.dtype))
-    alpha = torch.where(ok, c2 - beta * l2, torch.where(m >= floor, torch.zeros_like(m), torch.full_like(m, floor)))
+    alpha = torch.where(
+        ok, c2 - beta * l2, torch.where(m >= floor, torch.zeros_like(m), torch.full_like(m, floor))
+    )
     eye = torch.eye(2, dtype=a.dtype, device=a.device)
     return alpha[..., None, None] * eye + beta[..., None, None] * a

@@ -58,8 +58,16 @@ def em_step(x: Tensor, w: Tensor, pi: Tensor, mu: Tensor, sigma: Tensor, floor: 
     return nk / nk.sum(-1, keepdim=True), mu, _floor(sigma, floor)
 
 
-def weighted_em(x: Tensor, w: Tensor, pi: Tensor, mu: Tensor, sigma: Tensor, n_iter: int, floor: float = 1e-6,
-                history: list | None = None):
+def weighted_em(
+    x: Tensor,
+    w: Tensor,
+    pi: Tensor,
+    mu: Tensor,
+    sigma: Tensor,
+    n_iter: int,
+    floor: float = 1e-6,
+    history: list | None = None,
+):
     """``n_iter`` weighted EM steps from (pi, mu, sigma); differentiable (unrolled). ``history`` collects the
     weighted log-likelihood before every step and after the last."""
     for _ in range(n_iter):
@@ -96,8 +104,14 @@ def region_masks(k: int, grid_shape: tuple[int, int] | None, x: Tensor) -> Tenso
     return (cell[:, None, :] == torch.arange(k, device=x.device, dtype=x.dtype)[None, :, None]).to(x.dtype)
 
 
-def region_init(x: Tensor, w: Tensor, k: int, grid_shape: tuple[int, int] | None, floor: float = 1e-6,
-                valid: Tensor | None = None):
+def region_init(
+    x: Tensor,
+    w: Tensor,
+    k: int,
+    grid_shape: tuple[int, int] | None,
+    floor: float = 1e-6,
+    valid: Tensor | None = None,
+):
     """Moment matching of w inside each region; pi_k = mass of the region (Sect. 6.3.1)."""
     reg = region_masks(k, grid_shape, x)
     if valid is not None:

@@ -34,8 +34,13 @@ class ContinuousAttention(Plugin):
 
     training_only = False
 
-    def __init__(self, kind: str = "softmax", pools: list[str] | str = ("image",),
-                 pool_kwargs: dict[str, Any] | None = None, grid_pools: list[str] | tuple[str, ...] = ("image",)) -> None:
+    def __init__(
+        self,
+        kind: str = "softmax",
+        pools: list[str] | str = ("image",),
+        pool_kwargs: dict[str, Any] | None = None,
+        grid_pools: list[str] | tuple[str, ...] = ("image",),
+    ) -> None:
         super().__init__()
         if kind not in _KINDS:
             raise ConfigError(f"reg: ContinuousAttention kind must be one of {list(_KINDS)}, got {kind!r}")
@@ -49,32 +54,45 @@ class ContinuousAttention(Plugin):
     def build_pool(self, old: nn.Module) -> nn.Module:
         for attr in ("in_dim", "out_dim"):
             if not hasattr(old, attr):
-                raise ConfigError(f"reg: pool {type(old).__name__} lacks attribute {attr!r} (AttFlat interface)")
-        kw: dict[str, Any] = {"in_dim": old.in_dim, "out_dim": old.out_dim,
-                              "grid_shape": getattr(old, "grid_shape", None)}
+                raise ConfigError(
+                    f"reg: pool {type(old).__name__} lacks attribute {attr!r} (AttFlat interface)"
+                )
+        kw: dict[str, Any] = {
+            "in_dim": old.in_dim,
+            "out_dim": old.out_dim,
+            "grid_shape": getattr(old, "grid_shape", None),
+        }
         for attr in ("mid_dim", "dropout"):
             if hasattr(old, attr):
                 kw[attr] = getattr(old, attr)
         if getattr(old, "glimpses", 1) != 1:
-            raise ConfigError(f"reg: continuous attention needs a single-glimpse pool, {type(old).__name__} has "
-                              f"glimpses={old.glimpses}")
+            raise ConfigError(
+                f"reg: continuous attention needs a single-glimpse pool, {type(old).__name__} has "
+                f"glimpses={old.glimpses}"
+            )
         new = _KINDS[self.kind](**kw, **self.pool_kwargs)
         src = old.state_dict()
         own = new.state_dict()
-        new.load_state_dict({k: v for k, v in src.items() if k in own and own[k].shape == v.shape}, strict=False)
+        new.load_state_dict(
+            {k: v for k, v in src.items() if k in own and own[k].shape == v.shape}, strict=False
+        )
         return new
 
     def attach(self, model: FusionModel, info: ModelInfo) -> None:
         names = list(model.pools) if self.pool_names == "all" else list(self.pool_names)
         missing = [n for n in names if n not in model.pools]
         if missing or not names:
-            raise ConfigError(f"reg: model {type(model).__name__} has attention pools {list(model.pools)}; "
-                              f"cannot replace {missing or names} (set reg.<name>.pools)")
+            raise ConfigError(
+                f"reg: model {type(model).__name__} has attention pools {list(model.pools)}; "
+                f"cannot replace {missing or names} (set reg.<name>.pools)"
+            )
         for n in names:
             if n in self.grid_pools and getattr(model.pools[n], "grid_shape", None) is None:
-                raise ConfigError(f"reg: continuous attention on pool {n!r} needs grid features (grid_shape), but the "
-                                  f"model's {n!r} pool has grid_shape=None (bottom-up boxes?); use grid features, "
-                                  f"e.g. data.layout=grid")
+                raise ConfigError(
+                    f"reg: continuous attention on pool {n!r} needs grid features (grid_shape), but the "
+                    f"model's {n!r} pool has grid_shape=None (bottom-up boxes?); use grid features, "
+                    f"e.g. data.layout=grid"
+                )
             new = self.build_pool(model.pools[n])
             p = next(model.pools[n].parameters(), None)
             if p is not None:
@@ -100,8 +118,11 @@ class ContinuousAttention(Plugin):
     def k_histograms(self) -> dict[str, list[int]]:
         if self._model is None:
             return {}
-        return {n: self._model.pools[n].k_histogram.tolist() for n in self.replaced
-                if hasattr(self._model.pools[n], "k_histogram")}
+        return {
+            n: self._model.pools[n].k_histogram.tolist()
+            for n in self.replaced
+            if hasattr(self._model.pools[n], "k_histogram")
+        }
 
 
 def attention_maps(model: FusionModel) -> dict[str, Any]:
@@ -110,8 +131,11 @@ def attention_maps(model: FusionModel) -> dict[str, Any]:
     for n, pool in model.pools.items():
         att = getattr(pool, "last_attention", None)
         if att is not None:
-            out[n] = {"attention": att, "params": getattr(pool, "last_params", None),
-                      "grid_shape": getattr(pool, "grid_shape", None)}
+            out[n] = {
+                "attention": att,
+                "params": getattr(pool, "last_params", None),
+                "grid_shape": getattr(pool, "grid_shape", None),
+            }
     return out
 
 

@@ -43,14 +43,28 @@ class ContinuousPool(nn.Module):
 
     density_kind = "gaussian"
 
-    def __init__(self, in_dim: int, mid_dim: int = 512, out_dim: int = 1024, glimpses: int = 1,
-                 dropout: float = 0.1, grid_shape: tuple[int, int] | None = None, num_basis: int | None = None,
-                 basis_var: float = 1e-3, basis_stds: tuple[float, ...] = (0.1, 0.5), ridge: float = 0.01,
-                 padding: bool = True, var_floor: float = 1e-6, compute_dtype: str = "float32") -> None:
+    def __init__(
+        self,
+        in_dim: int,
+        mid_dim: int = 512,
+        out_dim: int = 1024,
+        glimpses: int = 1,
+        dropout: float = 0.1,
+        grid_shape: tuple[int, int] | None = None,
+        num_basis: int | None = None,
+        basis_var: float = 1e-3,
+        basis_stds: tuple[float, ...] = (0.1, 0.5),
+        ridge: float = 0.01,
+        padding: bool = True,
+        var_floor: float = 1e-6,
+        compute_dtype: str = "float32",
+    ) -> None:
         super().__init__()
         name = type(self).__name__
         if glimpses != 1:
-            raise ConfigError(f"{name}: continuous attention needs glimpses=1 (as the thesis), got {glimpses}")
+            raise ConfigError(
+                f"{name}: continuous attention needs glimpses=1 (as the thesis), got {glimpses}"
+            )
         if compute_dtype not in _DTYPES:
             raise ConfigError(f"{name}: compute_dtype must be one of {list(_DTYPES)}, got {compute_dtype!r}")
         self.in_dim, self.mid_dim, self.out_dim, self.glimpses = in_dim, mid_dim, out_dim, 1
@@ -77,8 +91,10 @@ class ContinuousPool(nn.Module):
         b, l = mask.shape
         if self.grid_shape is not None:
             if l != self.positions.shape[0]:
-                raise ConfigError(f"{type(self).__name__}: grid_shape {self.grid_shape} needs L="
-                                  f"{self.positions.shape[0]} positions, got L={l}")
+                raise ConfigError(
+                    f"{type(self).__name__}: grid_shape {self.grid_shape} needs L="
+                    f"{self.positions.shape[0]} positions, got L={l}"
+                )
             return self.positions.to(self.cdtype)[None].expand(b, l, 2), None
         lengths = mask.sum(1)
         return sequence_positions(lengths, l, self.cdtype)[..., None], lengths
@@ -116,8 +132,9 @@ class ContinuousPool(nn.Module):
         else:
             tt = t
         fn = paraboloid_density if self.density_kind == "paraboloid" else gaussian_density
-        dens = torch.stack([fn(tt.expand(mu.shape[0], *tt.shape), mu[:, k], sigma[:, k]) for k in range(mu.shape[1])],
-                           1)
+        dens = torch.stack(
+            [fn(tt.expand(mu.shape[0], *tt.shape), mu[:, k], sigma[:, k]) for k in range(mu.shape[1])], 1
+        )
         return (pi[..., None] * dens).sum(1)
 
 
@@ -171,13 +188,27 @@ class MCAPool(ContinuousPool):
     K ~ U{1..k} (K = 1: moment matching), random init (global RNG, so ``seed`` makes runs reproducible).
     """
 
-    def __init__(self, *args, k: int = 2, n_iter: int = 5, init: str = "region", select_k: bool = False,
-                 k_max: int = 5, n_inits: int = 3, lam: float = 5.0, eval_iter: int = 10, seed: int = 222,
-                 train_random_k: bool = False, **kwargs) -> None:
+    def __init__(
+        self,
+        *args,
+        k: int = 2,
+        n_iter: int = 5,
+        init: str = "region",
+        select_k: bool = False,
+        k_max: int = 5,
+        n_inits: int = 3,
+        lam: float = 5.0,
+        eval_iter: int = 10,
+        seed: int = 222,
+        train_random_k: bool = False,
+        **kwargs,
+    ) -> None:
         super().__init__(*args, **kwargs)
         if k < 1 or k_max < 1 or n_iter < 0 or n_inits < 1:
-            raise ConfigError(f"MCAPool: need k>=1, k_max>=1, n_iter>=0, n_inits>=1; got k={k}, k_max={k_max}, "
-                              f"n_iter={n_iter}, n_inits={n_inits}")
+            raise ConfigError(
+                f"MCAPool: need k>=1, k_max>=1, n_iter>=0, n_inits>=1; got k={k}, k_max={k_max}, "
+                f"n_iter={n_iter}, n_inits={n_inits}"
+            )
         if init not in ("region", "random"):
             raise ConfigError(f"MCAPool: init must be 'region' or 'random', got {init!r}")
         self.k, self.n_iter, self.init, self.select_k = k, n_iter, init, select_k
@@ -186,8 +217,9 @@ class MCAPool(ContinuousPool):
         self.register_buffer("k_histogram", torch.zeros(max(k_max, k), dtype=torch.long), persistent=False)
         self._gen = torch.Generator().manual_seed(seed)
 
-    def fit(self, p: Tensor, x: Tensor, k: int, n_iter: int, init: str,
-            generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    def fit(
+        self, p: Tensor, x: Tensor, k: int, n_iter: int, init: str, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
         mu1, v1 = self.unimodal(p, x)
         if k == 1:
             return torch.ones_like(p[:, :1]), mu1[:, None], v1[:, None]
@@ -202,8 +234,11 @@ class MCAPool(ContinuousPool):
         self._gen.manual_seed(self.seed)  # the same inits at every call (the reference draws them once)
         b, d, kmax = p.shape[0], x.shape[-1], self.k_max
         cands = [self.fit(p, x, 1, 0, "region")]
-        cands += [self.fit(p, x, k, self.eval_iter, "random", self._gen)
-                  for k in range(2, kmax + 1) for _ in range(self.n_inits)]
+        cands += [
+            self.fit(p, x, k, self.eval_iter, "random", self._gen)
+            for k in range(2, kmax + 1)
+            for _ in range(self.n_inits)
+        ]
         crit = torch.stack([criterion(x, p, *c, self.lam) for c in cands], -1)  # (B, C)
         best = crit.argmin(-1)
         eye = torch.eye(d, dtype=p.dtype, device=p.device)
@@ -215,7 +250,9 @@ class MCAPool(ContinuousPool):
             sigmas.append(torch.cat([sigma, eye.expand(b, pad, d, d)], 1))
         ar = torch.arange(b, device=p.device)
         ks = torch.tensor([1] + [k for k in range(2, kmax + 1) for _ in range(self.n_inits)], device=p.device)
-        self.k_histogram += torch.bincount(ks[best] - 1, minlength=self.k_histogram.numel())[: self.k_histogram.numel()]
+        self.k_histogram += torch.bincount(ks[best] - 1, minlength=self.k_histogram.numel())[
+            : self.k_histogram.numel()
+        ]
         return torch.stack(pis, 1)[ar, best], torch.stack(mus, 1)[ar, best], torch.stack(sigmas, 1)[ar, best]
 
     def fit_and_transform(self, p: Tensor, x: Tensor):
@@ -227,7 +264,9 @@ class MCAPool(ContinuousPool):
         else:
             pi, mu, sigma = self.fit(p, x, self.k, self.n_iter, self.init)
         b, k = pi.shape
-        rk = _transform("gaussian", mu.reshape(b * k, -1), sigma.reshape(b * k, *sigma.shape[-2:]), self.basis, 0)
+        rk = _transform(
+            "gaussian", mu.reshape(b * k, -1), sigma.reshape(b * k, *sigma.shape[-2:]), self.basis, 0
+        )
         r = (pi[..., None] * rk.reshape(b, k, -1)).sum(1)  # Eq. 5.4: r = sum_k pi_k r_k
         return r, {"pi": pi, "mu": mu, "sigma": sigma}
 

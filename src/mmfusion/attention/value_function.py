@@ -19,7 +19,9 @@ def _centres(n: int, pad: int) -> Tensor:
     return (torch.arange(-pad, n + pad, dtype=torch.float64) + 0.5) / n
 
 
-def ridge_g(basis: GaussianBasis, shape: tuple[int, ...], ridge: float = 0.01, padding: bool = True) -> Tensor:
+def ridge_g(
+    basis: GaussianBasis, shape: tuple[int, ...], ridge: float = 0.01, padding: bool = True
+) -> Tensor:
     """G (L, N) in float64 for a 1-D length (n,) or a 2-D grid (h, w) (row-major)."""
     pads = [(s + 1) // 2 if padding else 0 for s in shape]
     axes = [_centres(s, p) for s, p in zip(shape, pads)]
@@ -42,8 +44,13 @@ def ridge_g(basis: GaussianBasis, shape: tuple[int, ...], ridge: float = 0.01, p
 class ValueFunction(nn.Module):
     """Maps (values x (B, L, D), basis expectations r (B, N)) to the context c = X^T G r (B, D)."""
 
-    def __init__(self, basis: GaussianBasis, grid_shape: tuple[int, int] | None = None, ridge: float = 0.01,
-                 padding: bool = True) -> None:
+    def __init__(
+        self,
+        basis: GaussianBasis,
+        grid_shape: tuple[int, int] | None = None,
+        ridge: float = 0.01,
+        padding: bool = True,
+    ) -> None:
         super().__init__()
         self.basis, self.grid_shape, self.ridge, self.padding = basis, grid_shape, ridge, padding
         g = ridge_g(basis, tuple(grid_shape), ridge, padding) if grid_shape is not None else torch.zeros(0)
@@ -52,7 +59,9 @@ class ValueFunction(nn.Module):
 
     def g_for_lengths(self, lengths: Tensor, max_len: int) -> Tensor:
         """(B, max_len, N) G of each sequence (zero rows on the padding); cached per length (1-D)."""
-        out = torch.zeros(lengths.shape[0], max_len, self.basis.num, dtype=torch.float32, device=lengths.device)
+        out = torch.zeros(
+            lengths.shape[0], max_len, self.basis.num, dtype=torch.float32, device=lengths.device
+        )
         for n in lengths.unique().tolist():
             n = max(int(n), 1)
             if n not in self._cache:

@@ -45,8 +45,12 @@ def _timeit(fn: Callable[[], Any], device: str, warmup: int, repeats: int) -> di
         device_sync(device)
         wall.append((time.perf_counter() - t0) * 1e3)
         cpu.append((time.thread_time() - c0) * 1e3)
-    return {"wall_ms": float(np.median(wall)), "cpu_ms": float(np.median(cpu)),
-            "wall_p25_ms": float(np.percentile(wall, 25)), "wall_p75_ms": float(np.percentile(wall, 75))}
+    return {
+        "wall_ms": float(np.median(wall)),
+        "cpu_ms": float(np.median(cpu)),
+        "wall_p25_ms": float(np.percentile(wall, 25)),
+        "wall_p75_ms": float(np.percentile(wall, 75)),
+    }
 
 
 def _transforms(device: str) -> dict[str, Callable[[], Any]]:
@@ -75,10 +79,15 @@ def _transforms(device: str) -> dict[str, Callable[[], Any]]:
                 rk = continuous_softmax(m.reshape(-1, 2), s.reshape(-1, 2, 2), basis).reshape(B, 2, N)
                 r = (pi[..., None] * rk).sum(1)
             (r * w_out).sum().backward()
+
         return f
 
-    return {"discrete": discrete, "cont_softmax": cont("softmax"), "cont_sparsemax": cont("sparsemax"),
-            "mca": cont("mca")}
+    return {
+        "discrete": discrete,
+        "cont_softmax": cont("softmax"),
+        "cont_sparsemax": cont("sparsemax"),
+        "mca": cont("mca"),
+    }
 
 
 def _pools(device: str) -> dict[str, Callable[[], Any]]:
@@ -86,8 +95,12 @@ def _pools(device: str) -> dict[str, Callable[[], Any]]:
     x = torch.randn(B, L, D, generator=g).to(device).requires_grad_(True)
     mask = torch.ones(B, L, dtype=torch.bool, device=device)
     kw = dict(mid_dim=512, out_dim=1024, dropout=0.1, grid_shape=GRID)
-    pools = {"discrete": AttFlat(D, **kw), "cont_softmax": ContinuousSoftmaxPool(D, **kw),
-             "cont_sparsemax": ContinuousSparsemaxPool(D, **kw), "mca": MCAPool(D, k=2, n_iter=5, **kw)}
+    pools = {
+        "discrete": AttFlat(D, **kw),
+        "cont_softmax": ContinuousSoftmaxPool(D, **kw),
+        "cont_sparsemax": ContinuousSparsemaxPool(D, **kw),
+        "mca": MCAPool(D, k=2, n_iter=5, **kw),
+    }
 
     def step(pool: torch.nn.Module) -> Callable[[], None]:
         pool.to(device).train()
@@ -96,6 +109,7 @@ def _pools(device: str) -> dict[str, Callable[[], Any]]:
             pool.zero_grad(set_to_none=True)
             x.grad = None
             pool(x, mask).sum().backward()
+
         return f
 
     return {k: step(p) for k, p in pools.items()}
@@ -109,9 +123,21 @@ def run(args: Any) -> list[dict]:
         res = {k: _timeit(fn, device, warmup, repeats) for k, fn in cases.items()}
         key = "cpu_ms" if torch.device(device).type == "cpu" else "wall_ms"
         for k, r in res.items():
-            rows.append({"suite": "attention", "case": what, "attention": k, "device": device, "B": B, "L": L,
-                         "N": N, "D": D, **r, "ratio_vs_discrete": r[key] / res["discrete"][key],
-                         "ratio_basis": key})
+            rows.append(
+                {
+                    "suite": "attention",
+                    "case": what,
+                    "attention": k,
+                    "device": device,
+                    "B": B,
+                    "L": L,
+                    "N": N,
+                    "D": D,
+                    **r,
+                    "ratio_vs_discrete": r[key] / res["discrete"][key],
+                    "ratio_basis": key,
+                }
+            )
     return rows
 
 
@@ -127,8 +153,10 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"environment": environment(), "rows": rows}, indent=2))
     for r in rows:
-        print(f"{r['case']:9s} {r['attention']:15s} wall {r['wall_ms']:8.2f} ms  cpu {r['cpu_ms']:8.2f} ms  "
-              f"x{r['ratio_vs_discrete']:.2f}")
+        print(
+            f"{r['case']:9s} {r['attention']:15s} wall {r['wall_ms']:8.2f} ms  cpu {r['cpu_ms']:8.2f} ms  "
+            f"x{r['ratio_vs_discrete']:.2f}"
+        )
     print(f"wrote {out}")
     return 0
 

@@ -10,8 +10,9 @@ import numpy as np
 import torch
 
 
-def random_sentiment_batch(batch: int, seq_len: int, device: str = "cpu", seed: int = 0,
-                           dims: dict[str, int] | None = None) -> dict[str, Any]:
+def random_sentiment_batch(
+    batch: int, seq_len: int, device: str = "cpu", seed: int = 0, dims: dict[str, int] | None = None
+) -> dict[str, Any]:
     """A random right-padded batch in the contract's layout (MOSI aligned dims by default), true lengths in
     [seq_len/2, seq_len], for benchmarks that build models directly."""
     from mmfusion.data.synthetic import MOSI_DIMS
@@ -24,8 +25,12 @@ def random_sentiment_batch(batch: int, seq_len: int, device: str = "cpu", seed: 
         v = torch.randn(batch, seq_len, d, generator=g)
         v[torch.arange(seq_len)[None, :] >= lengths[:, None]] = 0.0
         x[m] = v.to(device)
-    return {"x": x, "lengths": {m: lengths.to(device) for m in dims},
-            "y": torch.randn(batch, generator=g).to(device), "index": torch.arange(batch, device=device)}
+    return {
+        "x": x,
+        "lengths": {m: lengths.to(device) for m in dims},
+        "y": torch.randn(batch, generator=g).to(device),
+        "index": torch.arange(batch, device=device),
+    }
 
 
 def device_sync(device: torch.device | str) -> None:
@@ -33,7 +38,9 @@ def device_sync(device: torch.device | str) -> None:
         torch.cuda.synchronize()
 
 
-def time_fn(fn: Callable[[], Any], *, warmup: int = 3, repeats: int = 10, device: str = "cpu") -> dict[str, float]:
+def time_fn(
+    fn: Callable[[], Any], *, warmup: int = 3, repeats: int = 10, device: str = "cpu"
+) -> dict[str, float]:
     """Median / IQR wall time (ms) of ``fn()`` over ``repeats`` calls after ``warmup`` calls."""
     for _ in range(warmup):
         fn()
@@ -45,8 +52,13 @@ def time_fn(fn: Callable[[], Any], *, warmup: int = 3, repeats: int = 10, device
         device_sync(device)
         times.append((time.perf_counter() - t0) * 1e3)
     t = np.asarray(times)
-    return {"median_ms": float(np.median(t)), "p25_ms": float(np.percentile(t, 25)),
-            "p75_ms": float(np.percentile(t, 75)), "repeats": repeats, "warmup": warmup}
+    return {
+        "median_ms": float(np.median(t)),
+        "p25_ms": float(np.percentile(t, 25)),
+        "p75_ms": float(np.percentile(t, 75)),
+        "repeats": repeats,
+        "warmup": warmup,
+    }
 
 
 def peak_memory_mb(device: str = "cpu") -> float | None:
@@ -69,6 +81,11 @@ def reset_peak(device: str = "cpu") -> None:
 def environment() -> dict[str, Any]:
     import platform
 
-    return {"torch": torch.__version__, "threads": torch.get_num_threads(), "python": platform.python_version(),
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "machine": platform.machine(), "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    return {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "machine": platform.machine(),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }

@@ -39,9 +39,11 @@ def write_mosei_like(path: Path, scale: float = 1.0, n_small: int = 64, seed: in
     t0 = time.perf_counter()
     data = {}
     for split, n in (("train", int(round(MOSEI["n_train"] * scale))), ("valid", n_small), ("test", n_small)):
-        d: dict[str, Any] = {"id": [f"{split}{i}$_$0" for i in range(n)],
-                             "regression_labels": rng.uniform(-3, 3, n).astype(np.float32),
-                             "raw_text": np.array(["a sentence"] * n)}
+        d: dict[str, Any] = {
+            "id": [f"{split}{i}$_$0" for i in range(n)],
+            "regression_labels": rng.uniform(-3, 3, n).astype(np.float32),
+            "raw_text": np.array(["a sentence"] * n),
+        }
         tl = rng.integers(5, 51, n)
         tb = np.zeros((n, 3, 50), np.float32)
         tb[:, 0] = rng.integers(100, 30000, (n, 50))
@@ -61,8 +63,11 @@ def write_mosei_like(path: Path, scale: float = 1.0, n_small: int = 64, seed: in
         data[split] = d
     with open(path, "wb") as f:
         pickle.dump(data, f, protocol=4)
-    return {"file_gb": path.stat().st_size / 1e9, "write_s": time.perf_counter() - t0,
-            "n_train": len(data["train"]["id"])}
+    return {
+        "file_gb": path.stat().st_size / 1e9,
+        "write_s": time.perf_counter() - t0,
+        "n_train": len(data["train"]["id"]),
+    }
 
 
 def _rss_gb() -> float:
@@ -88,8 +93,13 @@ def _load_child(path: str) -> dict[str, Any]:
     original = mp.load_pickle
     mp.load_pickle = lambda *a, _o=obj, **k: _o  # time the conversion alone
     try:
-        dm = mp.MosiPickleDataModule(task=SentimentRegression(), path=path, dataset="bench-features",
-                                     feature_dims={"audio": 74, "vision": 35}, batch_size=32)
+        dm = mp.MosiPickleDataModule(
+            task=SentimentRegression(),
+            path=path,
+            dataset="bench-features",
+            feature_dims={"audio": 74, "vision": 35},
+            batch_size=32,
+        )
         t0 = time.perf_counter()
         dm.setup()
         out["convert_s_text_features"] = time.perf_counter() - t0
@@ -110,8 +120,9 @@ def _load_child(path: str) -> dict[str, Any]:
     gc.collect()
     out["rss_after_free_gb"] = _rss_gb()
     t0 = time.perf_counter()
-    dm = mp.MosiPickleDataModule(task=SentimentRegression(), path=path, dataset="bench-tokens", text="tokens",
-                                 batch_size=32)
+    dm = mp.MosiPickleDataModule(
+        task=SentimentRegression(), path=path, dataset="bench-tokens", text="tokens", batch_size=32
+    )
     dm.setup()
     out["setup_s_text_tokens"] = time.perf_counter() - t0
     out["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
@@ -129,8 +140,12 @@ def step_throughput(model_name: str, batch: int, seq: dict[str, int], repeats: i
     model = instantiate(cfg, input_dims=dims, output_dim=1)
     opt = torch.optim.Adam(model.parameters(), 1e-3)
     lengths = {m: torch.randint(max(1, seq[m] // 2), seq[m] + 1, (batch,)) for m in dims}
-    b = {"x": {m: torch.randn(batch, seq[m], d) for m, d in dims.items()}, "lengths": lengths,
-         "y": torch.randn(batch), "index": torch.arange(batch)}
+    b = {
+        "x": {m: torch.randn(batch, seq[m], d) for m, d in dims.items()},
+        "lengths": lengths,
+        "y": torch.randn(batch),
+        "index": torch.arange(batch),
+    }
 
     def step() -> None:
         opt.zero_grad()
@@ -145,7 +160,13 @@ def step_throughput(model_name: str, batch: int, seq: dict[str, int], repeats: i
         step()
         times.append(time.perf_counter() - t0)
     med = float(np.median(times))
-    return {"model": model_name, "batch": batch, "seq": seq, "step_ms": med * 1e3, "samples_per_s": batch / med}
+    return {
+        "model": model_name,
+        "batch": batch,
+        "seq": seq,
+        "step_ms": med * 1e3,
+        "samples_per_s": batch / med,
+    }
 
 
 def run(args: Any) -> list[dict]:
@@ -156,14 +177,21 @@ def run(args: Any) -> list[dict]:
         path = Path(tmp) / "unaligned_50.pkl"
         w = write_mosei_like(path, scale)
         code = f"import json,sys; from mmfusion.bench.data import _load_child; print(json.dumps(_load_child({str(path)!r})))"
-        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                           env={**os.environ, "OMP_NUM_THREADS": "1"})
+        r = subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
         if r.returncode != 0:
             raise RuntimeError(f"load benchmark failed: {r.stderr[-2000:]}")
         load = json.loads(r.stdout.strip().splitlines()[-1])
     rows.append({"bench": "mosei_pickle_load", "scale": scale, **w, **load, "env": env})
     batch = int(getattr(args, "batch_size", 32))
-    for name, seq in (("tfn", {"text": 50, "audio": 500, "vision": 500}), ("mfn", {"text": 50, "audio": 50, "vision": 50})):
+    for name, seq in (
+        ("tfn", {"text": 50, "audio": 500, "vision": 500}),
+        ("mfn", {"text": 50, "audio": 50, "vision": 50}),
+    ):
         rows.append({"bench": "train_step", **step_throughput(name, batch, seq), "env": env})
     return rows
 

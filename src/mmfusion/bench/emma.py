@@ -44,8 +44,10 @@ def make_model(name: str) -> FusionModel:
 
 def make_gate(model: FusionModel, hidden_ratio: float = 2.0) -> EMMAGate:
     mods = tuple(model.modalities)
-    daes = {m: TiedDAE(d, max(1, int(round(hidden_ratio * d))), seed=i)
-            for i, (m, d) in enumerate(model.unimodal_dims.items())}
+    daes = {
+        m: TiedDAE(d, max(1, int(round(hidden_ratio * d))), seed=i)
+        for i, (m, d) in enumerate(model.unimodal_dims.items())
+    }
     return EMMAGate(mods, daes, Composition(len(mods), coldness=0.5), AttentionStep(len(mods)))
 
 
@@ -80,14 +82,25 @@ def overhead(name: str, batch: int, seq_len: int, repeats: int, warmup: int) -> 
             gate_cpu.append((time.thread_time() - c0) * 1e3)
     base_c, emma_c = float(np.median(cpu[False])), float(np.median(cpu[True]))
     gate_ms = float(np.median(gate_cpu))
-    return {"bench": "emma_inference_overhead", "model": name, "batch": batch, "seq_len": seq_len,
-            "threads": torch.get_num_threads(),
-            "base_cpu_ms": base_c, "emma_cpu_ms": emma_c, "ratio_cpu": emma_c / base_c,
-            "base_wall_ms": float(np.median(wall[False])), "emma_wall_ms": float(np.median(wall[True])),
-            "ratio_wall": float(np.median(wall[True])) / float(np.median(wall[False])),
-            "gate_only_cpu_ms": gate_ms, "gate_share": gate_ms / base_c,
-            "target_ratio": 1.10, "meets_target": emma_c / base_c <= 1.10,
-            "unimodal_dims": dict(model.unimodal_dims), "repeats": repeats}
+    return {
+        "bench": "emma_inference_overhead",
+        "model": name,
+        "batch": batch,
+        "seq_len": seq_len,
+        "threads": torch.get_num_threads(),
+        "base_cpu_ms": base_c,
+        "emma_cpu_ms": emma_c,
+        "ratio_cpu": emma_c / base_c,
+        "base_wall_ms": float(np.median(wall[False])),
+        "emma_wall_ms": float(np.median(wall[True])),
+        "ratio_wall": float(np.median(wall[True])) / float(np.median(wall[False])),
+        "gate_only_cpu_ms": gate_ms,
+        "gate_share": gate_ms / base_c,
+        "target_ratio": 1.10,
+        "meets_target": emma_c / base_c <= 1.10,
+        "unimodal_dims": dict(model.unimodal_dims),
+        "repeats": repeats,
+    }
 
 
 def pretrain_time(name: str, epochs: int, seed: int = 0) -> dict[str, Any]:
@@ -100,17 +113,32 @@ def pretrain_time(name: str, epochs: int, seed: int = 0) -> dict[str, Any]:
         _, rep = fit_dae(x, 2 * d, 0.3, epochs=epochs, batch_size=128, lr=3e-3, seed=seed)
         per[m] = rep.seconds
     total = time.perf_counter() - t0
-    return {"bench": "emma_dae_pretrain", "model": name, "n_train": N_TRAIN, "epochs": epochs,
-            "unimodal_dims": dict(model.unimodal_dims), "seconds_per_modality": per, "seconds_total": total,
-            "target_seconds": 60.0, "meets_target": total < 60.0}
+    return {
+        "bench": "emma_dae_pretrain",
+        "model": name,
+        "n_train": N_TRAIN,
+        "epochs": epochs,
+        "unimodal_dims": dict(model.unimodal_dims),
+        "seconds_per_modality": per,
+        "seconds_total": total,
+        "target_seconds": 60.0,
+        "meets_target": total < 60.0,
+    }
 
 
 def run(args: argparse.Namespace) -> list[dict]:
     models = [m for m in str(getattr(args, "models", "ef_lstm,tfn,lfn,mfn")).split(",") if m]
     rows = []
     for name in models:
-        rows.append(overhead(name, int(getattr(args, "batch", 32)), int(getattr(args, "seq_len", 50)),
-                             int(getattr(args, "repeats", 30)), int(getattr(args, "warmup", 5))))
+        rows.append(
+            overhead(
+                name,
+                int(getattr(args, "batch", 32)),
+                int(getattr(args, "seq_len", 50)),
+                int(getattr(args, "repeats", 30)),
+                int(getattr(args, "warmup", 5)),
+            )
+        )
         rows.append(pretrain_time(name, int(getattr(args, "epochs", 50))))
     env = environment()
     for r in rows:
@@ -133,9 +161,11 @@ def main(argv: list[str] | None = None) -> None:
     Path(args.out).write_text(json.dumps(rows, indent=2) + "\n")
     for r in rows:
         if r["bench"] == "emma_inference_overhead":
-            print(f"{r['model']:8s} forward {r['base_cpu_ms']:.2f} -> {r['emma_cpu_ms']:.2f} CPU-ms with EMMA "
-                  f"(x{r['ratio_cpu']:.3f}; wall x{r['ratio_wall']:.3f}; gate alone {r['gate_only_cpu_ms']:.3f} ms "
-                  f"= {100 * r['gate_share']:.2f}%)")
+            print(
+                f"{r['model']:8s} forward {r['base_cpu_ms']:.2f} -> {r['emma_cpu_ms']:.2f} CPU-ms with EMMA "
+                f"(x{r['ratio_cpu']:.3f}; wall x{r['ratio_wall']:.3f}; gate alone {r['gate_only_cpu_ms']:.3f} ms "
+                f"= {100 * r['gate_share']:.2f}%)"
+            )
         else:
             print(f"{r['model']:8s} DAE pre-training {r['seconds_total']:.1f} s for {r['n_train']} samples")
 

@@ -64,8 +64,13 @@ def build_mmsa(name: str, data: str, seq_len: int = SEQ_LEN) -> nn.Module:
 
     mod = importlib.import_module(f"MMSA.models.singleTask.{MMSA_CLASS[name]}")
     dims = SHAPES[data]
-    args = SimpleNamespace(feature_dims=[dims["text"], dims["audio"], dims["vision"]], seq_lens=seq_len,
-                           train_mode="regression", num_classes=1, **mmsa_params(name, data))
+    args = SimpleNamespace(
+        feature_dims=[dims["text"], dims["audio"], dims["vision"]],
+        seq_lens=seq_len,
+        train_mode="regression",
+        num_classes=1,
+        **mmsa_params(name, data),
+    )
     return getattr(mod, MMSA_CLASS[name])(args)
 
 
@@ -79,39 +84,83 @@ def build_ours(name: str, data: str, seq_len: int = SEQ_LEN) -> nn.Module:
         if name == "tfn":
             from mmfusion.models.tfn import TFN
 
-            return TFN(input_dims=dims, hidden={"audio": ha, "vision": hv}, text_hidden=ht, text_out=p["text_out"],
-                       dropout=drop, post_fusion_dim=p["post_fusion_dim"], post_fusion_dropout=dp,
-                       output_range=(-3.0, 3.0))
+            return TFN(
+                input_dims=dims,
+                hidden={"audio": ha, "vision": hv},
+                text_hidden=ht,
+                text_out=p["text_out"],
+                dropout=drop,
+                post_fusion_dim=p["post_fusion_dim"],
+                post_fusion_dropout=dp,
+                output_range=(-3.0, 3.0),
+            )
         from mmfusion.models.lfn import LFN
 
-        return LFN(input_dims=dims, hidden={"audio": ha, "vision": hv}, text_hidden=ht, text_out=ht // 2,
-                   dropout=drop, rank=p["rank"], fusion_dim=None, post_fusion_dropout=dp)
+        return LFN(
+            input_dims=dims,
+            hidden={"audio": ha, "vision": hv},
+            text_hidden=ht,
+            text_out=ht // 2,
+            dropout=drop,
+            rank=p["rank"],
+            fusion_dim=None,
+            post_fusion_dropout=dp,
+        )
     if name == "mfn":
         from mmfusion.models.mfn import MFN
 
         ht, ha, hv = p["hidden_dims"]
         c = {k: p[f"{k}Config"] for k in ("NN1", "NN2", "gamma1", "gamma2", "out")}
-        return MFN(input_dims=dims, hidden={"text": ht, "audio": ha, "vision": hv}, mem_dim=p["memsize"],
-                   window=p["windowsize"], attn_hidden=c["NN1"]["shapes"], attn_dropout=c["NN1"]["drop"],
-                   mem_hidden=c["NN2"]["shapes"], mem_dropout=c["NN2"]["drop"],
-                   gamma1_hidden=c["gamma1"]["shapes"], gamma1_dropout=c["gamma1"]["drop"],
-                   gamma2_hidden=c["gamma2"]["shapes"], gamma2_dropout=c["gamma2"]["drop"],
-                   out_hidden=c["out"]["shapes"], out_dropout=c["out"]["drop"])
+        return MFN(
+            input_dims=dims,
+            hidden={"text": ht, "audio": ha, "vision": hv},
+            mem_dim=p["memsize"],
+            window=p["windowsize"],
+            attn_hidden=c["NN1"]["shapes"],
+            attn_dropout=c["NN1"]["drop"],
+            mem_hidden=c["NN2"]["shapes"],
+            mem_dropout=c["NN2"]["drop"],
+            gamma1_hidden=c["gamma1"]["shapes"],
+            gamma1_dropout=c["gamma1"]["drop"],
+            gamma2_hidden=c["gamma2"]["shapes"],
+            gamma2_dropout=c["gamma2"]["drop"],
+            out_hidden=c["out"]["shapes"],
+            out_dropout=c["out"]["drop"],
+        )
     if name == "ef_lstm":
         from mmfusion.models.ef_lstm import EFLSTM
 
-        return EFLSTM(input_dims=dims, proj_dim=None, hidden=p["hidden_dims"], num_layers=p["num_layers"],
-                      dropout=p["dropout"], seq_norm=seq_len)
+        return EFLSTM(
+            input_dims=dims,
+            proj_dim=None,
+            hidden=p["hidden_dims"],
+            num_layers=p["num_layers"],
+            dropout=p["dropout"],
+            seq_norm=seq_len,
+        )
     if name == "mult":  # MMSA's computation: valid convolutions, no positional embedding, its attn_mask
         from mmfusion.models.mult import MulT
 
         d, heads = p["dst_feature_dim_nheads"]
-        return MulT(input_dims=dims, d_model=d, heads=heads, layers=p["nlevels"],
-                    kernel_size={m: p[f"conv1d_kernel_size_{k}"] for m, k in zip(dims, "lav")}, conv_padding="valid",
-                    positional=False, causal_mask=p["attn_mask"], input_dropout={"text": p["text_dropout"]},
-                    embed_dropout=p["embed_dropout"], memory_attn_dropout=p["attn_dropout"],
-                    attn_dropout={m: p[k] for m, k in zip(dims, ("attn_dropout", "attn_dropout_a", "attn_dropout_v"))},
-                    relu_dropout=p["relu_dropout"], res_dropout=p["res_dropout"], output_dropout=p["output_dropout"])
+        return MulT(
+            input_dims=dims,
+            d_model=d,
+            heads=heads,
+            layers=p["nlevels"],
+            kernel_size={m: p[f"conv1d_kernel_size_{k}"] for m, k in zip(dims, "lav")},
+            conv_padding="valid",
+            positional=False,
+            causal_mask=p["attn_mask"],
+            input_dropout={"text": p["text_dropout"]},
+            embed_dropout=p["embed_dropout"],
+            memory_attn_dropout=p["attn_dropout"],
+            attn_dropout={
+                m: p[k] for m, k in zip(dims, ("attn_dropout", "attn_dropout_a", "attn_dropout_v"))
+            },
+            relu_dropout=p["relu_dropout"],
+            res_dropout=p["res_dropout"],
+            output_dropout=p["output_dropout"],
+        )
     raise ValueError(f"unknown model {name!r}; expected one of {MODELS}")
 
 
@@ -155,8 +204,17 @@ def _timed(step, device: str) -> float:
     return (time.perf_counter() - t0) * 1e3
 
 
-def pair(model: str, data: str, batch: int | None = None, seq_len: int = SEQ_LEN, threads: int = 1,
-         device: str = "cpu", bf16: bool = False, rounds: int = 15, warmup: int = 3) -> dict[str, Any]:
+def pair(
+    model: str,
+    data: str,
+    batch: int | None = None,
+    seq_len: int = SEQ_LEN,
+    threads: int = 1,
+    device: str = "cpu",
+    bf16: bool = False,
+    rounds: int = 15,
+    warmup: int = 3,
+) -> dict[str, Any]:
     """Ours vs MMSA, steps interleaved (order flipped every round); median / IQR of per-round ratios."""
     torch.set_num_threads(threads)
     name, batch = model, batch or BATCH[data]
@@ -167,7 +225,9 @@ def pair(model: str, data: str, batch: int | None = None, seq_len: int = SEQ_LEN
         params[impl] = n_params(net)
         ours_in, mmsa_in = make_inputs(name, data, batch, seq_len, device)
         steps[impl] = make_step(net, ours_in if impl == "ours" else mmsa_in, ours_in["y"], device, bf16)
-    print(f"params {name} {data}: ours {params['ours']:,} mmsa {params['mmsa']:,}", file=sys.stderr, flush=True)
+    print(
+        f"params {name} {data}: ours {params['ours']:,} mmsa {params['mmsa']:,}", file=sys.stderr, flush=True
+    )
     assert params["ours"] == params["mmsa"], f"{name}/{data}: parameter counts differ {params}"
     load0 = os.getloadavg()
     times: dict[str, list[float]] = {"ours": [], "mmsa": []}
@@ -177,17 +237,37 @@ def pair(model: str, data: str, batch: int | None = None, seq_len: int = SEQ_LEN
             if r >= warmup:
                 times[impl].append(t)
     ratio = np.asarray(times["mmsa"]) / np.asarray(times["ours"])
-    return {"model": name, "data": data, "batch": batch, "seq_len": seq_len, "threads": threads, "device": device,
-            "bf16": bf16, "params": params["ours"], "rounds": rounds, "warmup": warmup,
-            "ms_ours": round(float(np.median(times["ours"])), 2), "ms_mmsa": round(float(np.median(times["mmsa"])), 2),
-            "ratio_median": round(float(np.median(ratio)), 3),
-            "ratio_iqr": [round(float(np.percentile(ratio, 25)), 3), round(float(np.percentile(ratio, 75)), 3)],
-            "ratios": [round(float(v), 3) for v in ratio],
-            "loadavg_start": [round(v, 2) for v in load0], "loadavg_end": [round(v, 2) for v in os.getloadavg()]}
+    return {
+        "model": name,
+        "data": data,
+        "batch": batch,
+        "seq_len": seq_len,
+        "threads": threads,
+        "device": device,
+        "bf16": bf16,
+        "params": params["ours"],
+        "rounds": rounds,
+        "warmup": warmup,
+        "ms_ours": round(float(np.median(times["ours"])), 2),
+        "ms_mmsa": round(float(np.median(times["mmsa"])), 2),
+        "ratio_median": round(float(np.median(ratio)), 3),
+        "ratio_iqr": [round(float(np.percentile(ratio, 25)), 3), round(float(np.percentile(ratio, 75)), 3)],
+        "ratios": [round(float(v), 3) for v in ratio],
+        "loadavg_start": [round(v, 2) for v in load0],
+        "loadavg_end": [round(v, 2) for v in os.getloadavg()],
+    }
 
 
-def memory(model: str, data: str, impl: str, batch: int | None = None, seq_len: int = SEQ_LEN, threads: int = 1,
-           device: str = "cpu", steps: int = 3) -> dict[str, Any]:
+def memory(
+    model: str,
+    data: str,
+    impl: str,
+    batch: int | None = None,
+    seq_len: int = SEQ_LEN,
+    threads: int = 1,
+    device: str = "cpu",
+    steps: int = 3,
+) -> dict[str, Any]:
     """Peak memory of ``steps`` training steps of one implementation (run it in a fresh process)."""
     torch.set_num_threads(threads)
     name, batch = model, batch or BATCH[data]
@@ -195,8 +275,15 @@ def memory(model: str, data: str, impl: str, batch: int | None = None, seq_len: 
     net = (build_ours if impl == "ours" else build_mmsa)(name, data, seq_len).to(device).train()
     ours_in, mmsa_in = make_inputs(name, data, batch, seq_len, device)
     step = make_step(net, ours_in if impl == "ours" else mmsa_in, ours_in["y"], device)
-    row = {"model": name, "data": data, "impl": impl, "batch": batch, "seq_len": seq_len, "threads": threads,
-           "device": device}
+    row = {
+        "model": name,
+        "data": data,
+        "impl": impl,
+        "batch": batch,
+        "seq_len": seq_len,
+        "threads": threads,
+        "device": device,
+    }
     if torch.device(device).type == "cuda":
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
@@ -210,18 +297,28 @@ def memory(model: str, data: str, impl: str, batch: int | None = None, seq_len: 
     return {**row, "step_peak_mb": round(peak - base, 1), "peak_rss_mb": round(peak, 1)}
 
 
-def _sdpa_forward(self: nn.Module, v: torch.Tensor, k: torch.Tensor, q: torch.Tensor,
-                  kv_valid: torch.Tensor) -> torch.Tensor:
+def _sdpa_forward(
+    self: nn.Module, v: torch.Tensor, k: torch.Tensor, q: torch.Tensor, kv_valid: torch.Tensor
+) -> torch.Tensor:
     """``MHAtt.forward`` through ``F.scaled_dot_product_attention`` (fused kernels on GPU). Same function: the boolean
     mask drops the masked keys as MCAN's ``masked_fill(-1e9)`` does (rows always keep a valid key)."""
     vh, kh, qh = self._split(self.linear_v(v)), self._split(self.linear_k(k)), self._split(self.linear_q(q))
-    out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=kv_valid[:, None, None, :],
-                                         dropout_p=self.dropout.p if self.training else 0.0)
+    out = F.scaled_dot_product_attention(
+        qh, kh, vh, attn_mask=kv_valid[:, None, None, :], dropout_p=self.dropout.p if self.training else 0.0
+    )
     return self.linear_merge(out.transpose(1, 2).reshape(q.shape[0], q.shape[1], -1))
 
 
-def mcan(device: str = "cpu", sdpa: bool = False, bf16: bool = False, batch: int = 64, regions: int = 100,
-         rounds: int = 10, warmup: int = 3, threads: int = 1) -> dict[str, Any]:
+def mcan(
+    device: str = "cpu",
+    sdpa: bool = False,
+    bf16: bool = False,
+    batch: int = 64,
+    regions: int = 100,
+    rounds: int = 10,
+    warmup: int = 3,
+    threads: int = 1,
+) -> dict[str, Any]:
     """MCAN-small (6 + 6 layers, d = 512) training throughput on VQA-v2 shapes (14 question tokens, ``regions``
     2048-d image features, 3129 answers, BCE loss, AdamW), with MCAN's attention or with
     ``scaled_dot_product_attention`` (``sdpa``), optionally under bf16 autocast."""
@@ -231,7 +328,9 @@ def mcan(device: str = "cpu", sdpa: bool = False, bf16: bool = False, batch: int
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    net = MCAN(input_dims={"question": 14, "image": 2048}, output_dim=3129, vocab_size=1000).to(device).train()
+    net = (
+        MCAN(input_dims={"question": 14, "image": 2048}, output_dim=3129, vocab_size=1000).to(device).train()
+    )
     if sdpa:
         for mod in net.modules():
             if isinstance(mod, MHAtt):
@@ -254,17 +353,29 @@ def mcan(device: str = "cpu", sdpa: bool = False, bf16: bool = False, batch: int
         step()
     times = [_timed(step, device) for _ in range(rounds)]
     med = float(np.median(times))
-    return {"model": "mcan_small", "device": device, "sdpa": sdpa, "bf16": bf16, "batch": batch, "regions": regions,
-            "threads": threads, "params": n_params(net), "step_ms": round(med, 2),
-            "step_ms_iqr": [round(float(np.percentile(times, q)), 2) for q in (25, 75)],
-            "samples_per_s": round(batch / med * 1e3, 1)}
+    return {
+        "model": "mcan_small",
+        "device": device,
+        "sdpa": sdpa,
+        "bf16": bf16,
+        "batch": batch,
+        "regions": regions,
+        "threads": threads,
+        "params": n_params(net),
+        "step_ms": round(med, 2),
+        "step_ms_iqr": [round(float(np.percentile(times, q)), 2) for q in (25, 75)],
+        "samples_per_s": round(batch / med * 1e3, 1),
+    }
 
 
 def _child(kind: str, spec: dict[str, Any]) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "mmfusion.bench.models", "--child", kind, json.dumps(spec)]
     res = subprocess.run(cmd, capture_output=True, text=True)
-    sys.stderr.write(res.stderr if res.returncode else "".join(
-        ln + "\n" for ln in res.stderr.splitlines() if ln.startswith("params")))
+    sys.stderr.write(
+        res.stderr
+        if res.returncode
+        else "".join(ln + "\n" for ln in res.stderr.splitlines() if ln.startswith("params"))
+    )
     if res.returncode != 0:
         err = res.stderr.strip().splitlines()
         return {**spec, "kind": kind, "error": err[-1] if err else "failed"}
@@ -278,8 +389,18 @@ def _jsonl_rows(path: Path | None) -> list[dict]:
 
 
 def _key(r: dict) -> tuple:
-    return (r.get("kind"), r.get("model"), r.get("data"), r.get("impl"), r.get("threads"), r.get("batch"),
-            r.get("seq_len"), r.get("bf16"), r.get("device"), r.get("sdpa"))
+    return (
+        r.get("kind"),
+        r.get("model"),
+        r.get("data"),
+        r.get("impl"),
+        r.get("threads"),
+        r.get("batch"),
+        r.get("seq_len"),
+        r.get("bf16"),
+        r.get("device"),
+        r.get("sdpa"),
+    )
 
 
 def run_specs(specs: list[tuple[str, dict]], raw: Path | None) -> list[dict]:
@@ -304,8 +425,24 @@ def run_specs(specs: list[tuple[str, dict]], raw: Path | None) -> list[dict]:
 def scaling_specs(models: list[str], device: str, rounds: int) -> list[tuple[str, dict]]:
     """Step time vs T (batch 32) and vs batch (T = 50), MOSI sizes, ours and MMSA interleaved."""
     pts = [(t, 32) for t in (25, 50, 100, 200)] + [(50, b) for b in (16, 64, 128)]
-    return [("pair", dict(model=m, data="mosi", batch=b, seq_len=t, threads=1, device=device, bf16=False,
-                          rounds=rounds, warmup=1)) for m in models for t, b in pts]
+    return [
+        (
+            "pair",
+            dict(
+                model=m,
+                data="mosi",
+                batch=b,
+                seq_len=t,
+                threads=1,
+                device=device,
+                bf16=False,
+                rounds=rounds,
+                warmup=1,
+            ),
+        )
+        for m in models
+        for t, b in pts
+    ]
 
 
 def plot_scaling(rows: list[dict], path: Path) -> None:
@@ -316,11 +453,19 @@ def plot_scaling(rows: list[dict], path: Path) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     colors = {m: f"C{i}" for i, m in enumerate(MODELS)}
-    for ax, (var, fixed, label) in zip(axes, (("seq_len", ("batch", 32), "sequence length T (batch 32)"),
-                                              ("batch", ("seq_len", 50), "batch size (T = 50)"))):
+    for ax, (var, fixed, label) in zip(
+        axes,
+        (
+            ("seq_len", ("batch", 32), "sequence length T (batch 32)"),
+            ("batch", ("seq_len", 50), "batch size (T = 50)"),
+        ),
+    ):
         for m in MODELS:
-            pts = sorted((r[var], r["ms_ours"], r["ms_mmsa"]) for r in rows
-                         if r.get("model") == m and r.get(fixed[0]) == fixed[1] and "ms_ours" in r)
+            pts = sorted(
+                (r[var], r["ms_ours"], r["ms_mmsa"])
+                for r in rows
+                if r.get("model") == m and r.get(fixed[0]) == fixed[1] and "ms_ours" in r
+            )
             if not pts:
                 continue
             x = [p[0] for p in pts]
@@ -332,8 +477,10 @@ def plot_scaling(rows: list[dict], path: Path) -> None:
         ax.set_ylabel("training step (ms, median)")
         ax.grid(alpha=0.3, which="both")
     axes[0].legend(fontsize=7, ncol=2)
-    fig.suptitle("MOSI sizes (300/74/47), 1 thread, CPU: forward + L1 + backward + AdamW; ours vs MMSA 2.2.1",
-                 fontsize=9)
+    fig.suptitle(
+        "MOSI sizes (300/74/47), 1 thread, CPU: forward + L1 + backward + AdamW; ours vs MMSA 2.2.1",
+        fontsize=9,
+    )
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -368,8 +515,11 @@ def main(argv: list[str] | None = None) -> None:
     models = [m for m in a.models.split(",") if m]
     raw = Path(a.raw) if a.raw else (Path(a.out).with_suffix(".jsonl") if a.out else None)
     if a.mcan:  # MCAN-small throughput, MCAN's attention vs scaled_dot_product_attention (meant for GPUs)
-        specs = [("mcan", dict(device=a.device, sdpa=sd, bf16=bf, rounds=a.rounds, warmup=a.warmup))
-                 for bf in ((False, True) if a.bf16 else (False,)) for sd in (False, True)]
+        specs = [
+            ("mcan", dict(device=a.device, sdpa=sd, bf16=bf, rounds=a.rounds, warmup=a.warmup))
+            for bf in ((False, True) if a.bf16 else (False,))
+            for sd in (False, True)
+        ]
     elif a.scaling:
         specs = scaling_specs(models, a.device, max(3, a.rounds // 5))
     else:
@@ -379,35 +529,70 @@ def main(argv: list[str] | None = None) -> None:
             for d in a.data.split(","):
                 for th in (int(t) for t in a.threads.split(",")):
                     for bf in bf16s:
-                        specs.append(("pair", dict(model=m, data=d, batch=BATCH[d], seq_len=SEQ_LEN, threads=th,
-                                                   device=a.device, bf16=bf, rounds=a.rounds, warmup=a.warmup)))
+                        specs.append(
+                            (
+                                "pair",
+                                dict(
+                                    model=m,
+                                    data=d,
+                                    batch=BATCH[d],
+                                    seq_len=SEQ_LEN,
+                                    threads=th,
+                                    device=a.device,
+                                    bf16=bf,
+                                    rounds=a.rounds,
+                                    warmup=a.warmup,
+                                ),
+                            )
+                        )
                 if not a.no_memory:
-                    specs += [("memory", dict(model=m, data=d, impl=i, batch=BATCH[d], seq_len=SEQ_LEN, threads=1,
-                                              device=a.device)) for i in ("ours", "mmsa")]
+                    specs += [
+                        (
+                            "memory",
+                            dict(
+                                model=m,
+                                data=d,
+                                impl=i,
+                                batch=BATCH[d],
+                                seq_len=SEQ_LEN,
+                                threads=1,
+                                device=a.device,
+                            ),
+                        )
+                        for i in ("ours", "mmsa")
+                    ]
     rows = run_specs(specs, raw)
     if a.scaling:
         plot_scaling(rows, Path(a.figure))
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(json.dumps({"environment": environment(), "mmsa": _mmsa_version(),
-                                           "rows": rows}, indent=1))
+        Path(a.out).write_text(
+            json.dumps({"environment": environment(), "mmsa": _mmsa_version(), "rows": rows}, indent=1)
+        )
 
 
 def markdown_table(rows: list[dict]) -> str:
     """The pairs and the peak-memory rows of a result file as one markdown table (docs/benchmarks_models.md)."""
-    mem = {(r["model"], r["data"], r["impl"]): r.get("step_peak_mb") for r in rows if r.get("kind") == "memory"}
-    out = ["| model | data (batch) | threads | params (equal) | ours ms | MMSA ms | MMSA / ours: median [IQR] "
-           "| load avg (1 min) | step peak MB ours / MMSA |", "|---|---|---|---|---|---|---|---|---|"]
+    mem = {
+        (r["model"], r["data"], r["impl"]): r.get("step_peak_mb") for r in rows if r.get("kind") == "memory"
+    }
+    out = [
+        "| model | data (batch) | threads | params (equal) | ours ms | MMSA ms | MMSA / ours: median [IQR] "
+        "| load avg (1 min) | step peak MB ours / MMSA |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         if r.get("kind") != "pair" or "ratio_median" not in r:
             continue
         m = (mem.get((r["model"], r["data"], "ours")), mem.get((r["model"], r["data"], "mmsa")))
         mtxt = f"{m[0]:.0f} / {m[1]:.0f}" if r["threads"] == 1 and None not in m else ""
         lo, hi = r["ratio_iqr"]
-        out.append(f"| {r['model']} | {r['data']} ({r['batch']}) | {r['threads']}"
-                   f"{' bf16' if r.get('bf16') else ''} | {r['params']:,} | {r['ms_ours']:.0f} | {r['ms_mmsa']:.0f} "
-                   f"| **{r['ratio_median']:.2f}x** [{lo:.2f}, {hi:.2f}] "
-                   f"| {r['loadavg_start'][0]:.1f}-{r['loadavg_end'][0]:.1f} | {mtxt} |")
+        out.append(
+            f"| {r['model']} | {r['data']} ({r['batch']}) | {r['threads']}"
+            f"{' bf16' if r.get('bf16') else ''} | {r['params']:,} | {r['ms_ours']:.0f} | {r['ms_mmsa']:.0f} "
+            f"| **{r['ratio_median']:.2f}x** [{lo:.2f}, {hi:.2f}] "
+            f"| {r['loadavg_start'][0]:.1f}-{r['loadavg_end'][0]:.1f} | {mtxt} |"
+        )
     return "\n".join(out)
 
 
@@ -423,9 +608,24 @@ def _mmsa_version() -> str | None:
 def run(args: Any) -> list[dict]:
     """``scripts/benchmark.py --suite models``: the interleaved pairs at 1 thread (all models, both shapes)."""
     device = getattr(args, "device", "cpu") or "cpu"
-    specs = [("pair", dict(model=m, data=d, batch=BATCH[d], seq_len=SEQ_LEN, threads=1, device=device, bf16=False,
-                           rounds=int(getattr(args, "repeats", 10) or 10), warmup=3))
-             for m in MODELS for d in ("mosi", "mosei")]
+    specs = [
+        (
+            "pair",
+            dict(
+                model=m,
+                data=d,
+                batch=BATCH[d],
+                seq_len=SEQ_LEN,
+                threads=1,
+                device=device,
+                bf16=False,
+                rounds=int(getattr(args, "repeats", 10) or 10),
+                warmup=3,
+            ),
+        )
+        for m in MODELS
+        for d in ("mosi", "mosei")
+    ]
     return run_specs(specs, None)
 
 

@@ -49,7 +49,9 @@ def make_plugin(reg: str, model: FusionModel, device: str, **overrides: Any) -> 
     return plugin, plugin.configure_optimizers()
 
 
-def make_step(model_name: str, reg: str | None, device: str, batch: dict, **overrides: Any) -> Callable[[], Any]:
+def make_step(
+    model_name: str, reg: str | None, device: str, batch: dict, **overrides: Any
+) -> Callable[[], Any]:
     """One training step of ``model_name`` (+ ``reg``) on ``batch``, as a closure."""
     torch.manual_seed(0)
     model = make_model(model_name, device)
@@ -76,8 +78,9 @@ def _timed(fn: Callable[[], Any], device: str) -> tuple[float, float]:
     return (time.perf_counter() - w0) * 1e3, (time.thread_time() - c0) * 1e3
 
 
-def paired_times(base: Callable[[], Any], other: Callable[[], Any], repeats: int, warmup: int,
-                 device: str) -> dict[str, np.ndarray]:
+def paired_times(
+    base: Callable[[], Any], other: Callable[[], Any], repeats: int, warmup: int, device: str
+) -> dict[str, np.ndarray]:
     """Alternate the two steps (base, other, base, ...) so that load drift on a shared machine hits both alike.
     Returns wall and thread-CPU times; on a CPU shared with other jobs the CPU time is the stable measure."""
     for _ in range(warmup):
@@ -121,24 +124,52 @@ def run(args: Any) -> list[dict]:
             # the ratio uses thread-CPU time on CPU (robust to other jobs on the machine), wall time on GPU
             kind = "cpu" if torch.device(device).type == "cpu" else "wall"
             ta, tb = t[f"base_{kind}"], t[kind]
-            rows.append({"suite": "plugins", "model": model_name, "reg": reg, "unroll": unroll, "timing": kind,
-                         "median_ms": float(np.median(tb)), "base_median_ms": float(np.median(ta)),
-                         "ratio": float(np.median(tb) / np.median(ta)),
-                         "ratio_p25": float(np.percentile(tb / ta, 25)), "ratio_p75": float(np.percentile(tb / ta, 75)),
-                         # noise on a shared machine only adds time: the ratio of minima is the least disturbed
-                         "ratio_min": float(tb.min() / ta.min()), "min_ms": float(tb.min()), "base_min_ms": float(ta.min()),
-                         "wall_median_ms": float(np.median(t["wall"])),
-                         "base_wall_median_ms": float(np.median(t["base_wall"])),
-                         "repeats": repeats, "batch": batch_size, "seq_len": seq_len, "device": device})
+            rows.append(
+                {
+                    "suite": "plugins",
+                    "model": model_name,
+                    "reg": reg,
+                    "unroll": unroll,
+                    "timing": kind,
+                    "median_ms": float(np.median(tb)),
+                    "base_median_ms": float(np.median(ta)),
+                    "ratio": float(np.median(tb) / np.median(ta)),
+                    "ratio_p25": float(np.percentile(tb / ta, 25)),
+                    "ratio_p75": float(np.percentile(tb / ta, 75)),
+                    # noise on a shared machine only adds time: the ratio of minima is the least disturbed
+                    "ratio_min": float(tb.min() / ta.min()),
+                    "min_ms": float(tb.min()),
+                    "base_min_ms": float(ta.min()),
+                    "wall_median_ms": float(np.median(t["wall"])),
+                    "base_wall_median_ms": float(np.median(t["base_wall"])),
+                    "repeats": repeats,
+                    "batch": batch_size,
+                    "seq_len": seq_len,
+                    "device": device,
+                }
+            )
         # linearity of MDM in unroll: fit the extra time over the paired baseline against unroll
-        pts = [(r["unroll"], r["min_ms"] - r["base_min_ms"]) for r in rows
-               if r["model"] == model_name and r["reg"] == "mdm_kl"]
+        pts = [
+            (r["unroll"], r["min_ms"] - r["base_min_ms"])
+            for r in rows
+            if r["model"] == model_name and r["reg"] == "mdm_kl"
+        ]
         u, t = np.array([p[0] for p in pts], float), np.array([p[1] for p in pts], float)
         slope, icpt = np.polyfit(u, t, 1)
         r2 = 1 - ((t - (icpt + slope * u)) ** 2).sum() / max(((t - t.mean()) ** 2).sum(), 1e-12)
-        rows.append({"suite": "plugins", "model": model_name, "reg": "mdm_kl_unroll_fit", "slope_ms": float(slope),
-                     "intercept_ms": float(icpt), "r2": float(r2), "extra_ms": t.tolist(), "unrolls": u.tolist(),
-                     "device": device})
+        rows.append(
+            {
+                "suite": "plugins",
+                "model": model_name,
+                "reg": "mdm_kl_unroll_fit",
+                "slope_ms": float(slope),
+                "intercept_ms": float(icpt),
+                "r2": float(r2),
+                "extra_ms": t.tolist(),
+                "unrolls": u.tolist(),
+                "device": device,
+            }
+        )
     env = environment()
     for r in rows:
         r["env"] = env
@@ -161,11 +192,15 @@ def main(argv: list[str] | None = None) -> None:
     args.out.write_text(json.dumps(rows, indent=1))
     for r in rows:
         if "ratio" in r:
-            print(f"{r['model']:8s} {r['reg']:16s} unroll={r['unroll']} {r['median_ms']:8.2f} ms vs "
-                  f"{r['base_median_ms']:8.2f} ms  x{r['ratio']:.2f} (median)  x{r['ratio_min']:.2f} (min)")
+            print(
+                f"{r['model']:8s} {r['reg']:16s} unroll={r['unroll']} {r['median_ms']:8.2f} ms vs "
+                f"{r['base_median_ms']:8.2f} ms  x{r['ratio']:.2f} (median)  x{r['ratio_min']:.2f} (min)"
+            )
         else:
-            print(f"{r['model']:8s} MDM extra time = {r['slope_ms']:.2f} ms/unroll + {r['intercept_ms']:.2f} ms, "
-                  f"R^2 {r['r2']:.3f}")
+            print(
+                f"{r['model']:8s} MDM extra time = {r['slope_ms']:.2f} ms/unroll + {r['intercept_ms']:.2f} ms, "
+                f"R^2 {r['r2']:.3f}"
+            )
 
 
 if __name__ == "__main__":

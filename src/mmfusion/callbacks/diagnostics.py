@@ -44,7 +44,9 @@ class GradNormMonitor(pl.Callback):
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._sums, self._n = {}, 0
 
-    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> None:
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any
+    ) -> None:
         opts = trainer.optimizers
         if not opts or optimizer is not opts[0] and getattr(optimizer, "optimizer", None) is not opts[0]:
             return
@@ -61,8 +63,9 @@ class GradNormMonitor(pl.Callback):
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._n:
-            pl_module.log_dict({f"grad_norm/{k}": v / self._n for k, v in self._sums.items()}, on_epoch=True,
-                               on_step=False)
+            pl_module.log_dict(
+                {f"grad_norm/{k}": v / self._n for k, v in self._sums.items()}, on_epoch=True, on_step=False
+            )
 
 
 class PluginInfluence(pl.Callback):
@@ -97,7 +100,9 @@ class PredictionScatter(pl.Callback):
         if pred.ndim == 2 and pred.shape[1] == 1 and y.ndim == 1:  # regression only
             self._buf[stage].append((pred[:, 0].numpy(), y.numpy()))
 
-    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+    def on_validation_batch_end(
+        self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
+    ) -> None:
         if not trainer.sanity_checking and trainer.current_epoch % self.every_n_epochs == 0:
             self._collect("val", pl_module, batch)
 

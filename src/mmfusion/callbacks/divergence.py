@@ -41,12 +41,17 @@ def likely_cause(pl_module: pl.LightningModule, batch: Any = None) -> str:
     """The data when the batch holds NaN/inf, else the learning rate (and the plug-ins, if any)."""
     bad = nonfinite_entries(batch) if batch is not None else []
     if bad:
-        return f"non-finite values in the data: {', '.join(bad[:3])}; check the data files and their sanitising"
+        return (
+            f"non-finite values in the data: {', '.join(bad[:3])}; check the data files and their sanitising"
+        )
     lr = getattr(pl_module, "lr", None)
     plugins = list(getattr(pl_module, "plugins", {}) or {})
     extra = f" or a plug-in's weight/lr (reg: {', '.join(plugins)})" if plugins else ""
-    return (f"the learning rate is too high (optim.lr={lr:g}){extra}; lower optim.lr or set optim.grad_clip_val"
-            if isinstance(lr, int | float) else f"the learning rate is too high{extra}; lower optim.lr")
+    return (
+        f"the learning rate is too high (optim.lr={lr:g}){extra}; lower optim.lr or set optim.grad_clip_val"
+        if isinstance(lr, int | float)
+        else f"the learning rate is too high{extra}; lower optim.lr"
+    )
 
 
 def _loss_value(outputs: Any) -> Tensor | None:
@@ -65,8 +70,9 @@ class DivergenceGuard(pl.Callback):
         self.first_loss: float | None = None
         self.warned = False
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         loss = _loss_value(outputs)
         if loss is None:
             return
@@ -76,7 +82,8 @@ class DivergenceGuard(pl.Callback):
             return
         raise DivergenceError(
             f"training diverged at epoch {trainer.current_epoch}, step {trainer.global_step} (batch {batch_idx}): "
-            f"train/loss = {float(loss.float().mean())}; likely cause: {likely_cause(pl_module, batch)}")
+            f"train/loss = {float(loss.float().mean())}; likely cause: {likely_cause(pl_module, batch)}"
+        )
 
     def _check_eval(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         metrics = (getattr(pl_module, "last_metrics", None) or {}).get(stage) or {}
@@ -88,10 +95,15 @@ class DivergenceGuard(pl.Callback):
             self._warn_growth(metrics.get("loss"), trainer, pl_module, stage)
             return
         values = ", ".join(f"{stage}/{k} = {v}" for k, v in bad.items())
-        when = (f"after epoch {trainer.current_epoch}, step {trainer.global_step}" if trainer.state.fn == "fit"
-                else "on the evaluated checkpoint")
-        raise DivergenceError(f"{'validation' if stage == 'val' else 'test'} predictions are not finite {when}: "
-                              f"{values}; likely cause: {likely_cause(pl_module)}")
+        when = (
+            f"after epoch {trainer.current_epoch}, step {trainer.global_step}"
+            if trainer.state.fn == "fit"
+            else "on the evaluated checkpoint"
+        )
+        raise DivergenceError(
+            f"{'validation' if stage == 'val' else 'test'} predictions are not finite {when}: "
+            f"{values}; likely cause: {likely_cause(pl_module)}"
+        )
 
     def _warn_growth(self, loss: Any, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         first = self.first_loss
@@ -99,9 +111,16 @@ class DivergenceGuard(pl.Callback):
             return
         if loss > GROWTH_WARNING * first:
             self.warned = True
-            log.warning("%s/loss = %.4g after epoch %d is %.3g x the first training loss (%.4g): the run is "
-                        "diverging; likely cause: %s", stage, loss, trainer.current_epoch, loss / first, first,
-                        likely_cause(pl_module))
+            log.warning(
+                "%s/loss = %.4g after epoch %d is %.3g x the first training loss (%.4g): the run is "
+                "diverging; likely cause: %s",
+                stage,
+                loss,
+                trainer.current_epoch,
+                loss / first,
+                first,
+                likely_cause(pl_module),
+            )
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.sanity_checking:

@@ -111,16 +111,30 @@ class FigureLogger(pl.Callback):
         self.every_n_epochs = max(1, int(every_n_epochs))
         self.out_dir = out_dir
 
-    def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
-                                batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
-        if (batch_idx != 0 or trainer.sanity_checking or not trainer.is_global_zero
-                or trainer.current_epoch % self.every_n_epochs):
+    def on_validation_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if (
+            batch_idx != 0
+            or trainer.sanity_checking
+            or not trainer.is_global_zero
+            or trainer.current_epoch % self.every_n_epochs
+        ):
             return
         net = pl_module.net
         with torch.no_grad():
             out = net(batch)
         figs: dict[str, Any] = {}
-        sources: list[tuple[str, Any]] = [("model", net), *[(f"reg/{n}", p) for n, p in pl_module.plugins.items()]]
+        sources: list[tuple[str, Any]] = [
+            ("model", net),
+            *[(f"reg/{n}", p) for n, p in pl_module.plugins.items()],
+        ]
         for prefix, obj in sources:
             fn = getattr(obj, "figures", None)
             if callable(fn):
@@ -162,7 +176,9 @@ def per_epoch(rows: list[dict[str, float]], key: str) -> tuple[list[int], list[f
     return epochs, [sum(acc[e]) / len(acc[e]) for e in epochs]
 
 
-def learning_curve(csv_path: str | Path, monitor: str | None, out_png: str | Path, mode: str = "min") -> Path | None:
+def learning_curve(
+    csv_path: str | Path, monitor: str | None, out_png: str | Path, mode: str = "min"
+) -> Path | None:
     """``learning_curve.png`` from the CSV log (``csv/metrics.csv``): train loss (mean of the epoch's steps) and
     validation loss per epoch, and the selection metric ``monitor`` per epoch with its best epoch marked.
     Returns the PNG path, or ``None`` (and logs why) when there is no CSV log or nothing per epoch in it.
@@ -179,8 +195,10 @@ def learning_curve(csv_path: str | Path, monitor: str | None, out_png: str | Pat
         return None
     rows = _read_csv_log(csv_path)
     train_key = next((k for k in ("train/loss_epoch", "train/loss") if any(k in r for r in rows)), None)
-    series = {"train loss": per_epoch(rows, train_key) if train_key else ([], []),
-              "val loss": per_epoch(rows, "val/loss")}
+    series = {
+        "train loss": per_epoch(rows, train_key) if train_key else ([], []),
+        "val loss": per_epoch(rows, "val/loss"),
+    }
     mon = per_epoch(rows, monitor) if monitor and monitor != "val/loss" else ([], [])
     if not any(e for e, _ in series.values()) and not mon[0]:
         log.info("%s has no per-epoch losses: no learning-curve figure", csv_path)
@@ -229,8 +247,9 @@ def save_learning_curve(trainer: pl.Trainer, out_png: str | Path) -> Path | None
     lg.save()
     cb = trainer.checkpoint_callback
     try:
-        return learning_curve(lg.experiment.metrics_file_path, getattr(cb, "monitor", None), out_png,
-                              getattr(cb, "mode", "min"))
+        return learning_curve(
+            lg.experiment.metrics_file_path, getattr(cb, "monitor", None), out_png, getattr(cb, "mode", "min")
+        )
     except Exception as e:  # noqa: BLE001 - a figure must never fail a finished run
         log.warning("learning-curve figure not written: %s", e)
         return None

@@ -44,10 +44,11 @@ WANDB_ID_FILE = "wandb_run_id.txt"
 def rng_states() -> dict[str, Any]:
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     # plain types and tensors only: Lightning loads checkpoints with torch.load(weights_only=True)
-    states: dict[str, Any] = {"torch": torch.get_rng_state(),
-                              "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss),
-                                        float(gauss)],
-                              "python": random.getstate()}
+    states: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)],
+        "python": random.getstate(),
+    }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         states["cuda"] = torch.cuda.get_rng_state_all()
     return states
@@ -143,17 +144,22 @@ class ExactResume(pl.Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._pending = state_dict.get("rng")
 
-    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
-                           checkpoint: dict[str, Any]) -> None:
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
         for lg in trainer.loggers:
             if isinstance(lg, ResumableCSVLogger):
                 lg.experiment.resumed = True
-                log.info("resume: %s keeps the rows logged before the resumed position",
-                         lg.experiment.metrics_file_path)
+                log.info(
+                    "resume: %s keeps the rows logged before the resumed position",
+                    lg.experiment.metrics_file_path,
+                )
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._pending is not None:
-            set_rng_states(self._pending)  # after setup, data loading and sanity checks: training continues from here
+            set_rng_states(
+                self._pending
+            )  # after setup, data loading and sanity checks: training continues from here
             self._pending = None
         if trainer.is_global_zero:
             run_id, ckpt_dir = wandb_run_id(trainer), checkpoint_dir(trainer)
@@ -178,8 +184,13 @@ class LinkedModelCheckpoint(ModelCheckpoint):
             return
         last = self.format_checkpoint_name(monitor_candidates, self.CHECKPOINT_NAME_LAST)
         saved = self._last_checkpoint_saved
-        fresh = (bool(saved) and self._last_global_step_saved == trainer.global_step and self.save_top_k != 0
-                 and os.path.abspath(saved) != os.path.abspath(last) and os.path.isfile(saved))
+        fresh = (
+            bool(saved)
+            and self._last_global_step_saved == trainer.global_step
+            and self.save_top_k != 0
+            and os.path.abspath(saved) != os.path.abspath(last)
+            and os.path.isfile(saved)
+        )
         if not fresh:
             if trainer.is_global_zero and os.path.islink(last):
                 os.remove(last)  # torch.save would write through the link into the best checkpoint
@@ -203,8 +214,13 @@ class StepCheckpoint(ModelCheckpoint):
         # Lightning warns that a manual-optimisation step checkpoint holds the state AFTER the step: that is what
         # an exact resume needs (weights after step k + the loader positioned at batch k + 1)
         warnings.filterwarnings("ignore", message=".*no pre-optimization state was saved.*")
-        super().__init__(dirpath=dirpath, every_n_train_steps=every_n_train_steps, save_top_k=0, save_last=True,
-                         monitor=None)
+        super().__init__(
+            dirpath=dirpath,
+            every_n_train_steps=every_n_train_steps,
+            save_top_k=0,
+            save_last=True,
+            monitor=None,
+        )
 
 
 class SimulatedPreemption(pl.Callback):
@@ -214,10 +230,13 @@ class SimulatedPreemption(pl.Callback):
     def __init__(self, at_step: int) -> None:
         self.at_step = int(at_step)
 
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
-                             batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         if trainer.global_step >= self.at_step:
-            log.warning("SimulatedPreemption: killing pid %d at global_step %d", os.getpid(), trainer.global_step)
+            log.warning(
+                "SimulatedPreemption: killing pid %d at global_step %d", os.getpid(), trainer.global_step
+            )
             os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -301,9 +320,11 @@ def check_resume(cfg: Any, run_dir: str | Path) -> None:
     diffs = run_differences(stored, cfg)
     if diffs:
         more = f" (+{len(diffs) - 3} more)" if len(diffs) > 3 else ""
-        raise ConfigError(f"ckpt_path={cfg.get('ckpt_path')}: this config changes the run stored in {path}: "
-                          f"{'; '.join(diffs[:3])}{more}; resume with the run's own model/data/reg overrides "
-                          "(see its .hydra/overrides.yaml), or drop ckpt_path to start a new run")
+        raise ConfigError(
+            f"ckpt_path={cfg.get('ckpt_path')}: this config changes the run stored in {path}: "
+            f"{'; '.join(diffs[:3])}{more}; resume with the run's own model/data/reg overrides "
+            "(see its .hydra/overrides.yaml), or drop ckpt_path to start a new run"
+        )
 
 
 class ResumeGuard(HydraCallback):

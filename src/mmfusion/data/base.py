@@ -53,7 +53,9 @@ class ArrayDataset(Dataset):
             raise DataError(f"{name}: all arrays must have the same number of samples, got {n}")
         self.n = next(iter(n.values()))
         if self.n == 0:
-            raise DataError(f"{name}: the split is empty (0 samples); check the data files and the split names")
+            raise DataError(
+                f"{name}: the split is empty (0 samples); check the data files and the split names"
+            )
         self.tensors = dict(tensors)
         self.tensors["index"] = torch.arange(self.n)
         self.name = name
@@ -200,8 +202,10 @@ class MultimodalDataModule(pl.LightningDataModule):
             bad = ~torch.isfinite(y.reshape(len(y), -1)).all(dim=1)
             if bad.any():
                 rows = bad.nonzero().flatten()[:5].tolist()
-                raise DataError(f"{where}: {int(bad.sum())} non-finite (NaN/inf) label(s) in the {name} split, "
-                                f"samples {rows}; every label must be a finite number (fix or drop those rows)")
+                raise DataError(
+                    f"{where}: {int(bad.sum())} non-finite (NaN/inf) label(s) in the {name} split, "
+                    f"samples {rows}; every label must be a finite number (fix or drop those rows)"
+                )
 
     def model_kwargs(self) -> dict[str, Any]:
         """Keyword arguments a model needs from the data (passed when the model is built)."""
@@ -211,8 +215,11 @@ class MultimodalDataModule(pl.LightningDataModule):
     def info(self) -> dict[str, Any]:
         """Data facts a plug-in may use (``ModelInfo.data``)."""
         self.setup()
-        return {"modalities": self.modalities, "input_dims": dict(self.input_dims),
-                "n_train": len(self.splits["train"])}
+        return {
+            "modalities": self.modalities,
+            "input_dims": dict(self.input_dims),
+            "n_train": len(self.splits["train"]),
+        }
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         self.setup()

@@ -89,7 +89,9 @@ def read_csd(path: str | Path) -> ComputationalSequence:
     """Read a computational sequence: features, intervals and metadata of every entry (video)."""
     p = Path(path).expanduser()
     if not p.is_file():
-        raise DataError(f"{p}: file not found; `python scripts/prepare_data.py mosi_csd` says where to get it")
+        raise DataError(
+            f"{p}: file not found; `python scripts/prepare_data.py mosi_csd` says where to get it"
+        )
     try:
         f = h5py.File(p, "r")
     except OSError as e:
@@ -97,8 +99,10 @@ def read_csd(path: str | Path) -> ComputationalSequence:
     with f:
         roots = list(f.keys())
         if len(roots) != 1 or not isinstance(f[roots[0]], h5py.Group) or "data" not in f[roots[0]]:
-            raise DataError(f"{p}: expected one root group <name> with data/ and metadata/ (a .csd file); "
-                            f"found top-level keys {roots}")
+            raise DataError(
+                f"{p}: expected one root group <name> with data/ and metadata/ (a .csd file); "
+                f"found top-level keys {roots}"
+            )
         root = f[roots[0]]
         data: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         for vid, g in root["data"].items():
@@ -108,11 +112,14 @@ def read_csd(path: str | Path) -> ComputationalSequence:
             if feats.ndim == 1:
                 feats = feats[:, None]
             if iv.ndim != 2 or iv.shape[1] != 2 or len(iv) != len(feats):
-                raise DataError(f"{p}: data/{vid}: intervals {iv.shape} do not match features {feats.shape} "
-                                f"(expected (n, 2) with n = {len(feats)})")
+                raise DataError(
+                    f"{p}: data/{vid}: intervals {iv.shape} do not match features {feats.shape} "
+                    f"(expected (n, 2) with n = {len(feats)})"
+                )
             if feats.dtype.kind in "SO":
-                feats = np.array([_decode(u) if isinstance(u, bytes) else u for u in feats.reshape(-1)],
-                                 dtype=object).reshape(feats.shape)
+                feats = np.array(
+                    [_decode(u) if isinstance(u, bytes) else u for u in feats.reshape(-1)], dtype=object
+                ).reshape(feats.shape)
             data[str(vid)] = (feats, iv)
         meta: dict[str, Any] = {}
         if "metadata" in root:
@@ -178,8 +185,10 @@ def load_folds(folds: str | Mapping[str, Sequence[str]]) -> dict[str, list[str]]
     else:
         p = Path(str(folds)).expanduser()
         if not p.is_file():
-            raise DataError(f"{p}: folds file not found (expected JSON with train/valid/test video-id lists, or "
-                            f"the SDK's cmu_*_std_folds.py)")
+            raise DataError(
+                f"{p}: folds file not found (expected JSON with train/valid/test video-id lists, or "
+                f"the SDK's cmu_*_std_folds.py)"
+            )
         raw, where = (_sdk_folds(p) if p.suffix == ".py" else json.loads(p.read_text())), str(p)
     out = {}
     for s in SPLITS:
@@ -196,12 +205,16 @@ def load_folds(folds: str | Mapping[str, Sequence[str]]) -> dict[str, list[str]]
     return out
 
 
-def label_segments(labels: ComputationalSequence, column: int = 0) -> dict[str, tuple[str, float, float, float]]:
+def label_segments(
+    labels: ComputationalSequence, column: int = 0
+) -> dict[str, tuple[str, float, float, float]]:
     """``{segment_id: (video_id, start, end, label)}``; row ``i`` of video ``v`` is segment ``v_{i+1}``."""
     out = {}
     for vid, (f, iv) in labels.data.items():
         if f.shape[1] <= column:
-            raise DataError(f"{labels.path}: data/{vid} has {f.shape[1]} label columns; data.label_column={column}")
+            raise DataError(
+                f"{labels.path}: data/{vid} has {f.shape[1]} label columns; data.label_column={column}"
+            )
         for i in range(len(f)):
             out[f"{vid}_{i + 1}"] = (vid, float(iv[i, 0]), float(iv[i, 1]), float(f[i, column]))
     return out
@@ -223,13 +236,17 @@ def align(
         raise ConfigError(f"data.reference={reference!r} is not one of the sequences {list(sequences)}")
     for m, cs in sequences.items():
         if any(f.dtype == object for f, _ in cs.data.values()):
-            raise DataError(f"{cs.path}: {m} holds non-numeric features (words?); use the word-vector sequence")
+            raise DataError(
+                f"{cs.path}: {m} holds non-numeric features (words?); use the word-vector sequence"
+            )
     segs = label_segments(labels, label_column)
     fold_of = {v: s for s, vids in folds.items() for v in vids}
     missing_lab = sorted(set(fold_of) - set(labels.data))
     if missing_lab:
-        raise DataError(f"{labels.path}: fold video {missing_lab[0]!r} has no label entry "
-                        f"({len(missing_lab)} fold videos without labels)")
+        raise DataError(
+            f"{labels.path}: fold video {missing_lab[0]!r} has no label entry "
+            f"({len(missing_lab)} fold videos without labels)"
+        )
     seqs_of: dict[str, dict[str, list[np.ndarray]]] = {s: {m: [] for m in sequences} for s in SPLITS}
     y_of: dict[str, list[float]] = {s: [] for s in SPLITS}
     ids_of: dict[str, list[str]] = {s: [] for s in SPLITS}
@@ -260,7 +277,9 @@ def align(
                     seqs_of[split][m].append(feats(m, vid)[idx])
                 else:
                     mean, cnt = collapse_mean(ref_iv[idx], cs.data[vid][1], feats(m, vid))
-                    report[f"{m}: words without frames -> 0"] = report.get(f"{m}: words without frames -> 0", 0) + int((cnt == 0).sum())
+                    report[f"{m}: words without frames -> 0"] = report.get(
+                        f"{m}: words without frames -> 0", 0
+                    ) + int((cnt == 0).sum())
                     seqs_of[split][m].append(mean)
         else:
             for m, cs in sequences.items():
@@ -271,8 +290,11 @@ def align(
     report["segments outside the folds (unused)"] = outside
     report["fold videos missing from a feature file (dropped)"] = len(skipped_videos)
     if skipped_videos:
-        log.warning("csd: %d fold videos lack features in some sequence and are dropped: %s",
-                    len(skipped_videos), sorted(skipped_videos)[:10])
+        log.warning(
+            "csd: %d fold videos lack features in some sequence and are dropped: %s",
+            len(skipped_videos),
+            sorted(skipped_videos)[:10],
+        )
     out: dict[str, dict[str, Any]] = {}
     for s in SPLITS:
         x, lens = {}, {}
@@ -292,7 +314,9 @@ def _cache_key(files: Mapping[str, str], options: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(desc, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def write_cache(path: Path, key: str, arrays: Mapping[str, Mapping[str, Any]], report: Mapping[str, int]) -> None:
+def write_cache(
+    path: Path, key: str, arrays: Mapping[str, Mapping[str, Any]], report: Mapping[str, int]
+) -> None:
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     path.parent.mkdir(parents=True, exist_ok=True)
     with h5py.File(tmp, "w") as f:
@@ -316,9 +340,12 @@ def read_cache(path: Path, key: str) -> tuple[dict[str, dict[str, Any]], dict[st
             out = {}
             for s in SPLITS:
                 g = f[s]
-                out[s] = {"y": g["y"][()], "ids": [i.decode() if isinstance(i, bytes) else str(i) for i in g["ids"][()]],
-                          "x": {m: g["x"][m][()] for m in g["x"]},
-                          "lengths": {m: g["lengths"][m][()] for m in g["lengths"]}}
+                out[s] = {
+                    "y": g["y"][()],
+                    "ids": [i.decode() if isinstance(i, bytes) else str(i) for i in g["ids"][()]],
+                    "x": {m: g["x"][m][()] for m in g["x"]},
+                    "lengths": {m: g["lengths"][m][()] for m in g["lengths"]},
+                }
             return out, json.loads(f.attrs.get("report", "{}"))
     except (OSError, KeyError):
         return None
@@ -391,10 +418,18 @@ class CSDDataModule(MultimodalDataModule):
         files = dict(self.sequences, __labels__=self.labels)
         for m, f in files.items():
             if not Path(f).expanduser().is_file():
-                raise DataError(f"{f}: file not found ({m}); `python scripts/prepare_data.py mosi_csd` says where "
-                                f"to get it")
-        options = {"reference": self.reference, "label_column": self.label_column, "max_len": self.max_len,
-                   "keep": self.keep, "folds": folds, "modalities": list(self.modalities)}
+                raise DataError(
+                    f"{f}: file not found ({m}); `python scripts/prepare_data.py mosi_csd` says where "
+                    f"to get it"
+                )
+        options = {
+            "reference": self.reference,
+            "label_column": self.label_column,
+            "max_len": self.max_len,
+            "keep": self.keep,
+            "folds": folds,
+            "modalities": list(self.modalities),
+        }
         if self.cache_dir:
             key = _cache_key(files, options)
             self.cache_path = Path(self.cache_dir).expanduser() / f"csd_{key[:20]}.h5"
@@ -408,8 +443,16 @@ class CSDDataModule(MultimodalDataModule):
         seqs = {m: read_csd(p) for m, p in self.sequences.items()}
         for m, cs in seqs.items():
             check_dim(cs.dim, self.feature_dims, m, cs.path)
-        arrays = align(seqs, read_csd(self.labels), folds, self.reference, self.label_column, self.max_len,
-                       self.keep, report)
+        arrays = align(
+            seqs,
+            read_csd(self.labels),
+            folds,
+            self.reference,
+            self.label_column,
+            self.max_len,
+            self.keep,
+            report,
+        )
         self.cache_hit = False
         if self.cache_dir:
             write_cache(self.cache_path, key, arrays, report)
@@ -418,7 +461,9 @@ class CSDDataModule(MultimodalDataModule):
 
     def build(self) -> dict[str, ArrayDataset]:
         arrays, report = self._arrays()
-        log_sanitize_once(f"{self.dataset}:{self.labels}", report, extra=f"reference={self.reference}, keep={self.keep}")
+        log_sanitize_once(
+            f"{self.dataset}:{self.labels}", report, extra=f"reference={self.reference}, keep={self.keep}"
+        )
         out = {}
         for s in SPLITS:
             a = arrays[s]
@@ -431,6 +476,8 @@ class CSDDataModule(MultimodalDataModule):
                 x[m], lens[m] = torch.from_numpy(np.ascontiguousarray(arr, np.float32)), torch.from_numpy(ln)
                 self.input_dims[m] = int(arr.shape[2])
             self.ids[s] = list(a["ids"])
-            out[s] = ArrayDataset({"x": x, "lengths": lens, "y": torch.from_numpy(np.asarray(a["y"], np.float32))},
-                                  name=f"{self.dataset}/{s}")
+            out[s] = ArrayDataset(
+                {"x": x, "lengths": lens, "y": torch.from_numpy(np.asarray(a["y"], np.float32))},
+                name=f"{self.dataset}/{s}",
+            )
         return out

@@ -44,8 +44,9 @@ def answer_type(answer: str) -> str:
     return "yes/no" if answer in ("yes", "no") else "shape" if answer in SHAPES else "color"
 
 
-def load_split(root: Path, split: str, max_images: int | None,
-               image_size: int = 64) -> tuple[list[str], list[str], np.ndarray, np.ndarray]:
+def load_split(
+    root: Path, split: str, max_images: int | None, image_size: int = 64
+) -> tuple[list[str], list[str], np.ndarray, np.ndarray]:
     """Questions, answers, per-question image row, images (N_img, 3, S, S) uint8 (S = ``image_size``: 64, or a
     divisor of 64 by block averaging)."""
     from PIL import Image
@@ -73,15 +74,26 @@ def load_split(root: Path, split: str, max_images: int | None,
         a = a.reshape(image_size, f, image_size, f, 3).mean(axis=(1, 3)) if f > 1 else a
         images[i] = np.round(a).astype(np.uint8).transpose(2, 0, 1)
     rows = [r for r in rows if int(r[2]) in row_of]
-    return ([str(r[0]) for r in rows], [str(r[1]) for r in rows],
-            np.asarray([row_of[int(r[2])] for r in rows], dtype=np.int64), images)
+    return (
+        [str(r[0]) for r in rows],
+        [str(r[1]) for r in rows],
+        np.asarray([row_of[int(r[2])] for r in rows], dtype=np.int64),
+        images,
+    )
 
 
 class EasyVQADataset(Dataset):
     """Questions with an index into a shared image table (images are not copied per question)."""
 
-    def __init__(self, name: str, tokens: np.ndarray, answers: np.ndarray, image_rows: np.ndarray,
-                 images: torch.Tensor, num_answers: int) -> None:
+    def __init__(
+        self,
+        name: str,
+        tokens: np.ndarray,
+        answers: np.ndarray,
+        image_rows: np.ndarray,
+        images: torch.Tensor,
+        num_answers: int,
+    ) -> None:
         if len(tokens) == 0:
             raise DataError(f"easyvqa: split {name!r} is empty; check max_*_images and valid_fraction")
         self.name = name
@@ -101,8 +113,10 @@ class EasyVQADataset(Dataset):
         y = torch.nn.functional.one_hot(self.answers[idx], self.num_answers).float()
         return {
             "x": {"question": tok, "image": img},
-            "lengths": {"question": (tok != 0).sum(1).clamp(min=1),
-                        "image": torch.full((len(idx),), 1, dtype=torch.long)},
+            "lengths": {
+                "question": (tok != 0).sum(1).clamp(min=1),
+                "image": torch.full((len(idx),), 1, dtype=torch.long),
+            },
             "y": y,
             "index": idx,
         }
@@ -181,15 +195,23 @@ class EasyVQADataModule(MultimodalDataModule):
         self.input_dims = {"question": self.max_tokens, "image": 3}
         a = len(self.answers)
         return {
-            "train": EasyVQADataset("train", tr_tok[~is_valid], tr_y[~is_valid], tr_rows[~is_valid], train_images, a),
-            "valid": EasyVQADataset("valid", tr_tok[is_valid], tr_y[is_valid], tr_rows[is_valid], train_images, a),
+            "train": EasyVQADataset(
+                "train", tr_tok[~is_valid], tr_y[~is_valid], tr_rows[~is_valid], train_images, a
+            ),
+            "valid": EasyVQADataset(
+                "valid", tr_tok[is_valid], tr_y[is_valid], tr_rows[is_valid], train_images, a
+            ),
             "test": EasyVQADataset("test", te_tok, te_y, te_rows, test_images, a),
         }
 
     def model_kwargs(self) -> dict[str, Any]:
         kw = super().model_kwargs()
-        kw.update(vocab_size=len(self.token_vocab), pretrained_emb=None, image_encoder="cnn",
-                  image_size=(self.image_size, self.image_size))
+        kw.update(
+            vocab_size=len(self.token_vocab),
+            pretrained_emb=None,
+            image_encoder="cnn",
+            image_size=(self.image_size, self.image_size),
+        )
         return kw
 
     def info(self) -> dict[str, Any]:

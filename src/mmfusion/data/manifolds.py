@@ -49,8 +49,8 @@ def distance_to_curve(kind: str, points: np.ndarray, resolution: int = 4000) -> 
     c = curve(kind, np.linspace(0, 1, resolution))
     out = np.empty(len(points))
     for i in range(0, len(points), 2048):  # chunks keep the (chunk, resolution) matrix small
-        d = points[i:i + 2048, None, :] - c[None]
-        out[i:i + 2048] = np.sqrt((d ** 2).sum(-1)).min(1)
+        d = points[i : i + 2048, None, :] - c[None]
+        out[i : i + 2048] = np.sqrt((d**2).sum(-1)).min(1)
     return out
 
 
@@ -70,8 +70,7 @@ class Manifolds:
         extent: the figures show ``[-extent, extent]^2``.
     """
 
-    def __init__(self, manifolds: dict[str, dict] | None = None, seed: int = 0,
-                 extent: float = 1.6) -> None:
+    def __init__(self, manifolds: dict[str, dict] | None = None, seed: int = 0, extent: float = 1.6) -> None:
         manifolds = dict(manifolds or {k: {} for k in KINDS})
         bad = [k for k in manifolds if k not in KINDS]
         if bad:

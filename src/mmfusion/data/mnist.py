@@ -62,7 +62,9 @@ def read_idx(path: str | Path) -> np.ndarray:
     offset = 4 + 4 * ndim
     expected = int(np.prod(dims)) * dtype.itemsize
     if len(raw) - offset != expected:
-        raise DataError(f"{p}: header says shape {tuple(int(d) for d in dims)} ({expected} bytes) but {len(raw) - offset} bytes follow")
+        raise DataError(
+            f"{p}: header says shape {tuple(int(d) for d in dims)} ({expected} bytes) but {len(raw) - offset} bytes follow"
+        )
     return np.frombuffer(raw, dtype, offset=offset).reshape(tuple(dims)).astype(dtype.newbyteorder("="))
 
 
@@ -73,8 +75,10 @@ def find_idx(root: str | Path, stem: str) -> Path:
         for name in (stem, stem + ".gz"):
             if (d / name).is_file():
                 return d / name
-    raise DataError(f"{root}: {stem}[.gz] not found (looked in {root}, {root}/MNIST/raw); "
-                    f"`python scripts/prepare_data.py mnist` says where to get it")
+    raise DataError(
+        f"{root}: {stem}[.gz] not found (looked in {root}, {root}/MNIST/raw); "
+        f"`python scripts/prepare_data.py mnist` says where to get it"
+    )
 
 
 def load_mnist_arrays(root: str | Path) -> dict[str, np.ndarray]:
@@ -83,7 +87,9 @@ def load_mnist_arrays(root: str | Path) -> dict[str, np.ndarray]:
     for split in ("train", "test"):
         xi, yi = out[f"{split}_images"], out[f"{split}_labels"]
         if xi.ndim != 3 or yi.ndim != 1 or len(xi) != len(yi):
-            raise DataError(f"{root}: {split} images {xi.shape} and labels {yi.shape} do not match (N,H,W)/(N,)")
+            raise DataError(
+                f"{root}: {split} images {xi.shape} and labels {yi.shape} do not match (N,H,W)/(N,)"
+            )
     return out
 
 
@@ -95,8 +101,9 @@ def load_digits_arrays() -> tuple[np.ndarray, np.ndarray]:
     return (d.data / 16.0).astype(np.float32), d.target.astype(np.int64)
 
 
-def make_views(images: np.ndarray, views: str, layout: str, noise_std: float,
-               rng: np.random.Generator) -> dict[str, np.ndarray]:
+def make_views(
+    images: np.ndarray, views: str, layout: str, noise_std: float, rng: np.random.Generator
+) -> dict[str, np.ndarray]:
     """(N, H, W) float images in [0, 1] -> ``{modality: (N, T, D)}`` (see module docstring)."""
     n, h, w = images.shape
     if views == "halves":
@@ -113,31 +120,51 @@ def make_views(images: np.ndarray, views: str, layout: str, noise_std: float,
     return {m: np.ascontiguousarray(v, dtype=np.float32) for m, v in parts.items()}
 
 
-def _dataset(images: np.ndarray, labels: np.ndarray, views: str, layout: str, noise_std: float,
-             rng: np.random.Generator, name: str) -> ArrayDataset:
+def _dataset(
+    images: np.ndarray,
+    labels: np.ndarray,
+    views: str,
+    layout: str,
+    noise_std: float,
+    rng: np.random.Generator,
+    name: str,
+) -> ArrayDataset:
     x = make_views(images, views, layout, noise_std, rng)
     n = len(labels)
-    return ArrayDataset({
-        "x": {m: torch.from_numpy(v) for m, v in x.items()},
-        "lengths": {m: torch.full((n,), v.shape[1], dtype=torch.long) for m, v in x.items()},
-        "y": torch.as_tensor(labels, dtype=torch.long),
-    }, name=name)
+    return ArrayDataset(
+        {
+            "x": {m: torch.from_numpy(v) for m, v in x.items()},
+            "lengths": {m: torch.full((n,), v.shape[1], dtype=torch.long) for m, v in x.items()},
+            "y": torch.as_tensor(labels, dtype=torch.long),
+        },
+        name=name,
+    )
 
 
 class _ImageViews(MultimodalDataModule):
-    def __init__(self, task: Task | None, views: str, layout: str, noise_std: float, data_seed: int,
-                 **loader: object) -> None:
+    def __init__(
+        self, task: Task | None, views: str, layout: str, noise_std: float, data_seed: int, **loader: object
+    ) -> None:
         super().__init__(task or MulticlassClassification(10), **loader)
         if views not in ("halves", "noisy") or layout not in ("rows", "flat"):
-            raise ConfigError(f"data.views must be halves|noisy and data.layout rows|flat; got {views!r}, {layout!r}")
-        self.views, self.layout, self.noise_std, self.data_seed = views, layout, float(noise_std), int(data_seed)
+            raise ConfigError(
+                f"data.views must be halves|noisy and data.layout rows|flat; got {views!r}, {layout!r}"
+            )
+        self.views, self.layout, self.noise_std, self.data_seed = (
+            views,
+            layout,
+            float(noise_std),
+            int(data_seed),
+        )
         self.modalities = ("top", "bottom") if views == "halves" else ("image", "noisy")
 
     def _build(self, parts: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, ArrayDataset]:
         out = {}
         for k, (split, (xi, yi)) in enumerate(parts.items()):
             rng = np.random.default_rng([self.data_seed, k])
-            out[split] = _dataset(xi, yi, self.views, self.layout, self.noise_std, rng, f"{type(self).__name__}/{split}")
+            out[split] = _dataset(
+                xi, yi, self.views, self.layout, self.noise_std, rng, f"{type(self).__name__}/{split}"
+            )
         self.input_dims = {m: int(v.shape[2]) for m, v in out["train"].tensors["x"].items()}
         return out
 
@@ -158,9 +185,18 @@ class MnistDataModule(_ImageViews):
         **loader: batch size, workers and shuffling seed, passed to :class:`~mmfusion.data.base.MultimodalDataModule`.
     """
 
-    def __init__(self, path: str, task: Task | None = None, views: str = "halves", layout: str = "rows",
-                 noise_std: float = 0.5, n_valid: int = 5000, limit_train: int | None = None,
-                 data_seed: int = 0, **loader: object) -> None:
+    def __init__(
+        self,
+        path: str,
+        task: Task | None = None,
+        views: str = "halves",
+        layout: str = "rows",
+        noise_std: float = 0.5,
+        n_valid: int = 5000,
+        limit_train: int | None = None,
+        data_seed: int = 0,
+        **loader: object,
+    ) -> None:
         super().__init__(task, views, layout, noise_std, data_seed, **loader)
         self.path, self.n_valid, self.limit_train = str(path), int(n_valid), limit_train
 
@@ -204,8 +240,16 @@ class DigitsDataModule(_ImageViews):
         **loader: batch size, workers and shuffling seed, passed to :class:`~mmfusion.data.base.MultimodalDataModule`.
     """
 
-    def __init__(self, task: Task | None = None, views: str = "halves", layout: str = "rows",
-                 noise_std: float = 0.5, split_seed: int = 0, data_seed: int = 0, **loader: object) -> None:
+    def __init__(
+        self,
+        task: Task | None = None,
+        views: str = "halves",
+        layout: str = "rows",
+        noise_std: float = 0.5,
+        split_seed: int = 0,
+        data_seed: int = 0,
+        **loader: object,
+    ) -> None:
         super().__init__(task, views, layout, noise_std, data_seed, **loader)
         self.split_seed = int(split_seed)
 
@@ -213,4 +257,6 @@ class DigitsDataModule(_ImageViews):
         x, y = load_digits_arrays()
         images = x.reshape(-1, 8, 8)
         tr, va, te = stratified_split(y, (0.6, 0.2, 0.2), self.split_seed)
-        return self._build({"train": (images[tr], y[tr]), "valid": (images[va], y[va]), "test": (images[te], y[te])})
+        return self._build(
+            {"train": (images[tr], y[tr]), "valid": (images[va], y[va]), "test": (images[te], y[te])}
+        )

@@ -72,8 +72,10 @@ def detect_format(split: Mapping[str, Any], where: str) -> str:
         return "mmsa"
     if "labels" in split:
         return "mult"
-    raise DataError(f"{where}: no 'regression_labels' (MMSA layout) or 'labels' (MulT layout) key; "
-                    f"keys are {sorted(split)}")
+    raise DataError(
+        f"{where}: no 'regression_labels' (MMSA layout) or 'labels' (MulT layout) key; "
+        f"keys are {sorted(split)}"
+    )
 
 
 def _split_dict(data: Any, split: str, where: str) -> Mapping[str, Any]:
@@ -82,8 +84,10 @@ def _split_dict(data: Any, split: str, where: str) -> Mapping[str, Any]:
     for key in SPLIT_ALIASES[split]:
         if key in data:
             return data[key]
-    raise DataError(f"{where}: split {split!r} not found (accepted keys {list(SPLIT_ALIASES[split])}); "
-                    f"keys are {sorted(map(str, data))}")
+    raise DataError(
+        f"{where}: split {split!r} not found (accepted keys {list(SPLIT_ALIASES[split])}); "
+        f"keys are {sorted(map(str, data))}"
+    )
 
 
 def _ids(split: Mapping[str, Any], n: int, fmt: str) -> list[str]:
@@ -163,7 +167,9 @@ class MosiPickleDataModule(MultimodalDataModule):
             raise ConfigError(f"data.padding must be auto, left or right; got {padding!r}")
         unknown = set(modalities) - set(MODALITIES)
         if unknown or not modalities:
-            raise ConfigError(f"data.modalities must be a non-empty subset of {MODALITIES}; got {list(modalities)}")
+            raise ConfigError(
+                f"data.modalities must be a non-empty subset of {MODALITIES}; got {list(modalities)}"
+            )
         self.path = str(path)
         self.dataset = dataset
         self.format = format
@@ -196,12 +202,16 @@ class MosiPickleDataModule(MultimodalDataModule):
                     data.pop(key, None)
         self._check_disjoint()
         self.resolved_format = fmt
-        log_sanitize_once(f"{self.dataset}:{self.path}", report,
-                          extra=f"format={fmt}, text={self.text}, padding sides {self.padding_sides}")
+        log_sanitize_once(
+            f"{self.dataset}:{self.path}",
+            report,
+            extra=f"format={fmt}, text={self.text}, padding sides {self.padding_sides}",
+        )
         return splits
 
-    def _build_split(self, d: Mapping[str, Any], split: str, fmt: str, where: str,
-                     report: dict[str, int]) -> ArrayDataset:
+    def _build_split(
+        self, d: Mapping[str, Any], split: str, fmt: str, where: str, report: dict[str, int]
+    ) -> ArrayDataset:
         first = d["regression_labels" if fmt == "mmsa" else "labels"]
         n = int(np.asarray(first).shape[0])
         ids = _ids(d, n, fmt)
@@ -216,7 +226,9 @@ class MosiPickleDataModule(MultimodalDataModule):
             if self.text == "tokens":
                 out["tokens"] = tokens
         elif self.text == "tokens":
-            raise DataError(f"{where}: data.text=tokens needs the 'text_bert' key (MMSA layout); keys are {sorted(d)}")
+            raise DataError(
+                f"{where}: data.text=tokens needs the 'text_bert' key (MMSA layout); keys are {sorted(d)}"
+            )
         for m in self.modalities:
             if m == "text" and self.text == "tokens":
                 t_tok = out["tokens"]["input_ids"].shape[1]
@@ -244,32 +256,55 @@ class MosiPickleDataModule(MultimodalDataModule):
     def _tokens(self, raw: Any, n: int, where: str) -> tuple[dict[str, torch.Tensor], np.ndarray]:
         tb = np.asarray(raw)
         if tb.ndim != 3 or tb.shape[0] != n or tb.shape[1] != 3:
-            raise DataError(f"{where}/text_bert: expected (N={n}, 3, L) [ids, mask, segments], got {tb.shape}")
+            raise DataError(
+                f"{where}/text_bert: expected (N={n}, 3, L) [ids, mask, segments], got {tb.shape}"
+            )
         if not np.isfinite(tb).all() or not np.array_equal(tb, np.round(tb)):
             raise DataError(f"{where}/text_bert: token ids must be finite integers")
         tb = tb.astype(np.int64)
         mask = tb[:, 1]
         if not np.isin(mask, (0, 1)).all():
             raise DataError(f"{where}/text_bert: row 1 (attention mask) must be 0/1")
-        tokens = {"input_ids": torch.as_tensor(tb[:, 0]), "attention_mask": torch.as_tensor(mask),
-                  "token_type_ids": torch.as_tensor(tb[:, 2])}
+        tokens = {
+            "input_ids": torch.as_tensor(tb[:, 0]),
+            "attention_mask": torch.as_tensor(mask),
+            "token_type_ids": torch.as_tensor(tb[:, 2]),
+        }
         return tokens, mask.sum(axis=1)
 
-    def _lengths(self, arr: np.ndarray, d: Mapping[str, Any], m: str, text_mask: np.ndarray | None,
-                 split: str, report: dict[str, int]) -> tuple[np.ndarray, str]:
+    def _lengths(
+        self,
+        arr: np.ndarray,
+        d: Mapping[str, Any],
+        m: str,
+        text_mask: np.ndarray | None,
+        split: str,
+        report: dict[str, int],
+    ) -> tuple[np.ndarray, str]:
         t = arr.shape[1]
         name = f"{split}/{m}"
         if f"{m}_lengths" in d:  # MMSA unaligned: stored true lengths
             stored = np.asarray(d[f"{m}_lengths"]).reshape(-1)
             if stored.shape[0] != arr.shape[0]:
-                raise DataError(f"{self.path}:{split}/{m}_lengths: {stored.shape[0]} entries for {arr.shape[0]} samples")
+                raise DataError(
+                    f"{self.path}:{split}/{m}_lengths: {stored.shape[0]} entries for {arr.shape[0]} samples"
+                )
             lens = clamp_lengths(stored, t, name, report)
-            side = self.padding if self.padding != "auto" else detect_side_with_lengths(arr, np.minimum(stored, t))
+            side = (
+                self.padding
+                if self.padding != "auto"
+                else detect_side_with_lengths(arr, np.minimum(stored, t))
+            )
             return lens, side
         if m == "text" and text_mask is not None:  # BERT features: the tokenizer pads on the right
             return clamp_lengths(text_mask, t, name, report), "right"
-        if (text_mask is not None and self.padding in ("auto", "right") and t == np.shape(d["text_bert"])[-1]
-                and "audio_lengths" not in d and "vision_lengths" not in d):
+        if (
+            text_mask is not None
+            and self.padding in ("auto", "right")
+            and t == np.shape(d["text_bert"])[-1]
+            and "audio_lengths" not in d
+            and "vision_lengths" not in d
+        ):
             # MMSA aligned_50: one audio/vision step per word-piece position, so the true length is the text
             # mask's, as MMSA's models use it (e.g. MISA.alignment packs audio/vision with the mask length); a
             # silent word (an all-zero frame) at the end is data, not padding
@@ -289,5 +324,7 @@ class MosiPickleDataModule(MultimodalDataModule):
                 if i.startswith("#"):
                     continue
                 if i in seen and seen[i] != split:
-                    raise DataError(f"{self.path}: id {i!r} is in both {seen[i]!r} and {split!r}; splits must not mix")
+                    raise DataError(
+                        f"{self.path}: id {i!r} is in both {seen[i]!r} and {split!r}; splits must not mix"
+                    )
                 seen[i] = split

@@ -39,7 +39,9 @@ def _open_text(path: Path) -> list[list[str]]:
         with path.open(newline="", encoding="utf-8") as f:
             return [r for r in csv.reader(f) if r]
     except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not a text CSV (byte {e.start} is not UTF-8: a binary or corrupt file?)") from None
+        raise DataError(
+            f"{path}: not a text CSV (byte {e.start} is not UTF-8: a binary or corrupt file?)"
+        ) from None
     except csv.Error as e:
         raise DataError(f"{path}: not a readable CSV ({e})") from None
 
@@ -51,14 +53,18 @@ def read_float_csv(path: Path, expected_cols: int) -> np.ndarray:
         DataError: one line naming the file, the first bad row (and column) and what was expected.
     """
     if not path.is_file():
-        raise DataError(f"{path}: file not found (expected the bc-LSTM MOSI utterance features; see shared/data/README.md)")
+        raise DataError(
+            f"{path}: file not found (expected the bc-LSTM MOSI utterance features; see shared/data/README.md)"
+        )
     rows = _open_text(path)
     if not rows:
         raise DataError(f"{path}: empty file (expected rows of {expected_cols} numbers: features + label)")
     for i, r in enumerate(rows, 1):
         if len(r) != expected_cols:
-            raise DataError(f"{path}: expected {expected_cols} columns (features + label), row {i} has {len(r)}"
-                            + (" (a row cut short?)" if len(r) < expected_cols else ""))
+            raise DataError(
+                f"{path}: expected {expected_cols} columns (features + label), row {i} has {len(r)}"
+                + (" (a row cut short?)" if len(r) < expected_cols else "")
+            )
     try:
         arr = np.asarray(rows, dtype=np.float64)
     except ValueError:
@@ -68,7 +74,9 @@ def read_float_csv(path: Path, expected_cols: int) -> np.ndarray:
                     float(v)
                 except ValueError:
                     what = "the label" if j == expected_cols else f"feature {j}"
-                    raise DataError(f"{path}: row {i}, column {j} ({what}): {v[:40]!r} is not a number") from None
+                    raise DataError(
+                        f"{path}: row {i}, column {j} ({what}): {v[:40]!r} is not a number"
+                    ) from None
         raise
     return arr
 
@@ -90,20 +98,26 @@ def read_index(path: Path) -> dict[tuple[str, int], dict[str, str]]:
         raise DataError(f"{path}: missing columns {missing}")
     for line, r in enumerate(rows[1:], 2):
         if len(r) != len(header):
-            raise DataError(f"{path}: line {line} has {len(r)} fields, expected {len(header)}"
-                            + (" (a row cut short?)" if len(r) < len(header) else ""))
+            raise DataError(
+                f"{path}: line {line} has {len(r)} fields, expected {len(header)}"
+                + (" (a row cut short?)" if len(r) < len(header) else "")
+            )
         rec = dict(zip(header, r))
         try:
             row = int(rec["bclstm_row"])
         except ValueError:
-            raise DataError(f"{path}: line {line}: bclstm_row {rec['bclstm_row'][:40]!r} is not an integer") from None
+            raise DataError(
+                f"{path}: line {line}: bclstm_row {rec['bclstm_row'][:40]!r} is not an integer"
+            ) from None
         try:
             label = float(rec["label"])
         except ValueError:
             label = None
         if label is None or not math.isfinite(label):
-            raise DataError(f"{path}: line {line} (segment {rec.get('segment_id', '?')!r}): label "
-                            f"{rec['label'][:40]!r} is not a finite number (expected a score in [-3, 3])")
+            raise DataError(
+                f"{path}: line {line} (segment {rec.get('segment_id', '?')!r}): label "
+                f"{rec['label'][:40]!r} is not a finite number (expected a score in [-3, 3])"
+            )
         out[(rec["bclstm_split"], row)] = rec
     return out
 
@@ -143,27 +157,41 @@ class MOSIUtterance(MultimodalDataModule):
         self.text_tokenizer, self.max_tokens = text_tokenizer, max_tokens
         self.transcripts: dict[str, list[str]] = {}
 
-    def _read_split(self, split: str, index: dict) -> tuple[dict[str, np.ndarray], np.ndarray, list[str], list[str]]:
+    def _read_split(
+        self, split: str, index: dict
+    ) -> tuple[dict[str, np.ndarray], np.ndarray, list[str], list[str]]:
         feats, binary = {}, None
         report: dict[str, int] = {}
         for m, folder in FILES.items():
-            arr = read_float_csv(self.root / "bclstm_utterance_features" / folder / f"{folder}_{split}0.csv", DIMS[m] + 1)
+            arr = read_float_csv(
+                self.root / "bclstm_utterance_features" / folder / f"{folder}_{split}0.csv", DIMS[m] + 1
+            )
             feats[m] = sanitize(arr[:, :-1], f"{m}/{split}", report)
             if binary is None:
                 binary = arr[:, -1]
             elif arr.shape[0] != binary.shape[0] or not np.array_equal(arr[:, -1], binary):
-                raise DataError(f"{folder}_{split}0.csv: rows do not match text_{split}0.csv (row count or label column)")
+                raise DataError(
+                    f"{folder}_{split}0.csv: rows do not match text_{split}0.csv (row count or label column)"
+                )
         if any(report.values()):
-            log.warning("mosi_utterance/%s: sanitised non-finite values: %s", split, {k: v for k, v in report.items() if v})
+            log.warning(
+                "mosi_utterance/%s: sanitised non-finite values: %s",
+                split,
+                {k: v for k, v in report.items() if v},
+            )
         labels, videos, texts = [], [], []
         for row in range(binary.shape[0]):
             rec = index.get((split, row))
             if rec is None:
-                raise DataError(f"{self.root / 'mosi_index.csv'}: no label for bc-LSTM row ({split}, {row}); it has "
-                                f"{len(index)} rows (a file cut short?)")
+                raise DataError(
+                    f"{self.root / 'mosi_index.csv'}: no label for bc-LSTM row ({split}, {row}); it has "
+                    f"{len(index)} rows (a file cut short?)"
+                )
             y = float(rec["label"])
             if (y >= 0) != bool(binary[row]):
-                raise DataError(f"mosi_index.csv: label {y} of ({split}, {row}) disagrees with the CSV binary label {binary[row]}")
+                raise DataError(
+                    f"mosi_index.csv: label {y} of ({split}, {row}) disagrees with the CSV binary label {binary[row]}"
+                )
             labels.append(y)
             videos.append(rec["video_id"])
             texts.append(rec["text_lower"])
@@ -171,19 +199,31 @@ class MOSIUtterance(MultimodalDataModule):
 
     def build(self) -> dict[str, ArrayDataset]:
         if not self.root.is_dir():
-            raise DataError(f"data.path={self.root}: directory not found (expected shared/data/mosi with bclstm_utterance_features/)")
+            raise DataError(
+                f"data.path={self.root}: directory not found (expected shared/data/mosi with bclstm_utterance_features/)"
+            )
         index = read_index(self.root / "mosi_index.csv")
         tr_x, tr_y, tr_vid, tr_txt = self._read_split("train", index)
         te_x, te_y, _, te_txt = self._read_split("test", index)
         vids = sorted(set(tr_vid))
         if not 0 < self.valid_videos < len(vids):
-            raise DataError(f"data.valid_videos={self.valid_videos}: must be in [1, {len(vids) - 1}] train videos")
+            raise DataError(
+                f"data.valid_videos={self.valid_videos}: must be in [1, {len(vids) - 1}] train videos"
+            )
         rng = np.random.default_rng(self.split_seed)
         val_vids = set(rng.choice(vids, size=self.valid_videos, replace=False).tolist())
         is_val = np.asarray([v in val_vids for v in tr_vid])
         parts = {
-            "train": ({m: a[~is_val] for m, a in tr_x.items()}, tr_y[~is_val], [t for t, v in zip(tr_txt, is_val) if not v]),
-            "valid": ({m: a[is_val] for m, a in tr_x.items()}, tr_y[is_val], [t for t, v in zip(tr_txt, is_val) if v]),
+            "train": (
+                {m: a[~is_val] for m, a in tr_x.items()},
+                tr_y[~is_val],
+                [t for t, v in zip(tr_txt, is_val) if not v],
+            ),
+            "valid": (
+                {m: a[is_val] for m, a in tr_x.items()},
+                tr_y[is_val],
+                [t for t, v in zip(tr_txt, is_val) if v],
+            ),
             "test": (te_x, te_y, te_txt),
         }
         for m in self.standardize:  # statistics from the training part only
@@ -195,11 +235,14 @@ class MOSIUtterance(MultimodalDataModule):
         out = {}
         for split, (x, y, txt) in parts.items():
             n = len(y)
-            out[split] = ArrayDataset({
-                "x": {m: torch.from_numpy(a[:, None, :].copy()) for m, a in x.items()},
-                "lengths": {m: torch.ones(n, dtype=torch.long) for m in x},
-                "y": torch.from_numpy(y),
-            }, name=f"mosi_utterance/{split}")
+            out[split] = ArrayDataset(
+                {
+                    "x": {m: torch.from_numpy(a[:, None, :].copy()) for m, a in x.items()},
+                    "lengths": {m: torch.ones(n, dtype=torch.long) for m in x},
+                    "y": torch.from_numpy(y),
+                },
+                name=f"mosi_utterance/{split}",
+            )
             self.transcripts[split] = txt
         if self.text_tokenizer:
             from mmfusion.tokens import add_tokens

@@ -39,11 +39,17 @@ def sanitize_inplace(a: np.ndarray, name: str, report: dict[str, int], chunk: in
     out = a if a.dtype == np.float32 and a.flags.writeable else np.empty(a.shape, np.float32)
     if a.ndim == 0 or a.shape[0] == 0:
         return out
-    fast = a.dtype == np.float32  # a finite float32 value can never overflow float32: one isfinite pass suffices
+    fast = (
+        a.dtype == np.float32
+    )  # a finite float32 value can never overflow float32: one isfinite pass suffices
     for i in range(0, a.shape[0], chunk):
         c = a[i : i + chunk]
         if not fast:
-            if c.dtype.kind == "f" and np.isfinite(c).all() and np.abs(c).max(initial=0) <= np.finfo(np.float32).max:
+            if (
+                c.dtype.kind == "f"
+                and np.isfinite(c).all()
+                and np.abs(c).max(initial=0) <= np.finfo(np.float32).max
+            ):
                 out[i : i + chunk] = c  # clean chunk: a plain cast (base.sanitize would change nothing)
             else:
                 out[i : i + chunk] = sanitize(c, name, report)
@@ -70,8 +76,13 @@ def log_sanitize_once(dataset: str, report: Mapping[str, int], extra: str = "") 
         return
     _LOGGED.add(dataset)
     changed = {k: v for k, v in report.items() if v}
-    log.info("%s: sanitised (%s)%s: %s", dataset, SANITIZE_DOC, f"; {extra}" if extra else "",
-             changed or "nothing to fix")
+    log.info(
+        "%s: sanitised (%s)%s: %s",
+        dataset,
+        SANITIZE_DOC,
+        f"; {extra}" if extra else "",
+        changed or "nothing to fix",
+    )
 
 
 def zero_frames(x: np.ndarray, chunk: int = 1024) -> np.ndarray:
@@ -148,10 +159,12 @@ def clamp_lengths(lengths: np.ndarray, t: int, name: str, report: dict[str, int]
     lengths = np.asarray(lengths).astype(np.int64).reshape(-1)
     if (lengths < 0).any():
         raise DataError(f"{name}: negative sequence length {int(lengths.min())}")
-    report[f"{name}: length > T clipped"] = report.get(f"{name}: length > T clipped", 0) + int((lengths > t).sum())
-    report[f"{name}: zero-length -> 1 zero step"] = (
-        report.get(f"{name}: zero-length -> 1 zero step", 0) + int((lengths == 0).sum())
+    report[f"{name}: length > T clipped"] = report.get(f"{name}: length > T clipped", 0) + int(
+        (lengths > t).sum()
     )
+    report[f"{name}: zero-length -> 1 zero step"] = report.get(
+        f"{name}: zero-length -> 1 zero step", 0
+    ) + int((lengths == 0).sum())
     return np.clip(lengths, 1, max(t, 1))
 
 
@@ -174,7 +187,9 @@ def check_dim(actual: int, expected: Mapping[str, int] | None, modality: str, wh
         )
 
 
-def pad_list(seqs: list[np.ndarray], dim: int, max_len: int | None, keep: str = "last") -> tuple[np.ndarray, np.ndarray]:
+def pad_list(
+    seqs: list[np.ndarray], dim: int, max_len: int | None, keep: str = "last"
+) -> tuple[np.ndarray, np.ndarray]:
     """Right-pad variable-length (n_i, D) arrays into (N, T, D) float32 + lengths. Sequences longer than
     ``max_len`` keep their ``keep`` ('last', as CMU ``get_tensors`` and MulT do, or 'first') steps."""
     lens = np.array([len(s) for s in seqs], np.int64)

@@ -85,8 +85,12 @@ def generate_split(
         seq[missing[:, j]] = 0.0
         x[m] = torch.from_numpy(seq.astype(np.float32))
         lens[m] = torch.from_numpy(lengths.astype(np.int64))
-    tensors = {"x": x, "lengths": lens, "y": torch.from_numpy(y.astype(np.float32)),
-               "corrupt": torch.from_numpy(missing)}
+    tensors = {
+        "x": x,
+        "lengths": lens,
+        "y": torch.from_numpy(y.astype(np.float32)),
+        "corrupt": torch.from_numpy(missing),
+    }
     transcripts = [_sentence(rng, float(lat["s"][i]), float(lat["text"][i])) for i in range(n)]
     return tensors, transcripts
 
@@ -148,7 +152,8 @@ class SyntheticSentiment(MultimodalDataModule):
         for k, (split, n) in enumerate(self.sizes.items()):
             rng = np.random.default_rng([self.data_seed, k + 1])
             tensors, self.transcripts[split] = generate_split(
-                n, rng, dirs, self.input_dims, self.seq_len, self.min_len, self.noise, self.missing_rate)
+                n, rng, dirs, self.input_dims, self.seq_len, self.min_len, self.noise, self.missing_rate
+            )
             out[split] = ArrayDataset(tensors, name=f"synthetic/{split}")
         if self.text_tokenizer:
             from mmfusion.tokens import add_tokens

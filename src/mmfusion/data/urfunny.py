@@ -61,8 +61,9 @@ def _path(root: str | Path, files: Mapping[str, str] | None, key: str) -> Path:
     return Path(root).expanduser() / FILES[key]
 
 
-def load_labels_and_folds(root: str | Path, files: Mapping[str, str] | None = None
-                          ) -> tuple[dict[Any, float], dict[str, list[Any]]]:
+def load_labels_and_folds(
+    root: str | Path, files: Mapping[str, str] | None = None
+) -> tuple[dict[Any, float], dict[str, list[Any]]]:
     """Labels ``{id: 0.0|1.0}`` and folds ``{"train","valid","test": [ids]}``; every fold id must have a label
     and no id may be in two folds."""
     lp, fp = _path(root, files, "labels"), _path(root, files, "folds")
@@ -144,18 +145,26 @@ class UrFunnyDataModule(MultimodalDataModule):
         pin_memory: bool = False,
         seed: int = 0,
     ) -> None:
-        super().__init__(task or BinaryClassification(), batch_size, eval_batch_size, num_workers, pin_memory, seed)
+        super().__init__(
+            task or BinaryClassification(), batch_size, eval_batch_size, num_workers, pin_memory, seed
+        )
         if missing_features not in ("error", "drop"):
             raise ConfigError(f"data.missing_features must be 'error' or 'drop'; got {missing_features!r}")
         bad = set(modalities) - set(DIMS)
         if bad or not modalities:
-            raise ConfigError(f"data.modalities must be a non-empty subset of {tuple(DIMS)}; got {list(modalities)}")
+            raise ConfigError(
+                f"data.modalities must be a non-empty subset of {tuple(DIMS)}; got {list(modalities)}"
+            )
         if truncate not in ("last", "first"):
-            raise ConfigError(f"data.truncate must be 'last' (the last max_len words of the sample) or 'first' (each "
-                              f"sentence's first max_len words, the official loader); got {truncate!r}")
+            raise ConfigError(
+                f"data.truncate must be 'last' (the last max_len words of the sample) or 'first' (each "
+                f"sentence's first max_len words, the official loader); got {truncate!r}"
+            )
         if context_sentences < 0 or max_len < 1:
-            raise ConfigError(f"data.context_sentences must be >= 0 and data.max_len >= 1; got "
-                              f"{context_sentences}, {max_len}")
+            raise ConfigError(
+                f"data.context_sentences must be >= 0 and data.max_len >= 1; got "
+                f"{context_sentences}, {max_len}"
+            )
         self.path, self.files = str(path), dict(files) if files else None
         self.modalities = tuple(modalities)
         self.context_sentences, self.max_len, self.truncate = int(context_sentences), int(max_len), truncate
@@ -163,17 +172,21 @@ class UrFunnyDataModule(MultimodalDataModule):
         self.missing_features, self.pool = missing_features, tuple(pool)
         self.ids: dict[str, list[Any]] = {}
 
-    def _sentences(self, lang: Mapping, feats: Mapping[str, Mapping], emb: np.ndarray, sid: Any,
-                   report: dict[str, int]) -> dict[str, list[np.ndarray]]:
+    def _sentences(
+        self, lang: Mapping, feats: Mapping[str, Mapping], emb: np.ndarray, sid: Any, report: dict[str, int]
+    ) -> dict[str, list[np.ndarray]]:
         """Per modality, the word-feature arrays of the chosen sentences (context first, punchline last)."""
         k = self.context_sentences
         entry = lang[sid]
         for key in ("punchline_embedding_indexes", "context_embedding_indexes"):
             if key not in entry:
-                raise DataError(f"{_path(self.path, self.files, 'language')}: id {sid!r} lacks {key!r}; "
-                                f"has {sorted(entry)}")
-        word_idx = ([list(s) for s in entry["context_embedding_indexes"]][-k:] if k else []) + \
-            [list(entry["punchline_embedding_indexes"])]
+                raise DataError(
+                    f"{_path(self.path, self.files, 'language')}: id {sid!r} lacks {key!r}; "
+                    f"has {sorted(entry)}"
+                )
+        word_idx = ([list(s) for s in entry["context_embedding_indexes"]][-k:] if k else []) + [
+            list(entry["punchline_embedding_indexes"])
+        ]
         per_mod: dict[str, list[np.ndarray]] = {}
         for m in self.modalities:
             if m == "text":
@@ -181,8 +194,10 @@ class UrFunnyDataModule(MultimodalDataModule):
                 for s in word_idx:
                     idx = np.asarray(s, dtype=np.int64).reshape(-1)
                     if idx.size and (idx.min() < 0 or idx.max() >= len(emb)):
-                        raise DataError(f"{_path(self.path, self.files, 'language')}: id {sid!r} has word index "
-                                        f"{int(idx.max())} outside word_embedding_list (size {len(emb)})")
+                        raise DataError(
+                            f"{_path(self.path, self.files, 'language')}: id {sid!r} has word index "
+                            f"{int(idx.max())} outside word_embedding_list (size {len(emb)})"
+                        )
                     sents.append(emb[idx])
                 per_mod[m] = sents
                 continue
@@ -199,8 +214,9 @@ class UrFunnyDataModule(MultimodalDataModule):
             counts = {m: len(per_mod[m][-1 - s]) for m in per_mod}
             lo = min(counts.values())
             if len(set(counts.values())) > 1:
-                report["sentences with mismatched word counts (cut)"] = report.get(
-                    "sentences with mismatched word counts (cut)", 0) + 1
+                report["sentences with mismatched word counts (cut)"] = (
+                    report.get("sentences with mismatched word counts (cut)", 0) + 1
+                )
                 for m in per_mod:
                     per_mod[m][-1 - s] = per_mod[m][-1 - s][:lo]
         return {m: v[-n_sent:] for m, v in per_mod.items()}
@@ -211,10 +227,14 @@ class UrFunnyDataModule(MultimodalDataModule):
         lang = load_pickle(_path(self.path, self.files, "language"), "urfunny")  # also defines the sentences
         emb = np.zeros((0, DIMS["text"]))
         if "text" in self.modalities:
-            emb = np.asarray(load_pickle(_path(self.path, self.files, "embeddings"), "urfunny"), dtype=np.float64)
+            emb = np.asarray(
+                load_pickle(_path(self.path, self.files, "embeddings"), "urfunny"), dtype=np.float64
+            )
             if emb.ndim != 2:
-                raise DataError(f"{_path(self.path, self.files, 'embeddings')}: expected a list of equal-length "
-                                f"word vectors, got shape {emb.shape}")
+                raise DataError(
+                    f"{_path(self.path, self.files, 'embeddings')}: expected a list of equal-length "
+                    f"word vectors, got shape {emb.shape}"
+                )
         for m in ("audio", "vision"):
             if m in self.modalities:
                 feats[m] = load_pickle(_path(self.path, self.files, m), "urfunny")
@@ -227,10 +247,13 @@ class UrFunnyDataModule(MultimodalDataModule):
                 lacking = [n for n, src in (("language", lang), *feats.items()) if sid not in src]
                 if lacking:
                     if self.missing_features == "error":
-                        raise DataError(f"{_path(self.path, self.files, lacking[0])}: fold id {sid!r} ({split}) has "
-                                        f"no features (set data.missing_features=drop to skip such ids)")
-                    report["fold ids without features (dropped)"] = report.get(
-                        "fold ids without features (dropped)", 0) + 1
+                        raise DataError(
+                            f"{_path(self.path, self.files, lacking[0])}: fold id {sid!r} ({split}) has "
+                            f"no features (set data.missing_features=drop to skip such ids)"
+                        )
+                    report["fold ids without features (dropped)"] = (
+                        report.get("fold ids without features (dropped)", 0) + 1
+                    )
                     continue
                 per_mod = self._sentences(lang, feats, emb, sid, report)
                 if self.truncate == "first":  # the official loader: each sentence's first max_len words
@@ -240,17 +263,28 @@ class UrFunnyDataModule(MultimodalDataModule):
                     seqs[m].append(sanitize(cat, m, report))
                 keep.append(sid)
             if not keep:
-                raise DataError(f"{self.path}: no {split} sample has features (check the files and data.files)")
+                raise DataError(
+                    f"{self.path}: no {split} sample has features (check the files and data.files)"
+                )
             x, lens = {}, {}
             for m in self.modalities:
                 dims = {a.shape[1] for a in seqs[m] if len(a)} or {DIMS[m]}  # empty sentences carry no dim
                 if len(dims) != 1:
-                    raise DataError(f"{_path(self.path, self.files, 'language' if m == 'text' else m)}: {m} features "
-                                    f"have inconsistent dimensions {sorted(dims)}")
+                    raise DataError(
+                        f"{_path(self.path, self.files, 'language' if m == 'text' else m)}: {m} features "
+                        f"have inconsistent dimensions {sorted(dims)}"
+                    )
                 dim = dims.pop()
-                check_dim(dim, self.feature_dims, m, str(_path(self.path, self.files, "embeddings" if m == "text" else m)))
+                check_dim(
+                    dim,
+                    self.feature_dims,
+                    m,
+                    str(_path(self.path, self.files, "embeddings" if m == "text" else m)),
+                )
                 if self.truncate == "first":  # sentences already cut: room for all of them
-                    arr, raw = pad_list(seqs[m], dim, (self.context_sentences + 1) * self.max_len, keep="first")
+                    arr, raw = pad_list(
+                        seqs[m], dim, (self.context_sentences + 1) * self.max_len, keep="first"
+                    )
                 else:
                     arr, raw = pad_list(seqs[m], dim, self.max_len, keep="last")
                 ln = clamp_lengths(raw, arr.shape[1], f"{split}/{m}", report)
@@ -261,7 +295,10 @@ class UrFunnyDataModule(MultimodalDataModule):
             y = torch.tensor([labels[i] for i in keep], dtype=torch.float32)
             self.ids[split] = keep
             out[split] = ArrayDataset({"x": x, "lengths": lens, "y": y}, name=f"urfunny/{split}")
-        log_sanitize_once(f"urfunny:{self.path}", report,
-                          extra=f"context_sentences={self.context_sentences}, max_len={self.max_len}, "
-                                f"truncate={self.truncate}")
+        log_sanitize_once(
+            f"urfunny:{self.path}",
+            report,
+            extra=f"context_sentences={self.context_sentences}, max_len={self.max_len}, "
+            f"truncate={self.truncate}",
+        )
         return out

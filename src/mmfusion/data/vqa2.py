@@ -137,8 +137,13 @@ class FeatureStore:
 
 
 class NpzFeatureStore(FeatureStore):
-    def __init__(self, dirs: Sequence[str | Path], layout: str = "bottom_up", max_boxes: int = 100,
-                 grid_shape: Sequence[int] | None = None) -> None:
+    def __init__(
+        self,
+        dirs: Sequence[str | Path],
+        layout: str = "bottom_up",
+        max_boxes: int = 100,
+        grid_shape: Sequence[int] | None = None,
+    ) -> None:
         if layout not in ("bottom_up", "grid"):
             raise ConfigError(f"data.layout must be 'bottom_up' or 'grid', got {layout!r}")
         self.layout = layout
@@ -159,13 +164,17 @@ class NpzFeatureStore(FeatureStore):
             self.length, self.grid_shape = int(max_boxes), None
         else:
             self.length = first.shape[0]
-            self.grid_shape = tuple(int(g) for g in grid_shape) if grid_shape is not None else self._square(first)
+            self.grid_shape = (
+                tuple(int(g) for g in grid_shape) if grid_shape is not None else self._square(first)
+            )
 
     @staticmethod
     def _square(f: np.ndarray) -> tuple[int, int]:
         s = int(round(np.sqrt(f.shape[0])))
         if s * s != f.shape[0]:
-            raise ConfigError(f"vqa2: grid features have {f.shape[0]} cells, not a square: set data.grid_shape")
+            raise ConfigError(
+                f"vqa2: grid features have {f.shape[0]} cells, not a square: set data.grid_shape"
+            )
         return s, s
 
     def _read(self, path: Path) -> np.ndarray:
@@ -193,8 +202,10 @@ class NpzFeatureStore(FeatureStore):
         for i, iid in enumerate(image_ids):
             f = self._read(self.files[iid])
             if f.shape[1] != self.dim or (self.layout == "grid" and f.shape[0] != self.length):
-                raise DataError(f"vqa2: {self.files[iid]} has features {f.shape}, expected "
-                                f"({'<=' + str(self.length) if self.layout == 'bottom_up' else self.length}, {self.dim})")
+                raise DataError(
+                    f"vqa2: {self.files[iid]} has features {f.shape}, expected "
+                    f"({'<=' + str(self.length) if self.layout == 'bottom_up' else self.length}, {self.dim})"
+                )
             k = min(len(f), self.length)
             out[i, :k] = f[:k]
             n[i] = k
@@ -213,8 +224,10 @@ class HDF5FeatureStore(FeatureStore):
         with h5py.File(self.path, "r") as f:
             for key in ("image_ids", "features"):
                 if key not in f:
-                    raise DataError(f"vqa2: {self.path} has no dataset {key!r} (expected image_ids (N,), "
-                                    f"features (N, L, D))")
+                    raise DataError(
+                        f"vqa2: {self.path} has no dataset {key!r} (expected image_ids (N,), "
+                        f"features (N, L, D))"
+                    )
             ids = np.asarray(f["image_ids"][:], dtype=np.int64)
             shape = f["features"].shape
             if len(shape) != 3 or shape[0] != len(ids):
@@ -262,8 +275,15 @@ class HDF5FeatureStore(FeatureStore):
 class VQADataset(Dataset):
     """One split: token ids, soft scores and image ids in memory; features read per batch."""
 
-    def __init__(self, name: str, token_ids: np.ndarray, targets: np.ndarray, image_ids: np.ndarray,
-                 question_ids: np.ndarray, store: FeatureStore) -> None:
+    def __init__(
+        self,
+        name: str,
+        token_ids: np.ndarray,
+        targets: np.ndarray,
+        image_ids: np.ndarray,
+        question_ids: np.ndarray,
+        store: FeatureStore,
+    ) -> None:
         if len(token_ids) == 0:
             raise DataError(f"vqa2: split {name!r} is empty; check the question files and valid_fraction")
         self.name = name
@@ -352,13 +372,25 @@ class VQA2DataModule(MultimodalDataModule):
         if bool(vg_questions) != bool(vg_annotations):
             raise ConfigError("data: set both data.vg_questions and data.vg_annotations, or neither")
         self.cfg = dict(
-            train_questions=_as_list(train_questions), train_annotations=_as_list(train_annotations),
-            val_questions=_as_list(val_questions), val_annotations=_as_list(val_annotations),
-            feature_dirs=_as_list(feature_dirs) if feature_dirs is not None else None, hdf5=hdf5, layout=layout,
-            max_boxes=max_boxes, grid_shape=grid_shape, extra_questions=_as_list(extra_questions),
-            vg_questions=vg_questions, vg_annotations=vg_annotations, answer_dict=answer_dict,
-            answer_vocab_from=tuple(answer_vocab_from), min_answer_count=min_answer_count, max_tokens=max_tokens,
-            glove=glove, valid_fraction=valid_fraction, split_seed=split_seed,
+            train_questions=_as_list(train_questions),
+            train_annotations=_as_list(train_annotations),
+            val_questions=_as_list(val_questions),
+            val_annotations=_as_list(val_annotations),
+            feature_dirs=_as_list(feature_dirs) if feature_dirs is not None else None,
+            hdf5=hdf5,
+            layout=layout,
+            max_boxes=max_boxes,
+            grid_shape=grid_shape,
+            extra_questions=_as_list(extra_questions),
+            vg_questions=vg_questions,
+            vg_annotations=vg_annotations,
+            answer_dict=answer_dict,
+            answer_vocab_from=tuple(answer_vocab_from),
+            min_answer_count=min_answer_count,
+            max_tokens=max_tokens,
+            glove=glove,
+            valid_fraction=valid_fraction,
+            split_seed=split_seed,
         )
         self.answers: list[str] = []
         self.token_vocab: dict[str, int] = {}
@@ -383,8 +415,9 @@ class VQA2DataModule(MultimodalDataModule):
         pool = [a for s in c["answer_vocab_from"] for a in anns[s]]
         answers = build_answer_vocab(pool, c["min_answer_count"])
         if not answers:
-            raise DataError(f"vqa2: no answer occurs more than {c['min_answer_count']} times; lower "
-                            f"data.min_answer_count")
+            raise DataError(
+                f"vqa2: no answer occurs more than {c['min_answer_count']} times; lower data.min_answer_count"
+            )
         return answers
 
     def build(self) -> dict[str, VQADataset]:
@@ -407,24 +440,38 @@ class VQA2DataModule(MultimodalDataModule):
         else:
             self.store = NpzFeatureStore(c["feature_dirs"], c["layout"], c["max_boxes"], c["grid_shape"])
         if c["grid_shape"] is not None and self.store.grid_shape != tuple(c["grid_shape"]):
-            raise ConfigError(f"data.grid_shape {tuple(c['grid_shape'])} != features' grid {self.store.grid_shape}")
+            raise ConfigError(
+                f"data.grid_shape {tuple(c['grid_shape'])} != features' grid {self.store.grid_shape}"
+            )
 
-        def arrays(split: str, questions: list[dict], annotations: list[dict],
-                   official: bool = False) -> dict[str, np.ndarray]:
+        def arrays(
+            split: str, questions: list[dict], annotations: list[dict], official: bool = False
+        ) -> dict[str, np.ndarray]:
             by_q = {int(a["question_id"]): a for a in annotations}
             missing = [q["question_id"] for q in questions if int(q["question_id"]) not in by_q]
             if missing:
-                raise DataError(f"vqa2: {split}: {len(missing)} questions have no annotation (e.g. question_id "
-                                f"{missing[0]}); questions and annotations files must match")
-            no_feat = sorted({int(q["image_id"]) for q in questions if not self.store.has(int(q["image_id"]))})
+                raise DataError(
+                    f"vqa2: {split}: {len(missing)} questions have no annotation (e.g. question_id "
+                    f"{missing[0]}); questions and annotations files must match"
+                )
+            no_feat = sorted(
+                {int(q["image_id"]) for q in questions if not self.store.has(int(q["image_id"]))}
+            )
             if no_feat:
-                raise DataError(f"vqa2: {split}: no image features for {len(no_feat)} images (e.g. image_id "
-                                f"{no_feat[0]}) in {c['hdf5'] or c['feature_dirs']}")
+                raise DataError(
+                    f"vqa2: {split}: no image features for {len(no_feat)} images (e.g. image_id "
+                    f"{no_feat[0]}) in {c['hdf5'] or c['feature_dirs']}"
+                )
             ordered = [by_q[int(q["question_id"])] for q in questions]
             return {
-                "tokens": encode_questions((q["question"] for q in questions), self.token_vocab, c["max_tokens"]),
-                "y": (official_targets([[h["answer"] for h in a["answers"]] for a in ordered], self.answers)
-                      if official else soft_targets(ordered, ans_to_ix)),
+                "tokens": encode_questions(
+                    (q["question"] for q in questions), self.token_vocab, c["max_tokens"]
+                ),
+                "y": (
+                    official_targets([[h["answer"] for h in a["answers"]] for a in ordered], self.answers)
+                    if official
+                    else soft_targets(ordered, ans_to_ix)
+                ),
                 "image": np.asarray([int(q["image_id"]) for q in questions], dtype=np.int64),
                 "qid": np.asarray([int(q["question_id"]) for q in questions], dtype=np.int64),
             }
@@ -434,8 +481,11 @@ class VQA2DataModule(MultimodalDataModule):
             vg_q = [q for q in vg_q if self.store.has(int(q["image_id"]))]
             vg = arrays("vg", vg_q, vg_a)
             keep = vg["y"].max(1) > 0
-            log.info("vqa2: Visual Genome: %d of %d QA pairs kept (features + answer in vocabulary)",
-                     int(keep.sum()), len(keep))
+            log.info(
+                "vqa2: Visual Genome: %d of %d QA pairs kept (features + answer in vocabulary)",
+                int(keep.sum()),
+                len(keep),
+            )
             train = {k: np.concatenate([train[k], vg[k][keep]]) for k in train}
         val = arrays("val", qs["val"], anns["val"], official=True)  # val/vqa_acc == the official evaluator
         self.annotations = {int(a["question_id"]): a for a in anns["val"]}
@@ -452,7 +502,11 @@ class VQA2DataModule(MultimodalDataModule):
             return VQADataset(name, a["tokens"], a["y"], a["image"], a["qid"], self.store)
 
         self.input_dims = {"question": c["max_tokens"], "image": self.store.dim}
-        return {"train": ds("train", train), "valid": ds("valid", val, is_valid), "test": ds("test", val, ~is_valid)}
+        return {
+            "train": ds("train", train),
+            "valid": ds("valid", val, is_valid),
+            "test": ds("test", val, ~is_valid),
+        }
 
     # -- model / results ----------------------------------------------------------------------------------------
     def model_kwargs(self) -> dict[str, Any]:
@@ -493,9 +547,14 @@ def _as_list(v: str | Sequence[str] | None) -> list[str]:
     return [v] if isinstance(v, (str, Path)) else [str(x) for x in v]
 
 
-def write_feature_hdf5(path: str | Path, image_ids: Sequence[int], features: np.ndarray,
-                       grid_shape: Sequence[int] | None = None, num_boxes: Sequence[int] | None = None,
-                       dtype: str = "float32") -> Path:
+def write_feature_hdf5(
+    path: str | Path,
+    image_ids: Sequence[int],
+    features: np.ndarray,
+    grid_shape: Sequence[int] | None = None,
+    num_boxes: Sequence[int] | None = None,
+    dtype: str = "float32",
+) -> Path:
     """Write the HDF5 layout :class:`HDF5FeatureStore` reads (used by ``scripts/extract_grid_features.py``)."""
     import h5py
 

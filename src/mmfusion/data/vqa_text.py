@@ -63,8 +63,9 @@ def load_glove(path: str | Path, vocab: dict[str, int]) -> np.ndarray:
                 if lineno == 1:  # word2vec-style header "n d"
                     emb = None
                     continue
-                raise DataError(f"word vectors: {path} line {lineno} has {len(parts) - 1} values, expected "
-                                f"{emb.shape[1]}")
+                raise DataError(
+                    f"word vectors: {path} line {lineno} has {len(parts) - 1} values, expected {emb.shape[1]}"
+                )
             idx = vocab.get(parts[0])
             if idx is not None:
                 emb[idx] = np.asarray(parts[1:], dtype=np.float32)

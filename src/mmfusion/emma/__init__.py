@@ -20,5 +20,13 @@ from mmfusion.emma.composition import Composition
 from mmfusion.emma.dae import TiedDAE, fit_dae
 from mmfusion.emma.energy import div_field, grad_potential, laplacian, potential
 
-__all__ = ["AttentionStep", "Composition", "TiedDAE", "fit_dae", "div_field", "grad_potential", "laplacian",
-           "potential"]
+__all__ = [
+    "AttentionStep",
+    "Composition",
+    "TiedDAE",
+    "fit_dae",
+    "div_field",
+    "grad_potential",
+    "laplacian",
+    "potential",
+]

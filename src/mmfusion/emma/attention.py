@@ -61,8 +61,10 @@ class AttentionStep(nn.Module):
 def masking_threshold(gain: float | Tensor, bias: float | Tensor, log_z: Tensor, coldness: float) -> Tensor:
     """Energy above which a mode is masked (Eq. 19): ``(log(G/b) - log Z) / tau``; ``tau`` must be > 0."""
     if coldness <= 0:
-        raise ConfigError("Eq. 19's threshold divides by the coldness; it is undefined at tau = 0 "
-                          "(use masked_at_zero_coldness)")
+        raise ConfigError(
+            "Eq. 19's threshold divides by the coldness; it is undefined at tau = 0 "
+            "(use masked_at_zero_coldness)"
+        )
     return (torch.log(torch.as_tensor(gain) / torch.as_tensor(bias)) - log_z) / coldness
 
 

@@ -73,8 +73,10 @@ class Composition(nn.Module):
         if coldness < 0:
             raise ConfigError(f"reg.emma.coldness must be >= 0, got {coldness}")
         if not 0.0 < gamma_init < 1.0 or w_init <= W_FLOOR or b_init <= 0:
-            raise ConfigError("EMMA init: need 0 < gamma_init < 1, w_init > 0, b_init > 0 "
-                              f"(got {gamma_init}, {w_init}, {b_init})")
+            raise ConfigError(
+                "EMMA init: need 0 < gamma_init < 1, w_init > 0, b_init > 0 "
+                f"(got {gamma_init}, {w_init}, {b_init})"
+            )
         M = int(n_modalities)
         self.M, self.form, self.coldness = M, form, float(coldness)
         self.register_buffer("v_min", torch.zeros(M))
@@ -121,8 +123,10 @@ class Composition(nn.Module):
         ``w_i = 1 / mean_train(V'_i)`` so that phi_i averages about 1 on normal data whatever the DAE's energy
         scale (an initialisation only; w_i stays learned)."""
         if v_train.ndim != 2 or v_train.shape[1] != self.M:
-            raise DataError(f"EMMA calibrate: expected training energies of shape (N, {self.M}), "
-                            f"got {tuple(v_train.shape)}")
+            raise DataError(
+                f"EMMA calibrate: expected training energies of shape (N, {self.M}), "
+                f"got {tuple(v_train.shape)}"
+            )
         self.v_min.copy_(v_train.min(0).values.to(self.v_min))
         if unit_scale:
             mean = shifted_potential(v_train.to(self.v_min), self.v_min).mean(0)
@@ -146,4 +150,9 @@ class Composition(nn.Module):
     def forward(self, v: Tensor) -> dict[str, Tensor]:
         phi = self.phi(v)
         energies = self.modal_energies(phi)
-        return {"phi": phi, "E": energies, "S": energies.sum(-1), "alpha": gibbs_weights(energies, self.coldness)}
+        return {
+            "phi": phi,
+            "E": energies,
+            "S": energies.sum(-1),
+            "alpha": gibbs_weights(energies, self.coldness),
+        }

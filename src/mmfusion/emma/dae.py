@@ -47,8 +47,9 @@ class TiedDAE(nn.Module):
     # -- standardisation (frozen at fit time) ---------------------------------------------------------------------
     def standardize(self, m: Tensor) -> Tensor:
         if m.shape[-1] != self.dim:
-            raise DataError(f"TiedDAE: expected features of size {self.dim} in the last axis, got shape "
-                            f"{tuple(m.shape)}")
+            raise DataError(
+                f"TiedDAE: expected features of size {self.dim} in the last axis, got shape {tuple(m.shape)}"
+            )
         return (m - self.shift) / self.scale
 
     def set_standardization(self, x: Tensor, eps: float = 1e-6) -> None:
@@ -112,7 +113,9 @@ def fit_dae(
     Returns the DAE in eval mode with ``requires_grad=False`` (it is frozen afterwards, as in the thesis).
     """
     if x.ndim != 2 or x.shape[0] < 2:
-        raise DataError(f"fit_dae: expected training representations of shape (N>=2, dim), got {tuple(x.shape)}")
+        raise DataError(
+            f"fit_dae: expected training representations of shape (N>=2, dim), got {tuple(x.shape)}"
+        )
     if not torch.isfinite(x).all():
         raise DataError("fit_dae: training representations contain NaN/inf")
     x = x.detach().float()
@@ -130,7 +133,7 @@ def fit_dae(
         perm = torch.randperm(n, generator=g)
         total = 0.0
         for i in range(0, n, bs):
-            zb = z[perm[i:i + bs]]
+            zb = z[perm[i : i + bs]]
             loss = dae.loss(zb, g)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -142,4 +145,6 @@ def fit_dae(
     with torch.no_grad():
         gv = torch.Generator().manual_seed(seed + 1)
         val = float(dae.loss(zv, gv)) if zv is not None else None
-    return dae, FitReport(history[-1] if history else float("nan"), val, epochs, time.perf_counter() - t0, history)
+    return dae, FitReport(
+        history[-1] if history else float("nan"), val, epochs, time.perf_counter() - t0, history
+    )

@@ -57,4 +57,3 @@ def laplacian(dae: TiedDAE, m: Tensor, *, standardized: bool = False) -> Tensor:
 def div_field(dae: TiedDAE, m: Tensor, *, standardized: bool = False) -> Tensor:
     """Divergence of the reconstruction field ``div(r(z) - z) = -Delta V``: the quantity of the summary's Eq. 10."""
     return -laplacian(dae, m, standardized=standardized)
-

@@ -28,8 +28,14 @@ from mmfusion.errors import DataError
 
 
 class EMMAGate(nn.Module):
-    def __init__(self, modalities: tuple[str, ...], daes: dict[str, TiedDAE], composition: Composition,
-                 attention: AttentionStep, with_laplacian: bool = False) -> None:
+    def __init__(
+        self,
+        modalities: tuple[str, ...],
+        daes: dict[str, TiedDAE],
+        composition: Composition,
+        attention: AttentionStep,
+        with_laplacian: bool = False,
+    ) -> None:
         super().__init__()
         missing = [m for m in modalities if m not in daes]
         if missing:
@@ -43,7 +49,9 @@ class EMMAGate(nn.Module):
 
     def potentials(self, unimodal: dict[str, Tensor]) -> Tensor:
         """``V (B, M)`` of the (detached) unimodal representations, in float32."""
-        return torch.stack([potential(self.daes[m], unimodal[m].detach().float()) for m in self.modalities], -1)
+        return torch.stack(
+            [potential(self.daes[m], unimodal[m].detach().float()) for m in self.modalities], -1
+        )
 
     def forward(self, unimodal: dict[str, Tensor], batch: dict[str, Any] | None = None) -> GateOutput:
         v = self.potentials(unimodal)
@@ -55,9 +63,16 @@ class EMMAGate(nn.Module):
         for i, m in enumerate(self.modalities):
             u = unimodal[m]
             gated[m] = beta[:, i].to(u.dtype).view(-1, *([1] * (u.ndim - 1))) * u
-        extras: dict[str, Any] = {"emma/alpha": alpha, "emma/beta": beta, "emma/energy": comp["S"],
-                                  "emma/modal_energy": comp["E"], "emma/potential": v, "emma/log_alpha": log_alpha}
+        extras: dict[str, Any] = {
+            "emma/alpha": alpha,
+            "emma/beta": beta,
+            "emma/energy": comp["S"],
+            "emma/modal_energy": comp["E"],
+            "emma/potential": v,
+            "emma/log_alpha": log_alpha,
+        }
         if self.with_laplacian:
             extras["emma/laplacian"] = torch.stack(
-                [laplacian(self.daes[m], unimodal[m].detach().float()) for m in self.modalities], -1)
+                [laplacian(self.daes[m], unimodal[m].detach().float()) for m in self.modalities], -1
+            )
         return GateOutput(gated, scales={m: beta[:, i] for i, m in enumerate(self.modalities)}, extras=extras)

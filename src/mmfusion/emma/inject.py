@@ -40,21 +40,35 @@ def _select(clean: Any, corrupt: Any, rows: Tensor) -> Any:
 
 
 class AbnormalInjector:
-    def __init__(self, modalities: tuple[str, ...], noise_rate: float = 0.25, drop_rate: float = 0.25,
-                 noise_level: float | list[float] = 1.0, max_corrupted: int | None = None) -> None:
+    def __init__(
+        self,
+        modalities: tuple[str, ...],
+        noise_rate: float = 0.25,
+        drop_rate: float = 0.25,
+        noise_level: float | list[float] = 1.0,
+        max_corrupted: int | None = None,
+    ) -> None:
         M = len(modalities)
         if M < 2:
             raise ConfigError("EMMA fine-tuning needs at least two modalities to corrupt one of them")
         if noise_rate < 0 or drop_rate < 0 or noise_rate + drop_rate > 1:
-            raise ConfigError(f"stage.noise_rate and stage.drop_rate must be >= 0 with a sum <= 1, got "
-                              f"{noise_rate} and {drop_rate}")
+            raise ConfigError(
+                f"stage.noise_rate and stage.drop_rate must be >= 0 with a sum <= 1, got "
+                f"{noise_rate} and {drop_rate}"
+            )
         k = default_max_corrupted(M) if max_corrupted is None else int(max_corrupted)
         if not 1 <= k < M:
             raise ConfigError(f"stage.max_corrupted must be in [1, {M - 1}] for {M} modalities, got {k}")
-        lv = [float(v) for v in noise_level] if isinstance(noise_level, (list, tuple)) else [float(noise_level)] * 2
+        lv = (
+            [float(v) for v in noise_level]
+            if isinstance(noise_level, (list, tuple))
+            else [float(noise_level)] * 2
+        )
         if len(lv) != 2 or not 0 < lv[0] <= lv[1]:
-            raise ConfigError(f"stage.noise_level must be a level > 0 or a range [lo, hi] with 0 < lo <= hi, "
-                              f"got {noise_level}")
+            raise ConfigError(
+                f"stage.noise_level must be a level > 0 or a range [lo, hi] with 0 < lo <= hi, "
+                f"got {noise_level}"
+            )
         self.modalities, self.noise_rate, self.drop_rate = tuple(modalities), noise_rate, drop_rate
         self.noise_range, self.max_corrupted = (lv[0], lv[1]), k
 
@@ -97,8 +111,9 @@ class InjectAbnormal(pl.Callback):
     def __init__(self, injector: AbnormalInjector, seed: int = 0) -> None:
         self.injector, self.seed = injector, int(seed)
 
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Batch,
-                             batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Batch, batch_idx: int
+    ) -> None:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + trainer.global_step)
         corrupted = self.injector(batch, g)
         batch.update(corrupted)

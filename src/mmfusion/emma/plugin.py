@@ -73,13 +73,17 @@ class EMMAPlugin(Plugin):
         if eta not in ORACLES:
             raise ConfigError(f"reg.emma.eta must be one of {ORACLES}, got {eta!r}")
         if weight < 0 or capacity_weight < 0:
-            raise ConfigError(f"reg.emma.weight and capacity_weight must be >= 0, got {weight}, {capacity_weight}")
+            raise ConfigError(
+                f"reg.emma.weight and capacity_weight must be >= 0, got {weight}, {capacity_weight}"
+            )
         self.dae_path, self.coldness, self.form = dae_path, float(coldness), form
         self.gain_init, self.bias_init = gain_init, float(bias_init)
         self.weight, self.capacity_weight = float(weight), float(capacity_weight)
         self.eta, self.eta_normal, self.eta_abnormal = eta, float(eta_normal), float(eta_abnormal)
         self.unit_scale_init, self.diag_noise, self.seed = bool(unit_scale_init), float(diag_noise), int(seed)
-        self._model: list[FusionModel] = []  # a plain list: the model must not become a sub-module of the plug-in
+        self._model: list[
+            FusionModel
+        ] = []  # a plain list: the model must not become a sub-module of the plug-in
         self.register_buffer("v_q99", torch.zeros(0))
 
     @property
@@ -90,9 +94,11 @@ class EMMAPlugin(Plugin):
 
     def attach(self, model: FusionModel, info: ModelInfo) -> None:
         if not self.dae_path:
-            raise ConfigError("reg.emma.dae_path is not set: EMMA is inserted into a trained model with "
-                              "pre-trained DAEs; run experiment=emma_pipeline, or stage=emma_pretrain and "
-                              "stage=emma_finetune")
+            raise ConfigError(
+                "reg.emma.dae_path is not set: EMMA is inserted into a trained model with "
+                "pre-trained DAEs; run experiment=emma_pipeline, or stage=emma_pretrain and "
+                "stage=emma_finetune"
+            )
         mods = tuple(model.modalities)
         daes, blob = load_daes(self.dae_path, mods, dict(model.unimodal_dims))
         comp = Composition(len(mods), coldness=self.coldness, form=self.form, seed=self.seed)
@@ -110,8 +116,13 @@ class EMMAPlugin(Plugin):
     def eta_of(self, out: FusionOutput, batch: Batch) -> Tensor:
         log_alpha = out.extras["emma/log_alpha"]
         if self.eta == "labels":
-            return eta_from_labels(batch.get("corrupt"), tuple(log_alpha.shape), self.eta_normal,
-                                   self.eta_abnormal, device=log_alpha.device)
+            return eta_from_labels(
+                batch.get("corrupt"),
+                tuple(log_alpha.shape),
+                self.eta_normal,
+                self.eta_abnormal,
+                device=log_alpha.device,
+            )
         if self.eta == "laplacian":
             return eta_from_laplacian(out.extras["emma/laplacian"], self.eta_normal, self.eta_abnormal)
         vp = shifted_potential(out.extras["emma/potential"], self.gate.composition.v_min)
@@ -126,9 +137,12 @@ class EMMAPlugin(Plugin):
         value = -self.weight * om
         if self.capacity_weight:
             value = value + self.capacity_weight * (att.gain - att.bias)
-        logs: dict[str, Tensor | float] = {"omega": om.detach(), "gain": att.gain.detach(),
-                                           "bias": att.bias.detach(),
-                                           "energy": out.extras["emma/energy"].detach().mean()}
+        logs: dict[str, Tensor | float] = {
+            "omega": om.detach(),
+            "gain": att.gain.detach(),
+            "bias": att.bias.detach(),
+            "energy": out.extras["emma/energy"].detach().mean(),
+        }
         alpha, beta = out.extras["emma/alpha"].detach(), out.extras["emma/beta"].detach()
         for i, m in enumerate(self.gate.modalities):
             logs[f"alpha_{m}"] = alpha[:, i].mean()

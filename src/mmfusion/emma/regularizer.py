@@ -29,29 +29,44 @@ from mmfusion.errors import ConfigError, DataError
 ORACLES = ("labels", "laplacian", "threshold")
 
 
-def eta_from_labels(corrupt: Tensor | None, shape: tuple[int, int], normal: float = 1.0,
-                    abnormal: float = -1.0, device: torch.device | None = None) -> Tensor:
+def eta_from_labels(
+    corrupt: Tensor | None,
+    shape: tuple[int, int],
+    normal: float = 1.0,
+    abnormal: float = -1.0,
+    device: torch.device | None = None,
+) -> Tensor:
     """``(B, M)`` eta from boolean corruption labels (True = corrupted); ``None`` means all clean."""
     if corrupt is None:
         return torch.full(shape, float(normal), device=device)
     if tuple(corrupt.shape) != tuple(shape):
-        raise DataError(f"EMMA: batch['corrupt'] must have shape (B, M) = {tuple(shape)}, "
-                        f"got {tuple(corrupt.shape)}")
+        raise DataError(
+            f"EMMA: batch['corrupt'] must have shape (B, M) = {tuple(shape)}, got {tuple(corrupt.shape)}"
+        )
     c = corrupt.to(device=device, dtype=torch.bool)
-    return torch.where(c, torch.tensor(float(abnormal), device=device), torch.tensor(float(normal), device=device))
+    return torch.where(
+        c, torch.tensor(float(abnormal), device=device), torch.tensor(float(normal), device=device)
+    )
 
 
 def eta_from_laplacian(lap: Tensor, normal: float = 1.0, abnormal: float = -1.0) -> Tensor:
     """Corrected Eq. 11: normal iff the Laplacian of V is positive (sink)."""
-    return torch.where(lap > 0, torch.tensor(float(normal), device=lap.device),
-                       torch.tensor(float(abnormal), device=lap.device))
+    return torch.where(
+        lap > 0,
+        torch.tensor(float(normal), device=lap.device),
+        torch.tensor(float(abnormal), device=lap.device),
+    )
 
 
-def eta_from_threshold(v_shifted: Tensor, thresholds: Tensor, normal: float = 1.0,
-                       abnormal: float = -1.0) -> Tensor:
+def eta_from_threshold(
+    v_shifted: Tensor, thresholds: Tensor, normal: float = 1.0, abnormal: float = -1.0
+) -> Tensor:
     """Abnormal iff ``V'_i > threshold_i`` (thresholds ``(M,)``, e.g. a high quantile of training V')."""
-    return torch.where(v_shifted > thresholds, torch.tensor(float(abnormal), device=v_shifted.device),
-                       torch.tensor(float(normal), device=v_shifted.device))
+    return torch.where(
+        v_shifted > thresholds,
+        torch.tensor(float(abnormal), device=v_shifted.device),
+        torch.tensor(float(normal), device=v_shifted.device),
+    )
 
 
 def omega(log_alpha: Tensor, eta: Tensor) -> Tensor:

@@ -28,12 +28,20 @@ def energy_stats(dae: TiedDAE, x: torch.Tensor) -> dict[str, float]:
     v = potential(dae, x.float())
     vmin = v.min()
     vp = shifted_potential(v, vmin)
-    return {"v_min": float(vmin), "v_mean": float(vp.mean()), "v_std": float(vp.std()),
-            "v_q99": float(torch.quantile(vp, 0.99))}
+    return {
+        "v_min": float(vmin),
+        "v_mean": float(vp.mean()),
+        "v_std": float(vp.std()),
+        "v_q99": float(torch.quantile(vp, 0.99)),
+    }
 
 
-def save_daes(path: str | Path, daes: dict[str, TiedDAE], train_reps: dict[str, torch.Tensor],
-              fit: dict[str, Any] | None = None) -> dict[str, Any]:
+def save_daes(
+    path: str | Path,
+    daes: dict[str, TiedDAE],
+    train_reps: dict[str, torch.Tensor],
+    fit: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     stats = {m: energy_stats(daes[m], train_reps[m]) for m in daes}
     blob = {
         "format": FORMAT,
@@ -53,12 +61,15 @@ def save_daes(path: str | Path, daes: dict[str, TiedDAE], train_reps: dict[str, 
     return blob
 
 
-def load_daes(path: str | Path, modalities: tuple[str, ...], dims: dict[str, int]) -> tuple[dict[str, TiedDAE],
-                                                                                             dict[str, Any]]:
+def load_daes(
+    path: str | Path, modalities: tuple[str, ...], dims: dict[str, int]
+) -> tuple[dict[str, TiedDAE], dict[str, Any]]:
     p = Path(path)
     if not p.is_file():
         raise DataError(f"reg.emma.dae_path: file not found: {p} (run stage=emma_pretrain first)")
-    blob = load_checkpoint(p, "EMMA DAE file (reg.emma.dae_path)")  # weights_only: never runs code from the file
+    blob = load_checkpoint(
+        p, "EMMA DAE file (reg.emma.dae_path)"
+    )  # weights_only: never runs code from the file
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise DataError(f"{p}: not an EMMA DAE file (expected format {FORMAT!r})")
     missing = [m for m in modalities if m not in blob["dims"]]
@@ -66,7 +77,9 @@ def load_daes(path: str | Path, modalities: tuple[str, ...], dims: dict[str, int
         raise DataError(f"{p}: no DAE for modalities {missing} (file has {blob['modalities']})")
     wrong = {m: (blob["dims"][m], dims[m]) for m in modalities if int(blob["dims"][m]) != int(dims[m])}
     if wrong:
-        raise DataError(f"{p}: DAE input sizes (file, model) differ: {wrong}; pre-train the DAEs on this model")
+        raise DataError(
+            f"{p}: DAE input sizes (file, model) differ: {wrong}; pre-train the DAEs on this model"
+        )
     daes = {}
     for m in modalities:
         d = TiedDAE(int(blob["dims"][m]), int(blob["hidden"][m]), float(blob["noise_std"][m]))

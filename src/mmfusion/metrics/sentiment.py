@@ -50,7 +50,9 @@ def sentiment_metrics(pred: np.ndarray, label: np.ndarray) -> dict[str, float]:
     p = np.asarray(pred, dtype=np.float64).reshape(-1)
     y = np.asarray(label, dtype=np.float64).reshape(-1)
     if p.shape != y.shape or p.size == 0:
-        raise ValueError(f"sentiment_metrics: predictions {p.shape} and labels {y.shape} must be equal, non-empty")
+        raise ValueError(
+            f"sentiment_metrics: predictions {p.shape} and labels {y.shape} must be equal, non-empty"
+        )
     out = {
         "MAE": float(np.abs(p - y).mean()),
         "Corr": pearson(p, y),

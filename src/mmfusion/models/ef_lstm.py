@@ -75,13 +75,18 @@ class EFLSTM(FusionModel):
         # MMSA's EF_LSTM normalises the (B, T, D) input with BatchNorm1d(T): each time step is a channel
         self.seq_norm = nn.BatchNorm1d(seq_norm) if seq_norm else None
         self.lstm = nn.LSTM(
-            sum(self.unimodal_dims.values()), hidden, num_layers=num_layers, batch_first=True,
+            sum(self.unimodal_dims.values()),
+            hidden,
+            num_layers=num_layers,
+            batch_first=True,
             dropout=dropout if num_layers > 1 else 0.0,
         )
         self.fused_dim = hidden
         if pooling == "attention":
             self.pools["time"] = DiscreteAttentionPool(hidden, out_dim=hidden)
-        self.head = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, output_dim))
+        self.head = nn.Sequential(
+            nn.Linear(hidden, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, output_dim)
+        )
 
     def encode(self, batch: Batch) -> Encoded:
         seqs, unimodal, lens = {}, {}, {}
@@ -105,8 +110,10 @@ class EFLSTM(FusionModel):
         x = self.input_dropout(torch.cat(parts, dim=-1))
         if self.seq_norm is not None:
             if x.shape[1] != self.seq_norm.num_features:
-                raise DataError(f"model.seq_norm={self.seq_norm.num_features} needs sequences of exactly that "
-                                f"length; got T = {x.shape[1]}")
+                raise DataError(
+                    f"model.seq_norm={self.seq_norm.num_features} needs sequences of exactly that "
+                    f"length; got T = {x.shape[1]}"
+                )
             x = self.seq_norm(x)
         # aligned modalities share a length; take the longest true length per sample
         lengths = torch.stack([state["lengths"][m] for m in self.modalities]).amax(0)

@@ -24,7 +24,11 @@ class GridCNN(nn.Module):
         layers: list[nn.Module] = []
         c_in = in_channels
         for c in channels:
-            layers += [nn.Conv2d(c_in, c, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True)]
+            layers += [
+                nn.Conv2d(c_in, c, 3, stride=2, padding=1, bias=False),
+                nn.BatchNorm2d(c),
+                nn.ReLU(inplace=True),
+            ]
             c_in = c
         layers += [nn.Conv2d(c_in, c_in, 3, padding=1), nn.ReLU(inplace=True)]
         self.net = nn.Sequential(*layers)

@@ -43,8 +43,15 @@ from mmfusion.tokens import PACKAGED, align_to_tokens, resolve_pretrained
 class MAG(nn.Module):
     """The Multimodal Adaptation Gate over (B, L, H) text states and {m: (B, L, d_m)} aligned features."""
 
-    def __init__(self, hidden: int, dims: Mapping[str, int], beta_shift: float = 1.0, dropout: float = 0.5,
-                 eps: float = 1e-6, layer_norm_eps: float = 1e-12) -> None:
+    def __init__(
+        self,
+        hidden: int,
+        dims: Mapping[str, int],
+        beta_shift: float = 1.0,
+        dropout: float = 0.5,
+        eps: float = 1e-6,
+        layer_norm_eps: float = 1e-12,
+    ) -> None:
         super().__init__()
         self.beta_shift, self.eps = float(beta_shift), float(eps)
         self.gate = nn.ModuleDict({m: nn.Linear(d + hidden, hidden) for m, d in dims.items()})
@@ -68,8 +75,9 @@ class MAG(nn.Module):
         return self.drop(self.norm(alpha[..., None] * h + t))
 
 
-def linear_warmup_schedule(optimizer: torch.optim.Optimizer, num_training_steps: int,
-                           warmup_proportion: float = 0.1) -> LambdaLR:
+def linear_warmup_schedule(
+    optimizer: torch.optim.Optimizer, num_training_steps: int, warmup_proportion: float = 0.1
+) -> LambdaLR:
     """Linear warm-up over ``warmup_proportion`` of the steps, then linear decay to 0 (``transformers``'
     ``get_linear_schedule_with_warmup``, as in the released MAG-BERT code). Step it every batch."""
     total = max(1, int(num_training_steps))
@@ -87,7 +95,9 @@ def _extended_mask(bert: nn.Module, attention_mask: Tensor, hidden: Tensor) -> T
     try:  # transformers >= 5
         from transformers.masking_utils import create_bidirectional_mask
 
-        return create_bidirectional_mask(config=bert.config, inputs_embeds=hidden, attention_mask=attention_mask)
+        return create_bidirectional_mask(
+            config=bert.config, inputs_embeds=hidden, attention_mask=attention_mask
+        )
     except ImportError:  # pragma: no cover - transformers 4.x
         return bert.get_extended_attention_mask(attention_mask, attention_mask.shape)
 
@@ -117,7 +127,9 @@ class MAGBERT(FusionModel):
             for the packaged MiniLM, cls otherwise.
     """
 
-    accepts_unaligned = False  # audio/vision gated per word piece: word-aligned (or utterance-level) input only
+    accepts_unaligned = (
+        False  # audio/vision gated per word piece: word-aligned (or utterance-level) input only
+    )
 
     def __init__(
         self,
@@ -146,8 +158,10 @@ class MAGBERT(FusionModel):
         try:
             self.bert = BertModel.from_pretrained(path, **kw)
         except OSError as e:
-            raise ConfigError(f"model.pretrained={pretrained!r}: BERT weights not found locally; give a local folder "
-                              f"or set model.allow_download=true") from e
+            raise ConfigError(
+                f"model.pretrained={pretrained!r}: BERT weights not found locally; give a local folder "
+                f"or set model.allow_download=true"
+            ) from e
         # ``from_pretrained`` returns the model in eval mode, and Lightning keeps each module's mode at fit start:
         # without this, BERT's dropout (hidden and attention, p = 0.1) would be off while fine-tuning.
         self.bert.train()
@@ -158,14 +172,20 @@ class MAGBERT(FusionModel):
             self.bert.encoder.layer = self.bert.encoder.layer[:bert_layers]
             n_layers = bert_layers
         if not 0 <= injection_layer <= n_layers:
-            raise ConfigError(f"model.injection_layer must be in [0, {n_layers}] (0 = after the embeddings), "
-                              f"got {injection_layer}")
+            raise ConfigError(
+                f"model.injection_layer must be in [0, {n_layers}] (0 = after the embeddings), "
+                f"got {injection_layer}"
+            )
         if text_modality not in input_dims:
-            raise ConfigError(f"model.text_modality={text_modality!r} is not a data modality {list(input_dims)}")
+            raise ConfigError(
+                f"model.text_modality={text_modality!r} is not a data modality {list(input_dims)}"
+            )
         if pooling is None:  # the packaged sentence-embedding MiniLM was trained with mean pooling
             pooling = "mean" if pretrained is None or str(pretrained).lower() in PACKAGED else "cls"
         if pooling not in ("cls", "mean"):
-            raise ConfigError(f"model.pooling must be 'cls' (BERT pooler, the paper) or 'mean'; got {pooling!r}")
+            raise ConfigError(
+                f"model.pooling must be 'cls' (BERT pooler, the paper) or 'mean'; got {pooling!r}"
+            )
         self.pooling = pooling
         if pooling == "mean":
             self.bert.pooler = None  # unused: no untrained parameters
@@ -175,8 +195,13 @@ class MAGBERT(FusionModel):
         self.bert_lr, self.trim_padding = bert_lr, bool(trim_padding)
         self.modalities = tuple(input_dims)
         self.other = tuple(m for m in self.modalities if m != text_modality)
-        self.mag = MAG(hidden, {m: input_dims[m] for m in self.other}, beta_shift, mag_dropout,
-                       layer_norm_eps=cfg.layer_norm_eps)
+        self.mag = MAG(
+            hidden,
+            {m: input_dims[m] for m in self.other},
+            beta_shift,
+            mag_dropout,
+            layer_norm_eps=cfg.layer_norm_eps,
+        )
         self.unimodal_dims = {m: hidden for m in self.modalities}
         self.fused_dim = hidden
         p = cfg.hidden_dropout_prob if head_dropout is None else head_dropout
@@ -191,12 +216,16 @@ class MAGBERT(FusionModel):
     def encode(self, batch: Batch) -> Encoded:
         tok = batch.get("tokens")
         if not tok or "input_ids" not in tok:
-            raise DataError("MAG-BERT needs batch['tokens'] (word-piece ids): set data.text_tokenizer (e.g. "
-                            "experiment=mosi_magbert) so the datamodule tokenises the transcripts")
+            raise DataError(
+                "MAG-BERT needs batch['tokens'] (word-piece ids): set data.text_tokenizer (e.g. "
+                "experiment=mosi_magbert) so the datamodule tokenises the transcripts"
+            )
         tok = dict(tok)
         if int(tok["input_ids"].max()) >= self.bert.config.vocab_size:
-            raise DataError(f"token id {int(tok['input_ids'].max())} >= the BERT vocabulary size "
-                            f"{self.bert.config.vocab_size}: data.text_tokenizer and model.pretrained differ")
+            raise DataError(
+                f"token id {int(tok['input_ids'].max())} >= the BERT vocabulary size "
+                f"{self.bert.config.vocab_size}: data.text_tokenizer and model.pretrained differ"
+            )
         am = tok["attention_mask"]
         if self.trim_padding:  # drop the columns that are padding for the whole batch
             keep = int(am.sum(1).max())
@@ -215,7 +244,9 @@ class MAGBERT(FusionModel):
             feats[m] = f.to(h.dtype)
             pw = valid.to(h.dtype)[..., None]
             unimodal[m] = (self.mag.proj[m](feats[m]) * pw).sum(1) / pw.sum(1).clamp(min=1.0)
-        return Encoded(unimodal=unimodal, state={"hidden": h, "feats": feats, "mask": mask, "attention_mask": am})
+        return Encoded(
+            unimodal=unimodal, state={"hidden": h, "feats": feats, "mask": mask, "attention_mask": am}
+        )
 
     def fuse(self, unimodal: dict[str, Tensor], state: dict[str, Any], batch: Batch) -> Tensor:
         h, feats = state["hidden"], dict(state["feats"])
@@ -243,6 +274,11 @@ class MAGBERT(FusionModel):
             groups.setdefault((is_bert, no_decay), []).append(p)
         out = []
         for (is_bert, no_decay), params in groups.items():
-            out.append({"params": params, "lr": (self.bert_lr or lr) if is_bert else lr,
-                        "weight_decay": 0.0 if no_decay else weight_decay})
+            out.append(
+                {
+                    "params": params,
+                    "lr": (self.bert_lr or lr) if is_bert else lr,
+                    "weight_decay": 0.0 if no_decay else weight_decay,
+                }
+            )
         return out

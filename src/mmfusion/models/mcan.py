@@ -64,7 +64,11 @@ class MHAtt(nn.Module):
         return x.view(b, n, self.heads, self.d_head).transpose(1, 2)
 
     def forward(self, v: Tensor, k: Tensor, q: Tensor, kv_valid: Tensor) -> Tensor:
-        vh, kh, qh = self._split(self.linear_v(v)), self._split(self.linear_k(k)), self._split(self.linear_q(q))
+        vh, kh, qh = (
+            self._split(self.linear_v(v)),
+            self._split(self.linear_k(k)),
+            self._split(self.linear_q(q)),
+        )
         scores = qh @ kh.transpose(-2, -1) / math.sqrt(self.d_head)
         scores = scores.masked_fill(~kv_valid[:, None, None, :], -1e9)
         att = self.dropout(torch.softmax(scores, dim=-1))
@@ -77,8 +81,9 @@ class FFN(nn.Module):
 
     def __init__(self, hidden: int, ff: int, dropout: float) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(hidden, ff), nn.ReLU(inplace=True), nn.Dropout(dropout),
-                                 nn.Linear(ff, hidden))
+        self.net = nn.Sequential(
+            nn.Linear(hidden, ff), nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(ff, hidden)
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
@@ -127,7 +132,9 @@ class MCA_ED(nn.Module):
         self.enc_list = nn.ModuleList([SA(hidden, heads, ff, dropout) for _ in range(layers)])
         self.dec_list = nn.ModuleList([SGA(hidden, heads, ff, dropout) for _ in range(layers)])
 
-    def forward(self, lang: Tensor, img: Tensor, lang_valid: Tensor, img_valid: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(
+        self, lang: Tensor, img: Tensor, lang_valid: Tensor, img_valid: Tensor
+    ) -> tuple[Tensor, Tensor]:
         for enc in self.enc_list:
             lang = enc(lang, lang_valid)
         for dec in self.dec_list:
@@ -197,8 +204,10 @@ class MCAN(FusionModel):
         if pretrained_emb is not None:
             emb = torch.as_tensor(pretrained_emb, dtype=torch.float32)
             if emb.shape != (vocab_size, word_dim):
-                raise ConfigError(f"MCAN: pretrained_emb has shape {tuple(emb.shape)}, expected "
-                                  f"({vocab_size}, {word_dim}) = (vocab_size, word_dim)")
+                raise ConfigError(
+                    f"MCAN: pretrained_emb has shape {tuple(emb.shape)}, expected "
+                    f"({vocab_size}, {word_dim}) = (vocab_size, word_dim)"
+                )
             self.embedding.weight.data.copy_(emb)
         self.embedding.weight.requires_grad_(not freeze_embedding)
         self.lstm = nn.LSTM(word_dim, hidden, num_layers=1, batch_first=True)
@@ -212,15 +221,19 @@ class MCAN(FusionModel):
             if image_size is not None:
                 expect = self.cnn.grid_shape(tuple(image_size))
                 if self.grid_shape is not None and expect != self.grid_shape:
-                    raise ConfigError(f"MCAN: grid_shape {self.grid_shape} does not match the CNN output {expect} "
-                                      f"for images of size {tuple(image_size)}")
+                    raise ConfigError(
+                        f"MCAN: grid_shape {self.grid_shape} does not match the CNN output {expect} "
+                        f"for images of size {tuple(image_size)}"
+                    )
                 self.grid_shape = expect
         else:
             raise ConfigError(f"MCAN: image_encoder must be 'linear' or 'cnn', got {image_encoder!r}")
 
         self.backbone = MCA_ED(hidden, heads, ff, layers, dropout)
         self.pools["question"] = AttFlat(hidden, flat_mlp, flat_out, flat_glimpses, dropout)
-        self.pools["image"] = AttFlat(hidden, flat_mlp, flat_out, flat_glimpses, dropout, grid_shape=self.grid_shape)
+        self.pools["image"] = AttFlat(
+            hidden, flat_mlp, flat_out, flat_glimpses, dropout, grid_shape=self.grid_shape
+        )
         self.proj_norm = MCANLayerNorm(flat_out)
         self.head = nn.Linear(flat_out, output_dim)
 
@@ -233,16 +246,22 @@ class MCAN(FusionModel):
         """Image input -> (features (B, L, hidden), valid mask (B, L))."""
         if self.cnn is not None:
             if image.dim() != 4:
-                raise DataError(f"MCAN(image_encoder='cnn'): expected images (B, C, H, W), got {tuple(image.shape)}")
+                raise DataError(
+                    f"MCAN(image_encoder='cnn'): expected images (B, C, H, W), got {tuple(image.shape)}"
+                )
             grid = self.cnn(image)  # (B, C', h, w)
             if self.grid_shape is not None and tuple(grid.shape[-2:]) != self.grid_shape:
-                raise DataError(f"MCAN: CNN grid {tuple(grid.shape[-2:])} != configured grid_shape {self.grid_shape}")
+                raise DataError(
+                    f"MCAN: CNN grid {tuple(grid.shape[-2:])} != configured grid_shape {self.grid_shape}"
+                )
             feats = grid.flatten(2).transpose(1, 2)  # row-major: index = w*row + col
             valid = torch.ones(feats.shape[:2], dtype=torch.bool, device=feats.device)
         else:
             if image.dim() != 3 or image.shape[-1] != self.img_feat_linear.in_features:
-                raise DataError(f"MCAN: expected image features (B, L, {self.img_feat_linear.in_features}), "
-                                f"got {tuple(image.shape)}")
+                raise DataError(
+                    f"MCAN: expected image features (B, L, {self.img_feat_linear.in_features}), "
+                    f"got {tuple(image.shape)}"
+                )
             feats = image
             valid = image.abs().sum(-1) != 0
         return self.img_feat_linear(feats), valid
@@ -267,8 +286,11 @@ class MCAN(FusionModel):
         att = getattr(self.pools["image"], "last_attention", None)
         if att is not None:
             extras["attention/image"] = att
-        state = {"sequences": {"question": lang, "image": img}, "masks": {"question": lang_valid, "image": img_valid},
-                 "extras": extras}
+        state = {
+            "sequences": {"question": lang, "image": img},
+            "masks": {"question": lang_valid, "image": img_valid},
+            "extras": extras,
+        }
         return Encoded(unimodal=unimodal, state=state)
 
     def fuse(self, unimodal: dict[str, Tensor], state: dict[str, Any], batch: Batch) -> Tensor:

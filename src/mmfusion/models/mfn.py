@@ -48,7 +48,9 @@ class MLP2(nn.Sequential):
     checkpoints) stay ``0.weight`` / ``3.weight``."""
 
     def __init__(self, in_dim: int, hidden: int, out_dim: int, dropout: float) -> None:
-        super().__init__(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, out_dim))
+        super().__init__(
+            nn.Linear(in_dim, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, out_dim)
+        )
 
     @property
     def inner(self) -> nn.Linear:
@@ -71,7 +73,9 @@ def lstm_cell_states(lstm: nn.LSTM, x: Tensor, h: Tensor, valid: Tensor) -> tupl
     """Forget gates ``f`` and inputs ``i*g`` of a 1-layer ``lstm`` at every step, from its inputs ``x`` (B,T,D)
     and hidden outputs ``h`` (B,T,H); on padded steps ``f = 1, i*g = 0`` so the cell state is carried."""
     h_prev = F.pad(h[:, :-1], (0, 0, 1, 0))
-    gates = F.linear(x, lstm.weight_ih_l0, lstm.bias_ih_l0) + F.linear(h_prev, lstm.weight_hh_l0, lstm.bias_hh_l0)
+    gates = F.linear(x, lstm.weight_ih_l0, lstm.bias_ih_l0) + F.linear(
+        h_prev, lstm.weight_hh_l0, lstm.bias_hh_l0
+    )
     i, f, g, _ = gates.chunk(4, dim=-1)
     v = valid[..., None]
     ig = torch.sigmoid(i) * torch.tanh(g) * v
@@ -90,8 +94,16 @@ def cell_scan(f: Tensor, ig: Tensor) -> Tensor:
 
 
 def memory_scan(
-    pre: Tensor, chat: Tensor, valid: Tensor | None, w_mem: Tensor, split: int,
-    g1_out: nn.Linear, g2_out: nn.Linear, p1: float, p2: float, training: bool,
+    pre: Tensor,
+    chat: Tensor,
+    valid: Tensor | None,
+    w_mem: Tensor,
+    split: int,
+    g1_out: nn.Linear,
+    g2_out: nn.Linear,
+    p1: float,
+    p2: float,
+    training: bool,
 ) -> Tensor:
     """The per-step part of the multi-view gated memory.
 
@@ -100,7 +112,10 @@ def memory_scan(
     weights on ``u_{t-1}`` (None-equivalent zeros when the gates do not see the memory).
     """
     u = torch.zeros_like(chat[0])
-    pre_t, chat_t = pre.unbind(0), chat.unbind(0)  # one stack in backward, not a zero-filled gradient per step
+    pre_t, chat_t = (
+        pre.unbind(0),
+        chat.unbind(0),
+    )  # one stack in backward, not a zero-filled gradient per step
     valid_t = valid.unbind(0) if valid is not None else None
     w_t = w_mem.t() if w_mem is not None else None
     for t in range(len(pre_t)):
@@ -131,8 +146,21 @@ class _MemoryScan(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, pre: Tensor, chat: Tensor, valid: Tensor | None, w_mem: Tensor | None, w1: Tensor,
-                b1: Tensor, w2: Tensor, b2: Tensor, split: int, p1: float, p2: float, training: bool) -> Tensor:
+    def forward(
+        ctx: Any,
+        pre: Tensor,
+        chat: Tensor,
+        valid: Tensor | None,
+        w_mem: Tensor | None,
+        w1: Tensor,
+        b1: Tensor,
+        w2: Tensor,
+        b2: Tensor,
+        split: int,
+        p1: float,
+        p2: float,
+        training: bool,
+    ) -> Tensor:
         from mmfusion.models.subnets import dropout_keep, dropout_scale
 
         t, b, g = pre.shape
@@ -141,9 +169,15 @@ class _MemoryScan(torch.autograd.Function):
         us[0].zero_()
         act = pre.new_empty(t, b, g)  # relu(first layer), before dropout
         drop = [p1 > 0 and training, p2 > 0 and training]
-        noise = [pre.new_empty(t, b, split) if drop[0] else None, pre.new_empty(t, b, g - split) if drop[1] else None]
+        noise = [
+            pre.new_empty(t, b, split) if drop[0] else None,
+            pre.new_empty(t, b, g - split) if drop[1] else None,
+        ]
         scale = [dropout_scale(p, pre.dtype) if d else 1.0 for p, d in zip((p1, p2), drop)]
-        ad = [pre.new_empty(t, b, split) if drop[0] else None, pre.new_empty(t, b, g - split) if drop[1] else None]
+        ad = [
+            pre.new_empty(t, b, split) if drop[0] else None,
+            pre.new_empty(t, b, g - split) if drop[1] else None,
+        ]
         g1s, g2s = chat.new_empty(t, b, m), chat.new_empty(t, b, m)
         w1t, w2t = w1.t(), w2.t()
         wt = w_mem.t() if w_mem is not None else None
@@ -167,7 +201,9 @@ class _MemoryScan(torch.autograd.Function):
             if valid is not None:
                 torch.where(valid[k], new, us[k], out=us[k + 1])
         ctx.split, ctx.drop = split, drop
-        ctx.save_for_backward(chat, valid, w_mem, w1, w2, us, act, g1s, g2s, *(x for x in noise + ad if x is not None))
+        ctx.save_for_backward(
+            chat, valid, w_mem, w1, w2, us, act, g1s, g2s, *(x for x in noise + ad if x is not None)
+        )
         return us[t].clone()
 
     @staticmethod
@@ -219,7 +255,11 @@ class _MemoryScan(torch.autograd.Function):
         d_b1 = dz1.sum((0, 1)) if need[5] else None
         d_w2 = dz2.reshape(-1, m).t().mm(x2.reshape(-1, x2.shape[-1])) if need[6] else None
         d_b2 = dz2.sum((0, 1)) if need[7] else None
-        d_wmem = da.reshape(-1, da.shape[-1]).t().mm(u_prev.reshape(-1, m)) if (w_mem is not None and need[3]) else None
+        d_wmem = (
+            da.reshape(-1, da.shape[-1]).t().mm(u_prev.reshape(-1, m))
+            if (w_mem is not None and need[3])
+            else None
+        )
         d_chat = None
         if need[1]:
             d_chat = dus * g2s
@@ -255,7 +295,9 @@ class MFN(FusionModel):
         compile: wrap the per-step memory loop in ``torch.compile``.
     """
 
-    accepts_unaligned = False  # LSTMs stepped together, memory over all modalities per step: word-aligned only
+    accepts_unaligned = (
+        False  # LSTMs stepped together, memory over all modalities per step: word-aligned only
+    )
 
     def __init__(
         self,
@@ -286,7 +328,9 @@ class MFN(FusionModel):
         if lstm not in ("loop", "fused"):
             raise ConfigError(f"model.lstm must be 'loop' or 'fused'; got {lstm!r}")
         self.lstm_impl = lstm
-        self.lstms = nn.ModuleDict({m: nn.LSTM(input_dims[m], hid[m], batch_first=True) for m in self.modalities})
+        self.lstms = nn.ModuleDict(
+            {m: nn.LSTM(input_dims[m], hid[m], batch_first=True) for m in self.modalities}
+        )
         self.state_dim = sum(hid.values())
         self.window, self.mem_dim = int(window), int(mem_dim)
         self.gates_see_memory = bool(gates_see_memory)
@@ -297,8 +341,12 @@ class MFN(FusionModel):
         self.gamma1 = mlp2(gin, gamma1_hidden, self.mem_dim, gamma1_dropout)  # D_g1 on [c^; u_{t-1}]
         self.gamma2 = mlp2(gin, gamma2_hidden, self.mem_dim, gamma2_dropout)  # D_g2
         self.fused_dim = self.state_dim + self.mem_dim
-        self.head = nn.Sequential(nn.Linear(self.fused_dim, out_hidden), nn.ReLU(), nn.Dropout(out_dropout),
-                                  nn.Linear(out_hidden, output_dim))
+        self.head = nn.Sequential(
+            nn.Linear(self.fused_dim, out_hidden),
+            nn.ReLU(),
+            nn.Dropout(out_dropout),
+            nn.Linear(out_hidden, output_dim),
+        )
         self.compile = bool(compile)
         self._scan = torch.compile(memory_scan, dynamic=False) if compile else memory_scan
 
@@ -307,17 +355,24 @@ class MFN(FusionModel):
         xs = {m: as_sequence(batch["x"][m]) for m in self.modalities}
         steps = {m: x.shape[1] for m, x in xs.items()}
         if len(set(steps.values())) != 1:
-            raise DataError(f"MFN needs word-aligned sequences (the same T for every modality); got T = {steps}")
+            raise DataError(
+                f"MFN needs word-aligned sequences (the same T for every modality); got T = {steps}"
+            )
         t = next(iter(steps.values()))
         lens = {m: lengths_of(batch, m, xs[m]) for m in self.modalities}
         valids = [length_mask(lens[m], t) for m in self.modalities]
         valid_any = torch.stack(valids).any(0)
         if self.lstm_impl == "loop":
             all_valid = all(bool(v.all()) for v in valids)
-            runs = [lstm_scan(self.lstms[m], xs[m], None if all_valid else v) for m, v in zip(self.modalities, valids)]
+            runs = [
+                lstm_scan(self.lstms[m], xs[m], None if all_valid else v)
+                for m, v in zip(self.modalities, valids)
+            ]
             cells = torch.cat([c for c, _ in runs], -1).transpose(0, 1).contiguous()  # (B, T, sum h)
-            return Encoded(unimodal={m: h for m, (_, h) in zip(self.modalities, runs)},
-                           state={"cells": cells, "valid": valid_any})
+            return Encoded(
+                unimodal={m: h for m, (_, h) in zip(self.modalities, runs)},
+                state={"cells": cells, "valid": valid_any},
+            )
         unimodal, fs, igs = {}, [], []
         for m, valid in zip(self.modalities, valids):
             h_seq, h_last = run_lstm(self.lstms[m], xs[m], lens[m])
@@ -334,8 +389,15 @@ class MFN(FusionModel):
         b, t, s = cells.shape
         scales = state.get("gate_scales")
         if scales:
-            col = torch.cat([scales[m].reshape(b, 1).to(cells.dtype).expand(b, self.unimodal_dims[m])
-                             if m in scales else cells.new_ones(b, self.unimodal_dims[m]) for m in self.modalities], 1)
+            col = torch.cat(
+                [
+                    scales[m].reshape(b, 1).to(cells.dtype).expand(b, self.unimodal_dims[m])
+                    if m in scales
+                    else cells.new_ones(b, self.unimodal_dims[m])
+                    for m in self.modalities
+                ],
+                1,
+            )
             cells = cells * col[:, None, :]
         # c* over the window, oldest first: [c_{t-w+1}; ...; c_t]
         cstar = torch.cat([F.pad(cells, (0, 0, k, 0))[:, :t] for k in range(self.window - 1, -1, -1)], dim=-1)
@@ -352,8 +414,22 @@ class MFN(FusionModel):
         g1_out, g2_out, split = self.gamma1.outer, self.gamma2.outer, g1_in.out_features
         p1, p2 = self.gamma1.dropout.p, self.gamma2.dropout.p
         if self.compile:
-            u = self._scan(pre, chat.transpose(0, 1), valid_t, w_mem, split, g1_out, g2_out, p1, p2, self.training)
+            u = self._scan(
+                pre, chat.transpose(0, 1), valid_t, w_mem, split, g1_out, g2_out, p1, p2, self.training
+            )
         else:
-            u = _MemoryScan.apply(pre, chat.transpose(0, 1), valid_t, w_mem, g1_out.weight, g1_out.bias,
-                                  g2_out.weight, g2_out.bias, split, p1, p2, self.training)
+            u = _MemoryScan.apply(
+                pre,
+                chat.transpose(0, 1),
+                valid_t,
+                w_mem,
+                g1_out.weight,
+                g1_out.bias,
+                g2_out.weight,
+                g2_out.bias,
+                split,
+                p1,
+                p2,
+                self.training,
+            )
         return torch.cat([unimodal[m] for m in self.modalities] + [u], dim=-1)

@@ -49,13 +49,16 @@ from mmfusion.errors import ConfigError, DataError
 from mmfusion.models.common import length_mask, lengths_of
 
 
-def _per_modality(value: float | int | Mapping[str, Any], modalities: tuple[str, ...], key: str,
-                  default: float | int) -> dict[str, Any]:
+def _per_modality(
+    value: float | int | Mapping[str, Any], modalities: tuple[str, ...], key: str, default: float | int
+) -> dict[str, Any]:
     """A scalar for every modality, or a mapping (missing modalities get ``default``; unknown keys are an error)."""
     if isinstance(value, Mapping):
         unknown = [k for k in value if k not in modalities]
         if unknown:
-            raise ConfigError(f"model.{key} names unknown modalities {unknown}; data modalities are {list(modalities)}")
+            raise ConfigError(
+                f"model.{key} names unknown modalities {unknown}; data modalities are {list(modalities)}"
+            )
         return {m: value.get(m, default) for m in modalities}
     return {m: value for m in modalities}
 
@@ -130,7 +133,9 @@ class TransformerLayer(nn.Module):
     """Pre-LayerNorm layer of the released code: attention (crossmodal if ``src`` is given; the same LayerNorm
     normalises queries and keys/values) + residual, then ``Linear(d, 4d) -> ReLU -> Linear(4d, d)`` + residual."""
 
-    def __init__(self, dim: int, heads: int, attn_dropout: float, relu_dropout: float, res_dropout: float) -> None:
+    def __init__(
+        self, dim: int, heads: int, attn_dropout: float, relu_dropout: float, res_dropout: float
+    ) -> None:
         super().__init__()
         self.attn = MultiheadAttention(dim, heads, attn_dropout)
         self.fc1, self.fc2 = nn.Linear(dim, 4 * dim), nn.Linear(4 * dim, dim)
@@ -152,13 +157,28 @@ class TransformerEncoder(nn.Module):
     """MulT's ``TransformerEncoder``: embed (``sqrt(d) x + PE``, dropout) the queries and, for a crossmodal
     transformer, the keys/values; ``layers`` :class:`TransformerLayer` s; a final LayerNorm."""
 
-    def __init__(self, dim: int, heads: int, layers: int, attn_dropout: float, relu_dropout: float,
-                 res_dropout: float, embed_dropout: float, positional: bool, causal: bool) -> None:
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        layers: int,
+        attn_dropout: float,
+        relu_dropout: float,
+        res_dropout: float,
+        embed_dropout: float,
+        positional: bool,
+        causal: bool,
+    ) -> None:
         super().__init__()
         self.dim, self.scale = dim, math.sqrt(dim)
-        self.positional, self.causal, self.embed_dropout = bool(positional), bool(causal), float(embed_dropout)
+        self.positional, self.causal, self.embed_dropout = (
+            bool(positional),
+            bool(causal),
+            float(embed_dropout),
+        )
         self.layers = nn.ModuleList(
-            [TransformerLayer(dim, heads, attn_dropout, relu_dropout, res_dropout) for _ in range(layers)])
+            [TransformerLayer(dim, heads, attn_dropout, relu_dropout, res_dropout) for _ in range(layers)]
+        )
         self.norm = nn.LayerNorm(dim)
 
     def embed(self, x: Tensor) -> Tensor:
@@ -168,7 +188,9 @@ class TransformerEncoder(nn.Module):
             x = x + sinusoidal_embedding(pos, self.dim).to(x.dtype)
         return F.dropout(x, self.embed_dropout, self.training)
 
-    def forward(self, x: Tensor, x_len: Tensor, src: Tensor | None = None, src_len: Tensor | None = None) -> Tensor:
+    def forward(
+        self, x: Tensor, x_len: Tensor, src: Tensor | None = None, src_len: Tensor | None = None
+    ) -> Tensor:
         """x: (B, Tq, d), x_len: (B,) true lengths; src/src_len: the source modality (crossmodal) or None."""
         x = self.embed(x)
         if src is None:
@@ -199,24 +221,24 @@ class ResidualHead(nn.Module):
 
 class MulT(FusionModel):
     """Args:
-        input_dims: ``{modality: D_m}`` (from the datamodule); at least two modalities.
-        output_dim: prediction width.
-        d_model: common width ``d`` after the temporal convolutions (MMSA MOSI: 50).
-        heads: attention heads (MMSA MOSI: 10); must divide ``d`` and ``(M-1) d``.
-        layers: crossmodal transformer depth ``D`` (MMSA ``nlevels``, MOSI: 4).
-        memory_layers: self-attention transformer depth; ``None`` = ``max(layers, 3)`` (the code's rule).
-        kernel_size: temporal convolution width ``k_m`` (int or ``{modality: k}``; MMSA MOSI: 5).
-        conv_padding: ``same`` (keeps ``T_m``, paper Eq. 1) | ``valid`` (the code's ``padding=0``).
-        positional: add the sinusoidal position embedding (paper, released code; MMSA builds its transformers
-            without it).
-        causal_mask: the code's ``attn_mask`` (see the module docstring).
-        input_dropout: dropout on the input features (float or ``{modality: p}``; MMSA ``text_dropout`` 0.5 on text).
-        embed_dropout: dropout after the embedding (MMSA MOSI: 0.2).
-        attn_dropout: attention-weight dropout of the crossmodal transformers INTO each target (float or
-            ``{modality: p}``; MMSA MOSI: text 0.3, audio 0.2, vision 0.0).
-        memory_attn_dropout: the same for the self-attention transformers (MMSA: its text value).
-        relu_dropout, res_dropout: FFN and residual dropouts (MMSA MOSI: 0, 0).
-        output_dropout: dropout inside the residual output block (MMSA MOSI: 0.5).
+    input_dims: ``{modality: D_m}`` (from the datamodule); at least two modalities.
+    output_dim: prediction width.
+    d_model: common width ``d`` after the temporal convolutions (MMSA MOSI: 50).
+    heads: attention heads (MMSA MOSI: 10); must divide ``d`` and ``(M-1) d``.
+    layers: crossmodal transformer depth ``D`` (MMSA ``nlevels``, MOSI: 4).
+    memory_layers: self-attention transformer depth; ``None`` = ``max(layers, 3)`` (the code's rule).
+    kernel_size: temporal convolution width ``k_m`` (int or ``{modality: k}``; MMSA MOSI: 5).
+    conv_padding: ``same`` (keeps ``T_m``, paper Eq. 1) | ``valid`` (the code's ``padding=0``).
+    positional: add the sinusoidal position embedding (paper, released code; MMSA builds its transformers
+        without it).
+    causal_mask: the code's ``attn_mask`` (see the module docstring).
+    input_dropout: dropout on the input features (float or ``{modality: p}``; MMSA ``text_dropout`` 0.5 on text).
+    embed_dropout: dropout after the embedding (MMSA MOSI: 0.2).
+    attn_dropout: attention-weight dropout of the crossmodal transformers INTO each target (float or
+        ``{modality: p}``; MMSA MOSI: text 0.3, audio 0.2, vision 0.0).
+    memory_attn_dropout: the same for the self-attention transformers (MMSA: its text value).
+    relu_dropout, res_dropout: FFN and residual dropouts (MMSA MOSI: 0, 0).
+    output_dropout: dropout inside the residual output block (MMSA MOSI: 0.5).
     """
 
     accepts_unaligned = True
@@ -246,7 +268,9 @@ class MulT(FusionModel):
         self.modalities = tuple(input_dims)
         mods = self.modalities
         if len(mods) < 2:
-            raise ConfigError(f"model=mult needs at least two modalities (crossmodal attention); got {list(mods)}")
+            raise ConfigError(
+                f"model=mult needs at least two modalities (crossmodal attention); got {list(mods)}"
+            )
         if conv_padding not in ("same", "valid"):
             raise ConfigError(f"model.conv_padding must be 'same' or 'valid'; got {conv_padding!r}")
         if d_model < 1 or layers < 1:
@@ -256,23 +280,39 @@ class MulT(FusionModel):
         self.kernel = {m: int(k) for m, k in _per_modality(kernel_size, mods, "kernel_size", 1).items()}
         for m, k in self.kernel.items():
             if k < 1 or (conv_padding == "same" and k % 2 == 0):
-                raise ConfigError(f"model.kernel_size for {m!r} must be a positive (odd with conv_padding=same) "
-                                  f"integer; got {k}")
-        self.input_dropout = {m: float(p) for m, p in _per_modality(input_dropout, mods, "input_dropout", 0.0).items()}
+                raise ConfigError(
+                    f"model.kernel_size for {m!r} must be a positive (odd with conv_padding=same) "
+                    f"integer; got {k}"
+                )
+        self.input_dropout = {
+            m: float(p) for m, p in _per_modality(input_dropout, mods, "input_dropout", 0.0).items()
+        }
         # temporal convolutions (Eq. 1); none where the input already has width d (the code's rule)
-        self.proj = nn.ModuleDict({m: nn.Conv1d(input_dims[m], d, self.kernel[m], bias=False)
-                                   for m in mods if input_dims[m] != d})
+        self.proj = nn.ModuleDict(
+            {m: nn.Conv1d(input_dims[m], d, self.kernel[m], bias=False) for m in mods if input_dims[m] != d}
+        )
         attn_p = _per_modality(attn_dropout, mods, "attn_dropout", 0.0)
-        common = dict(relu_dropout=relu_dropout, res_dropout=res_dropout, embed_dropout=embed_dropout,
-                      positional=positional, causal=causal_mask)
+        common = dict(
+            relu_dropout=relu_dropout,
+            res_dropout=res_dropout,
+            embed_dropout=embed_dropout,
+            positional=positional,
+            causal=causal_mask,
+        )
         # crossmodal transformers source -> target, keyed "<source>_to_<target>"
-        self.crossmodal = nn.ModuleDict({
-            f"{a}_to_{b}": TransformerEncoder(d, heads, layers, float(attn_p[b]), **common)
-            for b in mods for a in mods if a != b})
+        self.crossmodal = nn.ModuleDict(
+            {
+                f"{a}_to_{b}": TransformerEncoder(d, heads, layers, float(attn_p[b]), **common)
+                for b in mods
+                for a in mods
+                if a != b
+            }
+        )
         mem_dim = (len(mods) - 1) * d
         n_mem = max(layers, 3) if memory_layers is None else int(memory_layers)
-        self.memory = nn.ModuleDict({
-            b: TransformerEncoder(mem_dim, heads, n_mem, float(memory_attn_dropout), **common) for b in mods})
+        self.memory = nn.ModuleDict(
+            {b: TransformerEncoder(mem_dim, heads, n_mem, float(memory_attn_dropout), **common) for b in mods}
+        )
         self.unimodal_dims = {m: mem_dim for m in mods}
         self.fused_dim = len(mods) * mem_dim
         self.head = ResidualHead(self.fused_dim, output_dim, output_dropout)
@@ -280,7 +320,9 @@ class MulT(FusionModel):
     def project(self, m: str, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         """(B, T, D_m) right-padded -> (B, T', d) and the true lengths after the convolution."""
         t = x.shape[1]
-        x = torch.where(length_mask(lengths, t)[..., None], x, torch.zeros((), dtype=x.dtype, device=x.device))
+        x = torch.where(
+            length_mask(lengths, t)[..., None], x, torch.zeros((), dtype=x.dtype, device=x.device)
+        )
         p = self.input_dropout[m]
         if p > 0:
             x = F.dropout(x, p, self.training)
@@ -292,8 +334,10 @@ class MulT(FusionModel):
             h = self.proj[m](F.pad(h, ((k - 1) // 2, (k - 1) // 2)))
             return h.transpose(1, 2), lengths
         if t < k:
-            raise DataError(f"MulT with conv_padding=valid: modality {m!r} has T={t} steps < kernel_size {k}; "
-                            f"use model.conv_padding=same or a smaller model.kernel_size")
+            raise DataError(
+                f"MulT with conv_padding=valid: modality {m!r} has T={t} steps < kernel_size {k}; "
+                f"use model.conv_padding=same or a smaller model.kernel_size"
+            )
         h = self.proj[m](h).transpose(1, 2)
         return h, (lengths - (k - 1)).clamp(min=1)
 
@@ -305,7 +349,11 @@ class MulT(FusionModel):
             z[m], lens[m] = self.project(m, x, lengths_of(batch, m, x))
         unimodal = {}
         for b in self.modalities:
-            cross = [self.crossmodal[f"{a}_to_{b}"](z[b], lens[b], z[a], lens[a]) for a in self.modalities if a != b]
+            cross = [
+                self.crossmodal[f"{a}_to_{b}"](z[b], lens[b], z[a], lens[a])
+                for a in self.modalities
+                if a != b
+            ]
             h = self.memory[b](torch.cat(cross, dim=-1), lens[b])
             last = (lens[b] - 1).clamp(min=0)
             unimodal[b] = h[torch.arange(h.shape[0], device=h.device), last]  # each sample's last valid step

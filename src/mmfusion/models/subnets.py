@@ -37,8 +37,12 @@ def per_modality(value: float | int | Mapping[str, float | int], modalities: Seq
     return {m: value for m in modalities}
 
 
-def encoder_hidden(modalities: Sequence[str], hidden: int | Mapping[str, int], text_hidden: int,
-                   sequence_modalities: Sequence[str]) -> dict[str, int]:
+def encoder_hidden(
+    modalities: Sequence[str],
+    hidden: int | Mapping[str, int],
+    text_hidden: int,
+    sequence_modalities: Sequence[str],
+) -> dict[str, int]:
     """Hidden size per modality: ``hidden`` (int or mapping) for the vector sub-networks, ``text_hidden`` for the
     LSTM sub-networks unless ``hidden`` names them explicitly."""
     out = {}
@@ -65,7 +69,11 @@ class SubNet(nn.Module):
         self.norm = nn.BatchNorm1d(in_dim)
         self.drop = nn.Dropout(dropout)
         self.layers = nn.Sequential(
-            nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, hidden),
+            nn.Linear(in_dim, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, hidden),
             nn.ReLU(),
         )
 
@@ -84,14 +92,24 @@ class TextSubNet(nn.Module):
 
     def __init__(self, in_dim: int, hidden: int, out_dim: int, dropout: float, num_layers: int = 1) -> None:
         super().__init__()
-        self.lstm = nn.LSTM(in_dim, hidden, num_layers=num_layers, batch_first=True,
-                            dropout=dropout if num_layers > 1 else 0.0)
+        self.lstm = nn.LSTM(
+            in_dim,
+            hidden,
+            num_layers=num_layers,
+            batch_first=True,
+            dropout=dropout if num_layers > 1 else 0.0,
+        )
         self.drop = nn.Dropout(dropout)
         self.out = nn.Linear(hidden, out_dim)
 
     def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
         lstm = self.lstm
-        if lstm.num_layers == 1 and x.device.type == "cpu" and lstm.input_size >= 4 * lstm.hidden_size and x.shape[1] > 1:
+        if (
+            lstm.num_layers == 1
+            and x.device.type == "cpu"
+            and lstm.input_size >= 4 * lstm.hidden_size
+            and x.shape[1] > 1
+        ):
             # wide inputs (e.g. 768-d BERT features): the hand-written BPTT skips the input gradient that the oneDNN
             # kernel always computes (B*T*D*4H multiply-adds), worth more than its per-step overhead
             valid = None if bool((lengths >= x.shape[1]).all()) else length_mask(lengths, x.shape[1])
@@ -128,13 +146,13 @@ class _LSTMScan(torch.autograd.Function):
         for k in range(t):
             st = s[k]
             torch.addmm(xproj[:, k], hs[k], wt, out=st)
-            torch.tanh(st[:, 2 * h4: 3 * h4], out=tg[k])
+            torch.tanh(st[:, 2 * h4 : 3 * h4], out=tg[k])
             st.sigmoid_()
             ck = cs[k]
-            torch.mul(st[:, h4: 2 * h4], c, out=ck)
+            torch.mul(st[:, h4 : 2 * h4], c, out=ck)
             ck.addcmul_(st[:, :h4], tg[k])
             torch.tanh(ck, out=tc[k])
-            torch.mul(st[:, 3 * h4:], tc[k], out=hs[k + 1])
+            torch.mul(st[:, 3 * h4 :], tc[k], out=hs[k + 1])
             if mask is not None:
                 torch.where(mask[k], ck, c, out=ck)
                 torch.where(mask[k], hs[k + 1], hs[k], out=hs[k + 1])
@@ -148,7 +166,7 @@ class _LSTMScan(torch.autograd.Function):
         w_hh, s, tg, cs, tc, hs, mask = ctx.saved_tensors
         t, b, g4 = s.shape
         h4 = g4 // 4
-        i, f, o = s[..., :h4], s[..., h4: 2 * h4], s[..., 3 * h4:]
+        i, f, o = s[..., :h4], s[..., h4 : 2 * h4], s[..., 3 * h4 :]
         c_prev = torch.cat([cs.new_zeros(1, b, h4), cs[:-1]], 0)
         # d(gate pre-activations) = [dcc, dcc, dcc, dh] * a, for all steps at once
         a = torch.cat([tg * i * (1 - i), c_prev * f * (1 - f), i * (1 - tg * tg), tc * o * (1 - o)], -1)
@@ -167,7 +185,7 @@ class _LSTMScan(torch.autograd.Function):
             dcc = torch.addcmul(dct, dh, q[k])
             gk = dg[k]
             torch.mul(a[k, :, : 3 * h4].view(b, 3, h4), dcc[:, None], out=gk[:, : 3 * h4].view(b, 3, h4))
-            torch.mul(a[k, :, 3 * h4:], dh, out=gk[:, 3 * h4:])
+            torch.mul(a[k, :, 3 * h4 :], dh, out=gk[:, 3 * h4 :])
             dc = dcc * f_eff[k]
             dh = gk.mm(w_hh) if mask is None else torch.addcmul(gk.mm(w_hh), dh, keep_h[k])
         d_w = dg.reshape(-1, g4).t().mm(hs[:-1].reshape(-1, h4)) if ctx.needs_input_grad[1] else None
@@ -299,23 +317,44 @@ class PostFusionMLP(nn.Module):
     largest tensors of the step) run as :class:`_DropoutLinear`: the same numbers and generator draws as ``net``
     (tested), faster (docs/benchmarks_models.md); elsewhere (eval, CUDA, autocast) ``net`` runs as is."""
 
-    def __init__(self, in_dim: int, hidden: int, out_dim: int, dropout: float,
-                 output_range: Sequence[float] | None = None) -> None:
+    def __init__(
+        self,
+        in_dim: int,
+        hidden: int,
+        out_dim: int,
+        dropout: float,
+        output_range: Sequence[float] | None = None,
+    ) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Dropout(dropout), nn.Linear(in_dim, hidden), nn.ReLU(),
-                                 nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, out_dim))
+        self.net = nn.Sequential(
+            nn.Dropout(dropout),
+            nn.Linear(in_dim, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, out_dim),
+        )
         if output_range is not None:
             if len(output_range) != 2 or not output_range[0] < output_range[1] or out_dim != 1:
-                raise ConfigError(f"model.output_range must be [low, high] with low < high for a single regression "
-                                  f"output; got {list(output_range)} with output_dim={out_dim}")
+                raise ConfigError(
+                    f"model.output_range must be [low, high] with low < high for a single regression "
+                    f"output; got {list(output_range)} with output_dim={out_dim}"
+                )
             self.register_buffer("range_", torch.tensor([float(output_range[0]), float(output_range[1])]))
         else:
             self.range_ = None
 
     def _fast_path(self, x: Tensor) -> bool:
         p = self.net[0].p
-        return (self.training and 0.0 < p < 1.0 and x.dim() == 2 and x.numel() > 0 and x.device.type == "cpu"
-                and x.dtype in (torch.float32, torch.float64) and not torch.is_autocast_enabled("cpu"))
+        return (
+            self.training
+            and 0.0 < p < 1.0
+            and x.dim() == 2
+            and x.numel() > 0
+            and x.device.type == "cpu"
+            and x.dtype in (torch.float32, torch.float64)
+            and not torch.is_autocast_enabled("cpu")
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         if self._fast_path(x):

@@ -87,7 +87,9 @@ class TFN(FusionModel):
         self.fused_dim = 1
         for d in self.unimodal_dims.values():
             self.fused_dim *= d + 1
-        self.head = PostFusionMLP(self.fused_dim, post_fusion_dim, output_dim, post_fusion_dropout, output_range)
+        self.head = PostFusionMLP(
+            self.fused_dim, post_fusion_dim, output_dim, post_fusion_dropout, output_range
+        )
 
     def encode(self, batch: Batch) -> Encoded:
         return Encoded(unimodal=self.encoders(batch))

@@ -45,7 +45,9 @@ TRAINABLE = ("emma", "fusion", "all")
 
 
 # -- helpers ------------------------------------------------------------------------------------------------------
-def sub_config(cfg: DictConfig, output_dir: str | Path, *, reg: Any = None, keep_reg: bool = False) -> DictConfig:
+def sub_config(
+    cfg: DictConfig, output_dir: str | Path, *, reg: Any = None, keep_reg: bool = False
+) -> DictConfig:
     """A copy of the run config for one stage: own output folder, no ``stage``, ``reg`` replaced."""
     c = copy.deepcopy(cfg)
     with open_dict(c):
@@ -74,7 +76,9 @@ def read_state_dict(ckpt_path: str) -> dict[str, torch.Tensor]:
     return ckpt["state_dict"]
 
 
-def load_net_weights(module: FusionModule, ckpt_path: str, state: dict[str, torch.Tensor] | None = None) -> None:
+def load_net_weights(
+    module: FusionModule, ckpt_path: str, state: dict[str, torch.Tensor] | None = None
+) -> None:
     """Load a baseline checkpoint's model weights (``state``: its already-read ``state_dict``); only EMMA's gate
     may be missing from it."""
     state = read_state_dict(ckpt_path) if state is None else state
@@ -82,9 +86,11 @@ def load_net_weights(module: FusionModule, ckpt_path: str, state: dict[str, torc
     res = module.net.load_state_dict(net_state, strict=False)
     missing = [k for k in res.missing_keys if not k.startswith("gate.")]
     if missing or res.unexpected_keys:
-        raise ConfigError(f"{ckpt_path}: does not match model {type(module.net).__name__} of this config "
-                          f"(missing {missing[:5]}, unexpected {list(res.unexpected_keys)[:5]}); use the same model "
-                          f"and data options as the baseline run")
+        raise ConfigError(
+            f"{ckpt_path}: does not match model {type(module.net).__name__} of this config "
+            f"(missing {missing[:5]}, unexpected {list(res.unexpected_keys)[:5]}); use the same model "
+            f"and data options as the baseline run"
+        )
 
 
 @torch.no_grad()
@@ -135,13 +141,17 @@ def set_trainable(net: FusionModel, trainable: str, batch: dict[str, Any]) -> di
 
 
 def corruption_specs(modalities: tuple[str, ...], noise_levels: list[float]) -> list[str]:
-    return ["none", *[f"noise_{m}:{lv:g}" for lv in noise_levels for m in modalities],
-            *[f"drop_{m}" for m in modalities]]
+    return [
+        "none",
+        *[f"noise_{m}:{lv:g}" for lv in noise_levels for m in modalities],
+        *[f"drop_{m}" for m in modalities],
+    ]
 
 
 @torch.no_grad()
-def evaluate_corruptions(net: FusionModel, dm: MultimodalDataModule, specs: list[str], split: str = "test",
-                         seed: int = 0) -> dict[str, dict[str, Any]]:
+def evaluate_corruptions(
+    net: FusionModel, dm: MultimodalDataModule, specs: list[str], split: str = "test", seed: int = 0
+) -> dict[str, dict[str, Any]]:
     """Task metrics (and EMMA's mean alpha/beta/system energy if present) under each corruption spec. The
     corruption of batch i uses the generator seed ``(seed, i)``, so two models see identical inputs."""
     net.eval()
@@ -158,8 +168,9 @@ def evaluate_corruptions(net: FusionModel, dm: MultimodalDataModule, specs: list
                 alphas.append(out.extras["emma/alpha"].cpu())
                 betas.append(out.extras["emma/beta"].cpu())
                 energy.append(out.extras["emma/energy"].cpu())
-        r: dict[str, Any] = {k: float(v) for k, v in task.metrics(to_numpy(torch.cat(preds)),
-                                                                   to_numpy(torch.cat(ys))).items()}
+        r: dict[str, Any] = {
+            k: float(v) for k, v in task.metrics(to_numpy(torch.cat(preds)), to_numpy(torch.cat(ys))).items()
+        }
         if alphas:
             a, b = torch.cat(alphas), torch.cat(betas)
             r["alpha"] = {m: float(a[:, j].mean()) for j, m in enumerate(mods)}
@@ -201,9 +212,18 @@ def baseline(cfg: DictConfig) -> dict[str, Any]:
     return result
 
 
-def pretrain(cfg: DictConfig, base_ckpt: str | None = None, hidden: int | float = 2.0, noise_std: float = 0.3,
-             epochs: int = 50, batch_size: int = 128, lr: float = 3e-3, weight_decay: float = 0.0,
-             standardize: bool = True, dae_file: str = "emma_dae.pt") -> dict[str, Any]:
+def pretrain(
+    cfg: DictConfig,
+    base_ckpt: str | None = None,
+    hidden: int | float = 2.0,
+    noise_std: float = 0.3,
+    epochs: int = 50,
+    batch_size: int = 128,
+    lr: float = 3e-3,
+    weight_decay: float = 0.0,
+    standardize: bool = True,
+    dae_file: str = "emma_dae.pt",
+) -> dict[str, Any]:
     """Stage 2 (``stage=emma_pretrain``): DAEs on the frozen baseline's training representations.
 
     ``hidden``: an int (units) or a float (a multiple of the modality's dimension; 2.0 = overcomplete).
@@ -225,28 +245,68 @@ def pretrain(cfg: DictConfig, base_ckpt: str | None = None, hidden: int | float 
     daes, fits = {}, {}
     for m, x in reps.items():
         units = int(hidden) if isinstance(hidden, int) else max(1, int(round(float(hidden) * x.shape[1])))
-        daes[m], rep = fit_dae(x, units, noise_std, epochs=epochs, batch_size=batch_size, lr=lr,
-                               weight_decay=weight_decay, standardize=standardize, x_val=reps_val[m],
-                               seed=int(cfg.get("seed") or 0))
-        fits[m] = {"hidden": units, "dim": int(x.shape[1]), "n_train": int(x.shape[0]), "epochs": epochs,
-                   "train_loss": rep.train_loss, "val_loss": rep.val_loss, "seconds": rep.seconds}
-        log.info("EMMA DAE %s: dim %d, %d hidden, loss %.4f (val %.4f), %.1fs", m, x.shape[1], units,
-                 rep.train_loss, rep.val_loss, rep.seconds)
+        daes[m], rep = fit_dae(
+            x,
+            units,
+            noise_std,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            weight_decay=weight_decay,
+            standardize=standardize,
+            x_val=reps_val[m],
+            seed=int(cfg.get("seed") or 0),
+        )
+        fits[m] = {
+            "hidden": units,
+            "dim": int(x.shape[1]),
+            "n_train": int(x.shape[0]),
+            "epochs": epochs,
+            "train_loss": rep.train_loss,
+            "val_loss": rep.val_loss,
+            "seconds": rep.seconds,
+        }
+        log.info(
+            "EMMA DAE %s: dim %d, %d hidden, loss %.4f (val %.4f), %.1fs",
+            m,
+            x.shape[1],
+            units,
+            rep.train_loss,
+            rep.val_loss,
+            rep.seconds,
+        )
     path = out_dir / dae_file
     blob = save_daes(path, daes, reps, fits)
     val = evaluate_corruptions(module.net, dm, ["none"], split="valid")["none"]  # the frozen baseline's
-    result = {"stage": "emma_pretrain", "base_ckpt": base_ckpt, "dae_path": str(path), "dae": fits, "val": val,
-              "collect_seconds": t_collect, "fit_seconds": sum(f["seconds"] for f in fits.values()),
-              "v_min": blob["v_min"], "v_std": blob["v_std"]}
+    result = {
+        "stage": "emma_pretrain",
+        "base_ckpt": base_ckpt,
+        "dae_path": str(path),
+        "dae": fits,
+        "val": val,
+        "collect_seconds": t_collect,
+        "fit_seconds": sum(f["seconds"] for f in fits.values()),
+        "v_min": blob["v_min"],
+        "v_std": blob["v_std"],
+    }
     save_json(out_dir / "metrics.json", result)
     return result
 
 
-def finetune(cfg: DictConfig, base_ckpt: str | None = None, dae_path: str | None = None, trainable: str = "fusion",
-             noise_rate: float = 0.25, drop_rate: float = 0.25, noise_level: float | list[float] = (0.5, 3.0),
-             max_corrupted: int | None = None, max_epochs: int | None = 10,
-             eval_noise: float | list[float] = (1.0, 3.0),
-             use_emma: bool = True, seed: int | None = None) -> dict[str, Any]:
+def finetune(
+    cfg: DictConfig,
+    base_ckpt: str | None = None,
+    dae_path: str | None = None,
+    trainable: str = "fusion",
+    noise_rate: float = 0.25,
+    drop_rate: float = 0.25,
+    noise_level: float | list[float] = (0.5, 3.0),
+    max_corrupted: int | None = None,
+    max_epochs: int | None = 10,
+    eval_noise: float | list[float] = (1.0, 3.0),
+    use_emma: bool = True,
+    seed: int | None = None,
+) -> dict[str, Any]:
     """Stage 3 (``stage=emma_finetune``): insert EMMA into the baseline and train it with injected abnormal
     modalities; evaluate baseline and EMMA on the clean, noised and missing-modality test split.
 
@@ -278,7 +338,9 @@ def finetune(cfg: DictConfig, base_ckpt: str | None = None, dae_path: str | None
     first = next(iter(dm._loader("train", shuffle=False)))
     counts = set_trainable(module.net, trainable, first)
     noise_level = [float(v) for v in noise_level] if hasattr(noise_level, "__iter__") else float(noise_level)
-    injector = AbnormalInjector(tuple(module.net.modalities), noise_rate, drop_rate, noise_level, max_corrupted)
+    injector = AbnormalInjector(
+        tuple(module.net.modalities), noise_rate, drop_rate, noise_level, max_corrupted
+    )
     trainer = _trainer(c, [InjectAbnormal(injector, seed)], max_epochs)
     trainer.fit(module, datamodule=dm)
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
@@ -289,24 +351,43 @@ def finetune(cfg: DictConfig, base_ckpt: str | None = None, dae_path: str | None
     levels = [float(v) for v in eval_noise] if hasattr(eval_noise, "__iter__") else [float(eval_noise)]
     specs = corruption_specs(tuple(module.net.modalities), levels)
     name = "emma" if use_emma else "control"
-    res = {"baseline": evaluate_corruptions(base_module.net, dm, specs, seed=seed),
-           name: evaluate_corruptions(module.net, dm, specs, seed=seed)}
+    res = {
+        "baseline": evaluate_corruptions(base_module.net, dm, specs, seed=seed),
+        name: evaluate_corruptions(module.net, dm, specs, seed=seed),
+    }
     metric = dm.task.monitor.split("/", 1)[-1]
-    result = {"stage": "emma_finetune" if use_emma else "emma_control", "base_ckpt": base_ckpt,
-              "dae_path": reg_cfg.get("emma", {}).get("dae_path"), "best_ckpt": best or None,
-              "trainable": trainable, "parameters": counts, "injection": {
-                  "noise_rate": noise_rate, "drop_rate": drop_rate, "noise_level": noise_level,
-                  "max_corrupted": injector.max_corrupted},
-              "metric": metric, "summary": {k: summarize(v, metric) for k, v in res.items()},
-              "val": evaluate_corruptions(module.net, dm, ["none"], split="valid", seed=seed)["none"],
-              "test": res[name]["none"], "robustness": res}
+    result = {
+        "stage": "emma_finetune" if use_emma else "emma_control",
+        "base_ckpt": base_ckpt,
+        "dae_path": reg_cfg.get("emma", {}).get("dae_path"),
+        "best_ckpt": best or None,
+        "trainable": trainable,
+        "parameters": counts,
+        "injection": {
+            "noise_rate": noise_rate,
+            "drop_rate": drop_rate,
+            "noise_level": noise_level,
+            "max_corrupted": injector.max_corrupted,
+        },
+        "metric": metric,
+        "summary": {k: summarize(v, metric) for k, v in res.items()},
+        "val": evaluate_corruptions(module.net, dm, ["none"], split="valid", seed=seed)["none"],
+        "test": res[name]["none"],
+        "robustness": res,
+    }
     save_json(out_dir / "metrics.json", result)
     return result
 
 
-def pipeline(cfg: DictConfig, baseline_ckpt: str | None = None, dae_path: str | None = None,
-             pretrain: dict[str, Any] | None = None, finetune: dict[str, Any] | None = None,
-             control: bool = False, **_: Any) -> dict[str, Any]:
+def pipeline(
+    cfg: DictConfig,
+    baseline_ckpt: str | None = None,
+    dae_path: str | None = None,
+    pretrain: dict[str, Any] | None = None,
+    finetune: dict[str, Any] | None = None,
+    control: bool = False,
+    **_: Any,
+) -> dict[str, Any]:
     """``experiment=emma_pipeline``: baseline -> DAE pre-training -> EMMA fine-tuning (-> optional control).
     ``baseline_ckpt`` / ``dae_path`` skip the stages that produce them."""
     out = Path(cfg.paths.output_dir)
@@ -318,19 +399,24 @@ def pipeline(cfg: DictConfig, baseline_ckpt: str | None = None, dae_path: str | 
         b = baseline(sub_config(cfg, out / "baseline"))
         baseline_ckpt = b.get("best_ckpt")
         if not baseline_ckpt:
-            raise ConfigError("the baseline stage produced no checkpoint (is callbacks.model_checkpoint off?)")
+            raise ConfigError(
+                "the baseline stage produced no checkpoint (is callbacks.model_checkpoint off?)"
+            )
         result["baseline"] = {k: b[k] for k in ("best_ckpt", "val", "test") if k in b}
     if not dae_path:
         p = _pretrain_fn(sub_config(cfg, out / "pretrain", keep_reg=True), base_ckpt=baseline_ckpt, **pre)
         dae_path = p["dae_path"]
         result["pretrain"] = p
-    f = _finetune_fn(sub_config(cfg, out / "finetune", keep_reg=True), base_ckpt=baseline_ckpt, dae_path=dae_path,
-                     **ft)
-    result["finetune"] = {k: f[k] for k in ("best_ckpt", "summary", "robustness", "trainable", "injection",
-                                            "metric")}
+    f = _finetune_fn(
+        sub_config(cfg, out / "finetune", keep_reg=True), base_ckpt=baseline_ckpt, dae_path=dae_path, **ft
+    )
+    result["finetune"] = {
+        k: f[k] for k in ("best_ckpt", "summary", "robustness", "trainable", "injection", "metric")
+    }
     if control:
-        k = _finetune_fn(sub_config(cfg, out / "control", keep_reg=True), base_ckpt=baseline_ckpt, use_emma=False,
-                         **ft)
+        k = _finetune_fn(
+            sub_config(cfg, out / "control", keep_reg=True), base_ckpt=baseline_ckpt, use_emma=False, **ft
+        )
         result["control"] = {a: k[a] for a in ("best_ckpt", "summary", "robustness")}
     result["summary"] = {**f["summary"], **(result.get("control", {}).get("summary", {}))}
     result["val"], result["test"] = f["val"], f["test"]  # EMMA model, clean (what sweepers optimise)

@@ -86,8 +86,9 @@ def drop_per_sample(batch: Batch, keep: Tensor, modalities: tuple[str, ...]) -> 
         out["x"][m] = torch.where(mask, dropped["x"][m], out["x"][m])
         if "tokens" in dropped and dropped["tokens"] is not batch.get("tokens"):
             tok = dict(out["tokens"])
-            tok["input_ids"] = torch.where(drop[:, None].to(tok["input_ids"].device),
-                                           dropped["tokens"]["input_ids"], tok["input_ids"])
+            tok["input_ids"] = torch.where(
+                drop[:, None].to(tok["input_ids"].device), dropped["tokens"]["input_ids"], tok["input_ids"]
+            )
             out["tokens"] = tok
     corrupt = batch.get("corrupt")
     out["corrupt"] = (~keep if corrupt is None else corrupt | ~keep).to(keep.device)
@@ -120,9 +121,19 @@ class MultimodalAutoencoder(Plugin):
 
     training_only = True
 
-    def __init__(self, weight: float = 5.0, modality_weights: Mapping[str, float] | None = None,
-                 modality_dropout: float = 0.5, hidden: int = 64, layers: int = 1, target_momentum: float = 0.01,
-                 normalize_fused: bool = False, lr: float = 1e-3, weight_decay: float = 0.0, seed: int = 0) -> None:
+    def __init__(
+        self,
+        weight: float = 5.0,
+        modality_weights: Mapping[str, float] | None = None,
+        modality_dropout: float = 0.5,
+        hidden: int = 64,
+        layers: int = 1,
+        target_momentum: float = 0.01,
+        normalize_fused: bool = False,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        seed: int = 0,
+    ) -> None:
         super().__init__()
         if weight < 0:
             raise ConfigError(f"reg.autoencoder weight must be >= 0, got {weight}")
@@ -142,27 +153,37 @@ class MultimodalAutoencoder(Plugin):
         self.decoders = nn.ModuleDict()
         self.modalities: tuple[str, ...] = ()
         self.w: dict[str, float] = {}
-        self._net: list[FusionModel] = []  # the model, for the corrupted forward (a list: not a registered child)
+        self._net: list[
+            FusionModel
+        ] = []  # the model, for the corrupted forward (a list: not a registered child)
 
     def attach(self, model: FusionModel, info: ModelInfo) -> None:
         dims = dict(info.data.get("input_dims") or {})
         mods = tuple(info.modalities)
         missing = [m for m in mods if m not in dims]
         if missing:
-            raise ConfigError(f"reg.autoencoder needs the data's input_dims for every modality; missing {missing} "
-                              f"(data info has {sorted(dims)})")
+            raise ConfigError(
+                f"reg.autoencoder needs the data's input_dims for every modality; missing {missing} "
+                f"(data info has {sorted(dims)})"
+            )
         unknown = sorted(set(self.modality_weights) - set(mods))
         if unknown:
-            raise ConfigError(f"reg.autoencoder modality_weights has unknown modalities {unknown}; "
-                              f"the model has {list(mods)}")
+            raise ConfigError(
+                f"reg.autoencoder modality_weights has unknown modalities {unknown}; "
+                f"the model has {list(mods)}"
+            )
         self.modalities = mods
         self.w = {m: float(self.modality_weights.get(m, 1.0)) for m in mods}
         if sum(self.w.values()) <= 0:
-            raise ConfigError("reg.autoencoder modality_weights are all 0; set weight=0 to switch the term off")
+            raise ConfigError(
+                "reg.autoencoder modality_weights are all 0; set weight=0 to switch the term off"
+            )
         self._net = [model]
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
-            self.decoders.update({m: mlp(int(info.fused_dim), self.hidden, self.layers, int(dims[m])) for m in mods})
+            self.decoders.update(
+                {m: mlp(int(info.fused_dim), self.hidden, self.layers, int(dims[m])) for m in mods}
+            )
         for m in mods:
             self.register_buffer(f"mu_{m}", torch.zeros(int(dims[m])))
             self.register_buffer(f"var_{m}", torch.ones(int(dims[m])))
@@ -171,8 +192,11 @@ class MultimodalAutoencoder(Plugin):
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         if not self.modalities:
             raise RuntimeError("MultimodalAutoencoder plug-in used before attach()")
-        return [torch.optim.AdamW(self.decoders.parameters(), lr=self.lr, weight_decay=self.weight_decay,
-                                  foreach=True)]
+        return [
+            torch.optim.AdamW(
+                self.decoders.parameters(), lr=self.lr, weight_decay=self.weight_decay, foreach=True
+            )
+        ]
 
     def get_extra_state(self) -> Tensor:
         return self.rng.get_state()
@@ -201,8 +225,10 @@ class MultimodalAutoencoder(Plugin):
         raw = {m: input_summary(batch, m) for m in self.modalities}
         if update and next(iter(raw.values())).shape[0] >= 2:
             self._update_moments(raw)
-        return {m: (s - getattr(self, f"mu_{m}")) / getattr(self, f"var_{m}").clamp(min=1e-8).sqrt()
-                for m, s in raw.items()}
+        return {
+            m: (s - getattr(self, f"mu_{m}")) / getattr(self, f"var_{m}").clamp(min=1e-8).sqrt()
+            for m, s in raw.items()
+        }
 
     def reconstruction(self, fused: Tensor, targets: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         """``L_AE`` (weighted mean over modalities) and the per-modality normalised MSE."""
@@ -221,7 +247,11 @@ class MultimodalAutoencoder(Plugin):
         keep = sample_keep(n, len(self.modalities), self.p, self.rng)
         seed = int(torch.randint(0, 2**62, (1,), generator=self.rng))
         dev = next(iter(batch["x"].values())).device
-        devices = [dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == "cuda" else []
+        devices = (
+            [dev.index if dev.index is not None else torch.cuda.current_device()]
+            if dev.type == "cuda"
+            else []
+        )
         with torch.random.fork_rng(devices=devices):
             torch.default_generator.manual_seed(seed)
             if dev.type == "cuda":

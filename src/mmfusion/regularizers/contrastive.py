@@ -106,29 +106,45 @@ class Contrastive(Plugin):
 
     training_only = True
 
-    def __init__(self, weight: float = 0.1, form: str = "infonce", proj_dim: int = 64,
-                 temperature_init: float = CLIP_INIT_TEMPERATURE, learn_temperature: bool = True,
-                 max_logit_scale: float = CLIP_MAX_LOGIT_SCALE, margin: float = 0.2, hinge_reduction: str = "sum",
-                 lr: float = 1e-3, weight_decay: float = 0.0, seed: int = 0) -> None:
+    def __init__(
+        self,
+        weight: float = 0.1,
+        form: str = "infonce",
+        proj_dim: int = 64,
+        temperature_init: float = CLIP_INIT_TEMPERATURE,
+        learn_temperature: bool = True,
+        max_logit_scale: float = CLIP_MAX_LOGIT_SCALE,
+        margin: float = 0.2,
+        hinge_reduction: str = "sum",
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        seed: int = 0,
+    ) -> None:
         super().__init__()
         if form not in ("infonce", "hinge"):
             raise ConfigError(f"reg.contrastive form must be 'infonce' or 'hinge', got {form!r}")
         if hinge_reduction not in ("sum", "max"):
-            raise ConfigError(f"reg.contrastive hinge_reduction must be 'sum' or 'max', got {hinge_reduction!r}")
+            raise ConfigError(
+                f"reg.contrastive hinge_reduction must be 'sum' or 'max', got {hinge_reduction!r}"
+            )
         if weight < 0:
             raise ConfigError(f"reg.contrastive weight must be >= 0, got {weight}")
         if not (0 < temperature_init <= 1 and 1.0 / temperature_init <= max_logit_scale):
-            raise ConfigError(f"reg.contrastive needs 1/max_logit_scale <= temperature_init <= 1 (logit scale in "
-                              f"[1, max_logit_scale], as CLIP clips it); "
-                              f"got temperature_init={temperature_init}, max_logit_scale={max_logit_scale}")
+            raise ConfigError(
+                f"reg.contrastive needs 1/max_logit_scale <= temperature_init <= 1 (logit scale in "
+                f"[1, max_logit_scale], as CLIP clips it); "
+                f"got temperature_init={temperature_init}, max_logit_scale={max_logit_scale}"
+            )
         if proj_dim < 1:
             raise ConfigError(f"reg.contrastive proj_dim must be >= 1, got {proj_dim}")
         self.weight, self.form, self.proj_dim = float(weight), form, int(proj_dim)
         self.learn_temperature, self.max_logit_scale = bool(learn_temperature), float(max_logit_scale)
         self.margin, self.hinge_reduction = float(margin), hinge_reduction
         self.lr, self.weight_decay, self.seed = float(lr), float(weight_decay), seed
-        self.log_scale = nn.Parameter(torch.tensor(math.log(1.0 / temperature_init)),
-                                      requires_grad=self.learn_temperature and form == "infonce")
+        self.log_scale = nn.Parameter(
+            torch.tensor(math.log(1.0 / temperature_init)),
+            requires_grad=self.learn_temperature and form == "infonce",
+        )
         self.proj = nn.ModuleDict()
         self.modalities: tuple[str, ...] = ()
 
@@ -162,7 +178,8 @@ class Contrastive(Plugin):
             res["align"][(a, b)] = sim.diagonal().mean()
             if self.form == "infonce":
                 res["loss"][(a, b)], res["mi"][(a, b)] = symmetric_infonce(
-                    clip_logits(z[a], z[b], self.log_scale, self.max_logit_scale))
+                    clip_logits(z[a], z[b], self.log_scale, self.max_logit_scale)
+                )
             else:
                 res["loss"][(a, b)] = vse_hinge(sim, self.margin, self.hinge_reduction)
         return res
@@ -172,8 +189,10 @@ class Contrastive(Plugin):
             return skipped(out)
         t = self.pair_terms(out)
         term = torch.stack(list(t["loss"].values())).mean()
-        logs: dict[str, Tensor | float] = {"contrastive": term.detach(),
-                                           "align": torch.stack(list(t["align"].values())).mean().detach()}
+        logs: dict[str, Tensor | float] = {
+            "contrastive": term.detach(),
+            "align": torch.stack(list(t["align"].values())).mean().detach(),
+        }
         if t["mi"]:
             logs["infonce_mi"] = torch.stack(list(t["mi"].values())).mean().detach()
             logs["logit_scale"] = self.log_scale.detach().clamp(max=math.log(self.max_logit_scale)).exp()

@@ -31,8 +31,9 @@ def unimodal_views(out: FusionOutput, modalities: tuple[str, ...], plugin: str) 
     try:
         return {m: _atleast_float32(out.unimodal[m]) for m in modalities}
     except KeyError as e:
-        raise ConfigError(f"reg.{plugin}: model output has no unimodal representation {e}; "
-                          f"has {sorted(out.unimodal)}") from None
+        raise ConfigError(
+            f"reg.{plugin}: model output has no unimodal representation {e}; has {sorted(out.unimodal)}"
+        ) from None
 
 
 def _atleast_float32(x: Tensor) -> Tensor:

@@ -46,13 +46,14 @@ def cca_from_covariances(s11: Tensor, s12: Tensor, s22: Tensor) -> Tensor:
     """
     l1 = torch.linalg.cholesky(s11)
     l2 = torch.linalg.cholesky(s22)
-    t = torch.linalg.solve_triangular(l1, s12, upper=False)            # L1^{-1} S12
-    t = torch.linalg.solve_triangular(l2, t.T, upper=False).T          # L1^{-1} S12 L2^{-T}
+    t = torch.linalg.solve_triangular(l1, s12, upper=False)  # L1^{-1} S12
+    t = torch.linalg.solve_triangular(l2, t.T, upper=False).T  # L1^{-1} S12 L2^{-T}
     return torch.linalg.svdvals(t)
 
 
-def batch_covariances(h1: Tensor, h2: Tensor, ridge1: float = 0.0, ridge2: float = 0.0,
-                      relative: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+def batch_covariances(
+    h1: Tensor, h2: Tensor, ridge1: float = 0.0, ridge2: float = 0.0, relative: bool = False
+) -> tuple[Tensor, Tensor, Tensor]:
     """Ridge-regularised ``S11, S12, S22`` of a batch (Andrew et al. 2013, Sect. 2.2).
 
     Args:
@@ -70,8 +71,9 @@ def batch_covariances(h1: Tensor, h2: Tensor, ridge1: float = 0.0, ridge2: float
     return s11 + r1 * eye1, s12, s22 + r2 * eye2
 
 
-def dcca_correlation(h1: Tensor, h2: Tensor, k: int | None = None, ridge: float = 1e-3,
-                     relative: bool = True) -> Tensor:
+def dcca_correlation(
+    h1: Tensor, h2: Tensor, k: int | None = None, ridge: float = 1e-3, relative: bool = True
+) -> Tensor:
     """``corr_k(H_1, H_2)``: the sum of the top-``k`` canonical correlations of a batch (``k=None``: all).
 
     Args:
@@ -99,8 +101,17 @@ class DeepCCA(Plugin):
 
     training_only = True
 
-    def __init__(self, weight: float = 0.03, out_dim: int = 8, k: int | None = None, ridge: float = 1e-3,
-                 ridge_relative: bool = True, lr: float = 1e-3, weight_decay: float = 0.0, seed: int = 0) -> None:
+    def __init__(
+        self,
+        weight: float = 0.03,
+        out_dim: int = 8,
+        k: int | None = None,
+        ridge: float = 1e-3,
+        ridge_relative: bool = True,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        seed: int = 0,
+    ) -> None:
         super().__init__()
         if weight < 0:
             raise ConfigError(f"reg.dcca weight must be >= 0, got {weight}")
@@ -110,9 +121,16 @@ class DeepCCA(Plugin):
         if not 1 <= k <= out_dim:
             raise ConfigError(f"reg.dcca k must be in [1, out_dim={out_dim}], got {k}")
         if not ridge > 0:
-            raise ConfigError(f"reg.dcca ridge must be > 0 (it keeps the whitening well conditioned), got {ridge}")
+            raise ConfigError(
+                f"reg.dcca ridge must be > 0 (it keeps the whitening well conditioned), got {ridge}"
+            )
         self.weight, self.out_dim, self.k, self.ridge = float(weight), int(out_dim), k, float(ridge)
-        self.ridge_relative, self.lr, self.weight_decay, self.seed = bool(ridge_relative), lr, weight_decay, seed
+        self.ridge_relative, self.lr, self.weight_decay, self.seed = (
+            bool(ridge_relative),
+            lr,
+            weight_decay,
+            seed,
+        )
         self.proj = nn.ModuleDict()
         self.modalities: tuple[str, ...] = ()
 
@@ -132,22 +150,29 @@ class DeepCCA(Plugin):
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         if not self.modalities:
             raise RuntimeError("DeepCCA plug-in used before attach()")
-        return [torch.optim.AdamW(self.proj.parameters(), lr=self.lr, weight_decay=self.weight_decay, foreach=True)]
+        return [
+            torch.optim.AdamW(
+                self.proj.parameters(), lr=self.lr, weight_decay=self.weight_decay, foreach=True
+            )
+        ]
 
     def correlations(self, out: FusionOutput) -> dict[tuple[str, str], Tensor]:
         """``corr_k`` per pair of modalities (float32; the batch must have more than ``k`` samples)."""
         uni = unimodal_views(out, self.modalities, "dcca")
         with torch.autocast(device_type=out.fused.device.type, enabled=False):  # Cholesky/SVD in float32
             h = {m: self.proj[m](u) for m, u in uni.items()}
-            return {(a, b): dcca_correlation(h[a], h[b], self.k, self.ridge, self.ridge_relative)
-                    for a, b in modality_pairs(self.modalities)}
+            return {
+                (a, b): dcca_correlation(h[a], h[b], self.k, self.ridge, self.ridge_relative)
+                for a, b in modality_pairs(self.modalities)
+            }
 
     def loss(self, out: FusionOutput, batch: Batch, stage: str) -> PluginLoss | None:
         if out.fused.shape[0] <= self.k:  # rank <= m - 1 < k: the top-k sum is not defined
             return skipped(out)
         corr = torch.stack(list(self.correlations(out).values())).mean()
-        return PluginLoss(value=-self.weight * corr,
-                          logs={"corr": corr.detach(), "corr_per_dim": corr.detach() / self.k})
+        return PluginLoss(
+            value=-self.weight * corr, logs={"corr": corr.detach(), "corr_per_dim": corr.detach() / self.k}
+        )
 
     def after_backward(self, optimizers: list[torch.optim.Optimizer]) -> None:
         """The projections ascend the same correlation (their gradients come from the task backward)."""

@@ -36,21 +36,26 @@ from torch import Tensor, nn
 from mmfusion.errors import ConfigError
 
 MEASURES = ("dv", "mine", "nwj", "infonce", "wasserstein")
-LN_EPS = 1e-12  # tiny: with LayerNorm's default 1e-5, shrinking the features below ~3e-3 would shrink the output
+LN_EPS = (
+    1e-12  # tiny: with LayerNorm's default 1e-5, shrinking the features below ~3e-3 would shrink the output
+)
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # negatives
 
 
-def derangement_indices(n: int, m: int, generator: torch.Generator | None = None,
-                        device: torch.device | str | None = None) -> Tensor:
+def derangement_indices(
+    n: int, m: int, generator: torch.Generator | None = None, device: torch.device | str | None = None
+) -> Tensor:
     """``(m, n)`` row indices: view 0 unshifted, views 1..m-1 shifted by distinct offsets drawn from 1..n-1.
 
     Every column (negative tuple) then takes its M views from M distinct samples.
     """
     if n < m:
-        raise ConfigError(f"derangement negatives need batch size >= number of modalities ({m}); got batch {n}")
+        raise ConfigError(
+            f"derangement negatives need batch size >= number of modalities ({m}); got batch {n}"
+        )
     offsets = torch.randperm(n - 1, generator=generator)[: m - 1] + 1
     shifts = torch.cat([torch.zeros(1, dtype=torch.long), offsets]).to(device)
     return (torch.arange(n, device=device)[None, :] + shifts[:, None]) % n
@@ -98,8 +103,13 @@ def wasserstein_dual(t_p: Tensor, t_q: Tensor) -> Tensor:
     return t_p.mean() - t_q.mean()
 
 
-def gradient_penalty(net: nn.Module, x_p: Tensor, x_q: Tensor, one_sided: bool = False,
-                     generator: torch.Generator | None = None) -> Tensor:
+def gradient_penalty(
+    net: nn.Module,
+    x_p: Tensor,
+    x_q: Tensor,
+    one_sided: bool = False,
+    generator: torch.Generator | None = None,
+) -> Tensor:
     """``E[(||grad T(x_hat)|| - 1)^2]`` on random interpolates of positive and negative tuples (WGAN-GP).
 
     ``one_sided`` penalises only norms above 1 (Petzka et al. 2018).
@@ -135,6 +145,7 @@ def normalize_view(x: Tensor, mode: str) -> Tensor:
 def mlp(in_dim: int, hidden: int, layers: int, out_dim: int, spectral: bool = False) -> nn.Sequential:
     """``layers`` hidden Linear+LeakyReLU(0.2) blocks and a linear output; every Linear spectrally normalised
     when ``spectral`` (LeakyReLU is 1-Lipschitz, so the whole map is then 1-Lipschitz)."""
+
     def lin(a: int, b: int) -> nn.Module:
         layer = nn.Linear(a, b)
         return nn.utils.parametrizations.spectral_norm(layer) if spectral else layer
@@ -151,8 +162,14 @@ def mlp(in_dim: int, hidden: int, layers: int, out_dim: int, spectral: bool = Fa
 class ConcatCritic(nn.Module):
     """Statistics network ``T(z_1, ..., z_M) = MLP(cat(norm(z_1), ..., norm(z_M)))`` -> ``(N,)``."""
 
-    def __init__(self, dims: Sequence[int], hidden: int = 256, layers: int = 2, normalize: str = "layernorm",
-                 spectral_norm: bool = False) -> None:
+    def __init__(
+        self,
+        dims: Sequence[int],
+        hidden: int = 256,
+        layers: int = 2,
+        normalize: str = "layernorm",
+        spectral_norm: bool = False,
+    ) -> None:
         super().__init__()
         normalize_view(torch.zeros(1, 1), normalize)  # validates the mode
         self.dims = tuple(int(d) for d in dims)
@@ -189,9 +206,19 @@ class DependencyEstimator(nn.Module):
     penalty weight ``gp_weight``). ``n_negatives`` derangement sets per step (InfoNCE's K).
     """
 
-    def __init__(self, dims: Sequence[int], measure: str = "nwj", hidden: int = 256, layers: int = 2,
-                 normalize: str = "layernorm", spectral_norm: bool | None = None, gp_weight: float = 0.0,
-                 one_sided_gp: bool = False, ema_decay: float = 0.99, n_negatives: int = 1) -> None:
+    def __init__(
+        self,
+        dims: Sequence[int],
+        measure: str = "nwj",
+        hidden: int = 256,
+        layers: int = 2,
+        normalize: str = "layernorm",
+        spectral_norm: bool | None = None,
+        gp_weight: float = 0.0,
+        one_sided_gp: bool = False,
+        ema_decay: float = 0.99,
+        n_negatives: int = 1,
+    ) -> None:
         super().__init__()
         if measure not in MEASURES:
             raise ConfigError(f"measure must be one of {', '.join(MEASURES)}; got {measure!r}")
@@ -210,8 +237,9 @@ class DependencyEstimator(nn.Module):
         self.n_negatives = int(n_negatives)
         self.register_buffer("log_ema", torch.tensor(float("nan"), dtype=torch.float64))
 
-    def scores(self, views: Sequence[Tensor], generator: torch.Generator | None = None
-               ) -> tuple[Tensor, Tensor, list[Tensor], Tensor]:
+    def scores(
+        self, views: Sequence[Tensor], generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor, list[Tensor], Tensor]:
         """Critic scores of positives ``(N,)`` and negatives ``(N, K)``, plus the embedded positives and the first
         set of embedded negatives (for the gradient penalty)."""
         x_p = self.critic.embed(views)
@@ -221,8 +249,13 @@ class DependencyEstimator(nn.Module):
         t_pos, t_neg = t[:n], t[n:].reshape(self.n_negatives, n).T
         return t_pos, t_neg, negs, x_p
 
-    def forward(self, views: Sequence[Tensor], generator: torch.Generator | None = None,
-                update_ema: bool = False, with_penalty: bool = False) -> BoundOutput:
+    def forward(
+        self,
+        views: Sequence[Tensor],
+        generator: torch.Generator | None = None,
+        update_ema: bool = False,
+        with_penalty: bool = False,
+    ) -> BoundOutput:
         t_pos, t_neg, negs, x_p = self.scores(views, generator)
         penalty = None
         if self.measure == "dv":
@@ -248,8 +281,9 @@ class DependencyEstimator(nn.Module):
                 penalty = gradient_penalty(self.critic.net, x_p, negs[0], self.one_sided_gp, generator)
         return BoundOutput(objective=obj, estimate=est, penalty=penalty)
 
-    def critic_loss(self, views: Sequence[Tensor], generator: torch.Generator | None = None
-                    ) -> tuple[Tensor, BoundOutput]:
+    def critic_loss(
+        self, views: Sequence[Tensor], generator: torch.Generator | None = None
+    ) -> tuple[Tensor, BoundOutput]:
         """Loss whose *descent* is the critic's ascent of its bound (plus the gradient penalty, if any)."""
         out = self(views, generator, update_ema=True, with_penalty=True)
         loss = -out.objective
@@ -276,8 +310,13 @@ def median_bandwidth(x: Tensor, y: Tensor) -> Tensor:
         return d2[i, j].median().sqrt().clamp_min(1e-12)
 
 
-def mmd2(x: Tensor, y: Tensor, sigmas: Sequence[float] | Tensor | None = None,
-         scales: Sequence[float] = (0.25, 0.5, 1.0, 2.0, 4.0), unbiased: bool = True) -> Tensor:
+def mmd2(
+    x: Tensor,
+    y: Tensor,
+    sigmas: Sequence[float] | Tensor | None = None,
+    scales: Sequence[float] = (0.25, 0.5, 1.0, 2.0, 4.0),
+    unbiased: bool = True,
+) -> Tensor:
     """MMD^2 with ``k(a, b) = sum_s exp(-|a-b|^2 / (2 sigma_s^2))``.
 
     ``sigmas`` fixed bandwidths, or ``None`` for ``median * scales`` (median heuristic, detached so the model
@@ -348,8 +387,15 @@ class EMAKurtosis(nn.Module):
     the latter). ``normalize`` divides by the Gaussian value ``d(d+2)``.
     """
 
-    def __init__(self, dim: int, decay: float = 0.9, rel_ridge: float = 1e-3, abs_ridge: float = 1e-8,
-                 cap: float | None = 3.0, normalize: bool = True) -> None:
+    def __init__(
+        self,
+        dim: int,
+        decay: float = 0.9,
+        rel_ridge: float = 1e-3,
+        abs_ridge: float = 1e-8,
+        cap: float | None = 3.0,
+        normalize: bool = True,
+    ) -> None:
         super().__init__()
         if not 0.0 <= decay < 1.0:
             raise ConfigError(f"kurtosis decay must be in [0, 1), got {decay}")

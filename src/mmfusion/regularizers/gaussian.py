@@ -26,14 +26,21 @@ def correlation_matrix(m: int, rho: float) -> Tensor:
 
 
 def correlated_views(
-    n: int, d: int, m: int, rho: float, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float64
+    n: int,
+    d: int,
+    m: int,
+    rho: float,
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype = torch.float64,
 ) -> list[Tensor]:
     """``m`` views of shape ``(n, d)`` with per-coordinate pairwise correlation ``rho`` (0 <= rho < 1)."""
     if not 0.0 <= rho < 1.0:
         raise ValueError(f"rho must be in [0, 1), got {rho}")
     z = torch.randn(n, d, generator=generator, dtype=dtype)
-    return [math.sqrt(rho) * z + math.sqrt(1 - rho) * torch.randn(n, d, generator=generator, dtype=dtype)
-            for _ in range(m)]
+    return [
+        math.sqrt(rho) * z + math.sqrt(1 - rho) * torch.randn(n, d, generator=generator, dtype=dtype)
+        for _ in range(m)
+    ]
 
 
 def total_correlation(d: int, m: int, rho: float) -> float:
@@ -70,14 +77,27 @@ def gaussian_mmd2(d: int, sigmas: Sequence[float], var_p: float, var_q: float, m
     """Population MMD^2 between ``N(mu_p, var_p I)`` and ``N(mu_q, var_q I)`` for a sum of RBF kernels."""
     total = 0.0
     for s in sigmas:
-        total += (rbf_expectation(d, s, var_p, var_p, 0.0) + rbf_expectation(d, s, var_q, var_q, 0.0)
-                  - 2 * rbf_expectation(d, s, var_p, var_q, mean_sq_dist))
+        total += (
+            rbf_expectation(d, s, var_p, var_p, 0.0)
+            + rbf_expectation(d, s, var_q, var_q, 0.0)
+            - 2 * rbf_expectation(d, s, var_p, var_q, mean_sq_dist)
+        )
     return total
 
 
-def train_estimator(estimator: torch.nn.Module, d: int, m: int, rho: float, *, steps: int = 500, batch: int = 256,
-                    lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eval_batches: int = 10,
-                    seed: int = 0) -> dict[str, float]:
+def train_estimator(
+    estimator: torch.nn.Module,
+    d: int,
+    m: int,
+    rho: float,
+    *,
+    steps: int = 500,
+    batch: int = 256,
+    lr: float = 1e-3,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eval_batches: int = 10,
+    seed: int = 0,
+) -> dict[str, float]:
     """Train a :class:`~mmfusion.regularizers.estimators.DependencyEstimator` on fresh Gaussian batches (critic
     ascent) and return its mean/std estimate on ``eval_batches`` held-out batches (the MDM toy experiment)."""
     g = torch.Generator().manual_seed(seed)
@@ -100,11 +120,14 @@ def train_estimator(estimator: torch.nn.Module, d: int, m: int, rho: float, *, s
 
 def _expected_logdet_bias(p: int, dof: int) -> float:
     """``E[log det S] - log det Sigma`` for ``S = W / dof``, ``W ~ Wishart_p(dof, Sigma)`` (sum of digammas)."""
-    return sum(float(torch.special.digamma(torch.tensor((dof - i) / 2.0, dtype=torch.float64)))
-               for i in range(p)) + p * math.log(2.0 / dof)
+    return sum(
+        float(torch.special.digamma(torch.tensor((dof - i) / 2.0, dtype=torch.float64))) for i in range(p)
+    ) + p * math.log(2.0 / dof)
 
 
-def gaussian_total_correlation(views: Sequence[Tensor], n_components: int = 8, bias_correct: bool = True) -> float:
+def gaussian_total_correlation(
+    views: Sequence[Tensor], n_components: int = 8, bias_correct: bool = True
+) -> float:
     """Gaussian total-correlation probe ``1/2 [sum_j log det S_jj - log det S]`` of ``M`` views ``(N, d_j)``.
 
     Each view is centred and reduced to its top ``n_components`` principal components (TC is invariant to
@@ -133,7 +156,7 @@ def gaussian_total_correlation(views: Sequence[Tensor], n_components: int = 8, b
     total = -float(torch.logdet(cov)) + (_expected_logdet_bias(p_all, dof) if bias_correct else 0.0)
     start = 0
     for d in dims:
-        total += float(torch.logdet(cov[start:start + d, start:start + d]))
+        total += float(torch.logdet(cov[start : start + d, start : start + d]))
         total -= _expected_logdet_bias(d, dof) if bias_correct else 0.0
         start += d
     return 0.5 * total

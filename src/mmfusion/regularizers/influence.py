@@ -23,12 +23,15 @@ from torch import Tensor
 def _flat_grad(value: Tensor, params: Sequence[Tensor]) -> Tensor | None:
     if not value.requires_grad:
         return None
-    grads = torch.autograd.grad(value, list(params), retain_graph=True, allow_unused=True, materialize_grads=True)
+    grads = torch.autograd.grad(
+        value, list(params), retain_graph=True, allow_unused=True, materialize_grads=True
+    )
     return torch.cat([g.reshape(-1).float() for g in grads]) if grads else None
 
 
-def gradient_influence(task_loss: Tensor, terms: Mapping[str, Tensor], params: Sequence[Tensor]
-                       ) -> dict[str, dict[str, float]]:
+def gradient_influence(
+    task_loss: Tensor, terms: Mapping[str, Tensor], params: Sequence[Tensor]
+) -> dict[str, dict[str, float]]:
     """``{name: {"influence": ratio, "cosine": cos}}`` for each term; the graph is retained for the real backward.
 
     Args:

@@ -36,8 +36,16 @@ from mmfusion.errors import ConfigError
 from mmfusion.regularizers.estimators import DependencyEstimator, normalize_view
 from mmfusion.regularizers.gaussian import gaussian_total_correlation
 
-MEASURE_ALIASES = {"kl": "mine", "f": "nwj", "w": "wasserstein", "wasserstein": "wasserstein", "mine": "mine",
-                   "dv": "dv", "nwj": "nwj", "infonce": "infonce"}
+MEASURE_ALIASES = {
+    "kl": "mine",
+    "f": "nwj",
+    "w": "wasserstein",
+    "wasserstein": "wasserstein",
+    "mine": "mine",
+    "dv": "dv",
+    "nwj": "nwj",
+    "infonce": "infonce",
+}
 
 
 @contextmanager
@@ -87,12 +95,29 @@ class MDM(Plugin):
 
     training_only = True
 
-    def __init__(self, measure: str = "kl", weight: float = 0.1, unroll: int = 1, hidden: int = 256,
-                 layers: int = 2, lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.999),
-                 weight_decay: float = 0.0, normalize: str = "layernorm", spectral_norm: bool | None = None,
-                 gp_weight: float = 0.0, ema_decay: float = 0.99, n_negatives: int = 1, warmup: float = 0.0,
-                 warmup_steps: int | None = None, critic_grad_clip: float | None = 10.0, diagnostic_seed: int = 0,
-                 probe_components: int = 8, probe_max_samples: int = 4096, seed: int = 0) -> None:
+    def __init__(
+        self,
+        measure: str = "kl",
+        weight: float = 0.1,
+        unroll: int = 1,
+        hidden: int = 256,
+        layers: int = 2,
+        lr: float = 1e-4,
+        betas: tuple[float, float] = (0.9, 0.999),
+        weight_decay: float = 0.0,
+        normalize: str = "layernorm",
+        spectral_norm: bool | None = None,
+        gp_weight: float = 0.0,
+        ema_decay: float = 0.99,
+        n_negatives: int = 1,
+        warmup: float = 0.0,
+        warmup_steps: int | None = None,
+        critic_grad_clip: float | None = 10.0,
+        diagnostic_seed: int = 0,
+        probe_components: int = 8,
+        probe_max_samples: int = 4096,
+        seed: int = 0,
+    ) -> None:
         super().__init__()
         if measure not in MEASURE_ALIASES:
             raise ConfigError(f"reg.mdm measure must be one of {sorted(MEASURE_ALIASES)}; got {measure!r}")
@@ -106,7 +131,9 @@ class MDM(Plugin):
         self.weight, self.unroll, self.lr = float(weight), int(unroll), float(lr)
         self.betas, self.weight_decay = tuple(betas), float(weight_decay)
         self.warmup, self.critic_grad_clip = float(warmup), critic_grad_clip
-        self.warmup_steps = None if warmup_steps is None else int(warmup_steps)  # absolute override of `warmup`
+        self.warmup_steps = (
+            None if warmup_steps is None else int(warmup_steps)
+        )  # absolute override of `warmup`
         self.total_steps: int | None = None
         self.probe_components, self.probe_max_samples = int(probe_components), int(probe_max_samples)
         self._val_views: list[list[Tensor]] = []
@@ -114,9 +141,16 @@ class MDM(Plugin):
         # private RNG for the negatives / gradient-penalty interpolates: the plug-in never draws from the global
         # stream, so the task model sees the same dropout masks with and without it (state kept in checkpoints)
         self.rng = torch.Generator().manual_seed(seed)
-        self._estimator_kw = dict(measure=self.measure, hidden=hidden, layers=layers, normalize=normalize,
-                                  spectral_norm=spectral_norm, gp_weight=gp_weight, ema_decay=ema_decay,
-                                  n_negatives=n_negatives)
+        self._estimator_kw = dict(
+            measure=self.measure,
+            hidden=hidden,
+            layers=layers,
+            normalize=normalize,
+            spectral_norm=spectral_norm,
+            gp_weight=gp_weight,
+            ema_decay=ema_decay,
+            n_negatives=n_negatives,
+        )
         self.estimator: DependencyEstimator | None = None
         self.modalities: tuple[str, ...] = ()
         self.register_buffer("critic_steps", torch.zeros((), dtype=torch.long))
@@ -129,8 +163,9 @@ class MDM(Plugin):
         self.modalities = tuple(info.modalities)
         with torch.random.fork_rng(devices=[]):  # the critic's init leaves the global RNG untouched
             torch.manual_seed(self.seed)
-            self.estimator = DependencyEstimator([info.unimodal_dims[m] for m in self.modalities],
-                                                 **self._estimator_kw)  # type: ignore[arg-type]
+            self.estimator = DependencyEstimator(
+                [info.unimodal_dims[m] for m in self.modalities], **self._estimator_kw
+            )  # type: ignore[arg-type]
 
     @property
     def min_batch_size(self) -> int:
@@ -152,8 +187,15 @@ class MDM(Plugin):
         return self.estimator
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
-        return [torch.optim.Adam(self._est().parameters(), lr=self.lr, betas=self.betas,
-                                 weight_decay=self.weight_decay, foreach=True)]
+        return [
+            torch.optim.Adam(
+                self._est().parameters(),
+                lr=self.lr,
+                betas=self.betas,
+                weight_decay=self.weight_decay,
+                foreach=True,
+            )
+        ]
 
     def views(self, out: FusionOutput, detach: bool) -> list[Tensor]:
         try:
@@ -162,8 +204,13 @@ class MDM(Plugin):
             raise ConfigError(f"reg.mdm: model output has no unimodal representation {e}") from None
         return [v.detach().float() if detach else v.float() for v in vs]
 
-    def inner_step(self, out: FusionOutput, batch: Batch, optimizers: list[torch.optim.Optimizer],
-                   backward: Callable[[Tensor], None]) -> dict[str, Tensor | float]:
+    def inner_step(
+        self,
+        out: FusionOutput,
+        batch: Batch,
+        optimizers: list[torch.optim.Optimizer],
+        backward: Callable[[Tensor], None],
+    ) -> dict[str, Tensor | float]:
         """``unroll`` ascent steps of the critic on the detached representations (fresh negatives each step)."""
         est, (opt,) = self._est(), optimizers
         views = self.views(out, detach=True)
@@ -219,8 +266,10 @@ class MDM(Plugin):
         with frozen(est):
             b = est([v.to(dev) for v in views], g)
         normed = [normalize_view(v.double(), est.critic.normalize) for v in views]
-        return {"critic_estimate": float(b.estimate),
-                "tc_probe": gaussian_total_correlation(normed, self.probe_components)}
+        return {
+            "critic_estimate": float(b.estimate),
+            "tc_probe": gaussian_total_correlation(normed, self.probe_components),
+        }
 
     def validation_epoch_diagnostics(self) -> dict[str, Tensor | float]:
         """:meth:`probe` on the representations of the validation split gathered by ``loss(stage='val')``."""

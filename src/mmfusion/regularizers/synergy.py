@@ -50,7 +50,9 @@ class BatchedOrthogonal(nn.Module):
 
     def __init__(self, groups: int, k: int) -> None:
         super().__init__()
-        self.weight = nn.Parameter(torch.stack([nn.init.orthogonal_(torch.empty(k, k)) for _ in range(groups)]))
+        self.weight = nn.Parameter(
+            torch.stack([nn.init.orthogonal_(torch.empty(k, k)) for _ in range(groups)])
+        )
         self.bias = nn.Parameter(torch.zeros(groups, 1, k))
         nn.utils.parametrizations.orthogonal(self, "weight", orthogonal_map="cayley")
 
@@ -110,20 +112,45 @@ class Synergy(Plugin):
 
     training_only = True
 
-    def __init__(self, divergence: str = "mmd", beta: float = 1.0, recon_weight: float = 0.1,
-                 align_weight: float = 1.0, kurt_weight: float = 0.01, proj_dim: int = 32, kurt_dim: int = 16,
-                 q_hidden: int = 128, q_layers: int = 3, inn_layers: int = 4, recon_stop_grad: bool = False,
-                 mmd_scales: Sequence[float] = (0.25, 0.5, 1.0, 2.0, 4.0), mmd_unbiased: bool = True,
-                 kl_bound: str = "nwj", critic_hidden: int = 128, critic_layers: int = 2, critic_lr: float = 4e-4,
-                 critic_steps: int = 1, lr: float = 1e-3, weight_decay: float = 1e-4, kurt_decay: float = 0.9,
-                 kurt_ridge: float = 1e-3, kurt_cap: float | None = 3.0, kurt_sign: float = 1.0,
-                 grad_clip: float | None = 5.0, align_normalize: str = "layernorm", side_maps: str | None = None,
-                 warmup: float = 0.0, seed: int = 0) -> None:
+    def __init__(
+        self,
+        divergence: str = "mmd",
+        beta: float = 1.0,
+        recon_weight: float = 0.1,
+        align_weight: float = 1.0,
+        kurt_weight: float = 0.01,
+        proj_dim: int = 32,
+        kurt_dim: int = 16,
+        q_hidden: int = 128,
+        q_layers: int = 3,
+        inn_layers: int = 4,
+        recon_stop_grad: bool = False,
+        mmd_scales: Sequence[float] = (0.25, 0.5, 1.0, 2.0, 4.0),
+        mmd_unbiased: bool = True,
+        kl_bound: str = "nwj",
+        critic_hidden: int = 128,
+        critic_layers: int = 2,
+        critic_lr: float = 4e-4,
+        critic_steps: int = 1,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        kurt_decay: float = 0.9,
+        kurt_ridge: float = 1e-3,
+        kurt_cap: float | None = 3.0,
+        kurt_sign: float = 1.0,
+        grad_clip: float | None = 5.0,
+        align_normalize: str = "layernorm",
+        side_maps: str | None = None,
+        warmup: float = 0.0,
+        seed: int = 0,
+    ) -> None:
         super().__init__()
         if divergence not in ("mmd", "kl"):
             raise ConfigError(f"reg.synergy divergence must be 'mmd' or 'kl', got {divergence!r}")
         if align_normalize not in ("layernorm", "none"):
-            raise ConfigError(f"reg.synergy align_normalize must be 'layernorm' or 'none', got {align_normalize!r}")
+            raise ConfigError(
+                f"reg.synergy align_normalize must be 'layernorm' or 'none', got {align_normalize!r}"
+            )
         side_maps = side_maps or ("separate" if divergence == "kl" else "shared")
         if side_maps not in ("shared", "separate"):
             raise ConfigError(f"reg.synergy side_maps must be 'shared' or 'separate', got {side_maps!r}")
@@ -131,8 +158,12 @@ class Synergy(Plugin):
             raise ConfigError(f"reg.synergy warmup is a fraction of the run in [0, 1], got {warmup}")
         if kl_bound not in ("nwj", "dv"):
             raise ConfigError(f"reg.synergy kl_bound must be 'nwj' or 'dv', got {kl_bound!r}")
-        for key, val in (("beta", beta), ("recon_weight", recon_weight), ("align_weight", align_weight),
-                         ("kurt_weight", kurt_weight)):
+        for key, val in (
+            ("beta", beta),
+            ("recon_weight", recon_weight),
+            ("align_weight", align_weight),
+            ("kurt_weight", kurt_weight),
+        ):
             if val < 0:
                 raise ConfigError(f"reg.synergy {key} must be >= 0, got {val}")
         self.divergence, self.beta = divergence, float(beta)
@@ -185,8 +216,12 @@ class Synergy(Plugin):
 
     def _build(self, mods: tuple[str, ...], dims: dict[str, int], fdim: int) -> None:
         k = self.proj_dim
-        self.cnet["Q"] = nn.ModuleDict({m: mlp(sum(dims[o] for o in mods if o != m), self.q_hidden, self.q_layers,
-                                               dims[m]) for m in mods})
+        self.cnet["Q"] = nn.ModuleDict(
+            {
+                m: mlp(sum(dims[o] for o in mods if o != m), self.q_hidden, self.q_layers, dims[m])
+                for m in mods
+            }
+        )
         # one invertible G_i per modality shared by both sides, or one per side (G_i^u, G_i^f) -- a bijection
         # shared by both sides leaves a KL unchanged, so for KL only separate maps let G act
         groups = len(mods) * (2 if self.side_maps == "separate" else 1)
@@ -213,7 +248,11 @@ class Synergy(Plugin):
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         if not self.modalities:
             raise RuntimeError("Synergy plug-in used before attach()")
-        opts = [torch.optim.AdamW(self.cnet.parameters(), lr=self.lr, weight_decay=self.weight_decay, foreach=True)]
+        opts = [
+            torch.optim.AdamW(
+                self.cnet.parameters(), lr=self.lr, weight_decay=self.weight_decay, foreach=True
+            )
+        ]
         if self.divergence == "kl":
             opts.append(torch.optim.Adam(self.critics.parameters(), lr=self.critic_lr, foreach=True))
         return opts
@@ -272,8 +311,13 @@ class Synergy(Plugin):
 
     # ------------------------------------------------------------------------------------------------ contract
 
-    def inner_step(self, out: FusionOutput, batch: Batch, optimizers: list[torch.optim.Optimizer],
-                   backward: Callable[[Tensor], None]) -> dict[str, Tensor | float]:
+    def inner_step(
+        self,
+        out: FusionOutput,
+        batch: Batch,
+        optimizers: list[torch.optim.Optimizer],
+        backward: Callable[[Tensor], None],
+    ) -> dict[str, Tensor | float]:
         """KL variant only: the critics ascend their KL bound on detached, projected representations."""
         if self.divergence != "kl" or self.w["align"] <= 0:
             return {}
@@ -283,8 +327,10 @@ class Synergy(Plugin):
             pairs = self.aligned_pairs({m: z.detach() for m, z in uni.items()}, fused.detach())
         for _ in range(self.critic_steps):
             opt.zero_grad(set_to_none=True)
-            bound = sum(self.kl_bound(self.critics[m](a).squeeze(-1), self.critics[m](b).squeeze(-1))
-                        for m, (a, b) in pairs.items())
+            bound = sum(
+                self.kl_bound(self.critics[m](a).squeeze(-1), self.critics[m](b).squeeze(-1))
+                for m, (a, b) in pairs.items()
+            )
             backward(-bound)
             opt.step()
         opt.zero_grad(set_to_none=True)

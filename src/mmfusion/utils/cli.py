@@ -12,8 +12,21 @@ import sys
 from pathlib import Path
 
 # groups whose choice names a file; hydra/... groups are left to Hydra.
-CHECKED = ("data", "model", "reg", "trainer", "logger", "callbacks", "paths", "experiment", "hparams_search",
-           "debug", "optim", "stage", "extras")
+CHECKED = (
+    "data",
+    "model",
+    "reg",
+    "trainer",
+    "logger",
+    "callbacks",
+    "paths",
+    "experiment",
+    "hparams_search",
+    "debug",
+    "optim",
+    "stage",
+    "extras",
+)
 
 
 def choices(config_dir: Path, group: str) -> list[str]:
@@ -25,7 +38,7 @@ def _values(v: str) -> list[str]:
     v = v.strip()
     for prefix in ("choice(", "range("):
         if v.startswith(prefix):
-            return [] if prefix == "range(" else [x.strip() for x in v[len(prefix):-1].split(",")]
+            return [] if prefix == "range(" else [x.strip() for x in v[len(prefix) : -1].split(",")]
     if v.startswith("[") and v.endswith("]"):
         v = v[1:-1]
     return [x.strip() for x in v.split(",") if x.strip()]
@@ -49,11 +62,22 @@ def check_overrides(argv: list[str], config_dir: Path) -> str | None:
     return None
 
 
-
-
 # -- keys: `trainer.<Trainer argument>=` without `+`, unknown keys with a spelling suggestion ----------------------
-SKIP_FLAGS = ("--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--help", "-h", "--hydra-help",
-              "--info", "-i", "--shell-completion", "-sc")
+SKIP_FLAGS = (
+    "--config-path",
+    "-cp",
+    "--config-name",
+    "-cn",
+    "--config-dir",
+    "-cd",
+    "--help",
+    "-h",
+    "--hydra-help",
+    "--info",
+    "-i",
+    "--shell-completion",
+    "-sc",
+)
 
 
 def trainer_args() -> list[str]:
@@ -62,7 +86,9 @@ def trainer_args() -> list[str]:
 
     from lightning.pytorch import Trainer
 
-    return [n for n in inspect.signature(Trainer.__init__).parameters if n not in ("self", "logger", "callbacks")]
+    return [
+        n for n in inspect.signature(Trainer.__init__).parameters if n not in ("self", "logger", "callbacks")
+    ]
 
 
 def _is_override(arg: str) -> bool:
@@ -77,8 +103,13 @@ def rewrite_trainer_overrides(argv: list[str]) -> list[str]:
     out = []
     for arg in argv:
         key = arg.partition("=")[0]
-        if _is_override(arg) and "=" in arg and key.startswith("trainer.") and key.count(".") == 1 \
-                and key.split(".", 1)[1] in names:
+        if (
+            _is_override(arg)
+            and "=" in arg
+            and key.startswith("trainer.")
+            and key.count(".") == 1
+            and key.split(".", 1)[1] in names
+        ):
             arg = "++" + arg
         out.append(arg)
     return out
@@ -169,7 +200,7 @@ def check_keys(argv: list[str], config_dir: Path, config_name: str = "train.yaml
     cfgs = [(cfg, compose_args[swept[0][0]] if swept else "")]
     for i, alts in swept:  # every value of a swept group (one group varied at a time)
         for alt in alts[1:]:
-            c = composed(compose_args[:i] + [alt] + compose_args[i + 1:])
+            c = composed(compose_args[:i] + [alt] + compose_args[i + 1 :])
             if c is not None:
                 cfgs.append((c, alt))
     for key, arg in plain:

@@ -27,8 +27,9 @@ if not OmegaConf.has_resolver("mmf_root"):
     OmegaConf.register_new_resolver("mmf_root", lambda: str(ROOT_DIR))
 
 
-def compose_train_cfg(overrides: list[str], output_dir: str | Path | None = None,
-                      config_name: str = "train.yaml") -> DictConfig:
+def compose_train_cfg(
+    overrides: list[str], output_dir: str | Path | None = None, config_name: str = "train.yaml"
+) -> DictConfig:
     """``configs/<config_name>`` composed with ``overrides`` outside the CLI, as ``train.py`` sees it: the Hydra
     config is included and registered (run names, tags and ``${hydra:...}`` resolve), and with ``output_dir`` the
     run's ``paths.output_dir`` and ``paths.log_dir`` point there. For scripts, benchmarks and tests."""
@@ -110,10 +111,15 @@ def checkpoint_run_dir(ckpt_path: Any, fallback: Any) -> str:
     return str(p.parent.parent if p.parent.name == "checkpoints" else p.parent)
 
 
-for _name, _fn in (("mmf_sweep_group", sweep_group), ("mmf_run_tags", run_tags), ("mmf_run_name", run_name),
-                   ("mmf_sqlite", sqlite_url), ("mmf_ckpt_run", checkpoint_run_dir),
-                   ("mmf_wandb_offline", offline_unless_logged_in),  # logger=wandb without a login
-                   ("mmf_direction", lambda mode: "maximize" if str(mode).startswith("max") else "minimize")):
+for _name, _fn in (
+    ("mmf_sweep_group", sweep_group),
+    ("mmf_run_tags", run_tags),
+    ("mmf_run_name", run_name),
+    ("mmf_sqlite", sqlite_url),
+    ("mmf_ckpt_run", checkpoint_run_dir),
+    ("mmf_wandb_offline", offline_unless_logged_in),  # logger=wandb without a login
+    ("mmf_direction", lambda mode: "maximize" if str(mode).startswith("max") else "minimize"),
+):
     if not OmegaConf.has_resolver(_name):
         OmegaConf.register_new_resolver(_name, _fn)
 
@@ -123,9 +129,12 @@ def quiet_third_party() -> None:
     warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*The anonymous setting has no effect.*")
-    warnings.filterwarnings("ignore", message=".*callbacks used to create the checkpoint need to be provided.*")
+    warnings.filterwarnings(
+        "ignore", message=".*callbacks used to create the checkpoint need to be provided.*"
+    )
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
-        lambda r: "litlogger" not in r.getMessage() and "litmodels" not in r.getMessage())
+        lambda r: "litlogger" not in r.getMessage() and "litmodels" not in r.getMessage()
+    )
 
 
 def prepare_cli(config_dir: Path, config_name: str = "train.yaml") -> None:
@@ -158,7 +167,9 @@ def task_wrapper(cfg: DictConfig) -> Iterator[None]:
             raise
         print(f"error: {err}", file=sys.stderr)
         if sweep_group() is not None:  # multirun: the launcher records this job as failed; the sweep goes on
-            raise _sweep_job_error(err) from exc  # one line (not a traceback) when Hydra re-raises it at the end
+            raise _sweep_job_error(
+                err
+            ) from exc  # one line (not a traceback) when Hydra re-raises it at the end
         raise SystemExit(2) from None
     finally:
         if "wandb" in sys.modules:
@@ -176,7 +187,11 @@ def _sweep_job_error(err: MMFusionError) -> Exception:
 
     hc = _hydra_cfg()
     num = OmegaConf.select(hc, "job.num", default=None, throw_on_missing=False) if hc is not None else None
-    task = OmegaConf.select(hc, "overrides.task", default=None, throw_on_missing=False) if hc is not None else None
+    task = (
+        OmegaConf.select(hc, "overrides.task", default=None, throw_on_missing=False)
+        if hc is not None
+        else None
+    )
     job = "sweep job" + (f" {num}" if num is not None else "") + (f" ({' '.join(task)})" if task else "")
     cls = type(type(err).__name__, (type(err), CompactHydraException), {})
     return cls(f"error: {job} failed: {err}")
@@ -192,7 +207,9 @@ def resolve_ckpt_path(ckpt: str | None, cfg: DictConfig) -> str | None:
         if not cands and ckpt == "auto":
             return None
         if not cands:
-            raise MMFusionError(f"ckpt_path=last: no last.ckpt under {cfg.paths.output_dir}; set hydra.run.dir to the run to resume")
+            raise MMFusionError(
+                f"ckpt_path=last: no last.ckpt under {cfg.paths.output_dir}; set hydra.run.dir to the run to resume"
+            )
         return str(cands[-1])
     if not Path(ckpt).is_file():
         raise MMFusionError(f"ckpt_path: file not found: {ckpt}")
@@ -204,9 +221,16 @@ def log_run_info(trainer: Any, module: Any, cfg: DictConfig) -> None:
         return
     n = sum(p.numel() for p in module.net.parameters())
     plugins = ", ".join(module.plugins.keys()) or "none"
-    log.info("model=%s (%s parameters) reg=%s data=%s -> %s", type(module.net).__name__, f"{n:,}", plugins,
-             type(trainer.datamodule).__name__ if getattr(trainer, "datamodule", None) else cfg.data.get("_target_"),
-             cfg.paths.output_dir)
+    log.info(
+        "model=%s (%s parameters) reg=%s data=%s -> %s",
+        type(module.net).__name__,
+        f"{n:,}",
+        plugins,
+        type(trainer.datamodule).__name__
+        if getattr(trainer, "datamodule", None)
+        else cfg.data.get("_target_"),
+        cfg.paths.output_dir,
+    )
     for lg in trainer.loggers:
         with contextlib.suppress(Exception):
             from mmfusion.utils.instantiate import to_container
@@ -229,7 +253,9 @@ def objective(result: dict[str, Any], cfg: DictConfig) -> float | None:
         mode = str(((cfg.get("data") or {}).get("task") or {}).get("mode", "min"))
         direction = "maximize" if mode.startswith("max") else "minimize"
     worst = float("-inf") if "max" in direction else float("inf")
-    log.warning("optimized_metric %s = %s: reporting %s to the sweeper", cfg.get("optimized_metric"), value, worst)
+    log.warning(
+        "optimized_metric %s = %s: reporting %s to the sweeper", cfg.get("optimized_metric"), value, worst
+    )
     return worst
 
 
@@ -240,5 +266,7 @@ def metric_value(result: dict[str, Any], name: str | None) -> float | None:
     split, _, key = str(name).partition("/")
     value = result.get(split, {}).get(key)
     if value is None:
-        raise MMFusionError(f"optimized_metric {name!r} was not computed; available: {sorted(result.get(split, {}))}")
+        raise MMFusionError(
+            f"optimized_metric {name!r} was not computed; available: {sorted(result.get(split, {}))}"
+        )
     return float(value)

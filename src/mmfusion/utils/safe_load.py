@@ -98,7 +98,9 @@ class RestrictedUnpickler(pickle.Unpickler):
 
     def find_class(self, module: str, name: str) -> Any:
         # Python-2 names mapped as pickle itself maps them (``__builtin__.set`` -> ``builtins.set``)
-        key = _compat_pickle.NAME_MAPPING.get((module, name), (_compat_pickle.IMPORT_MAPPING.get(module, module), name))
+        key = _compat_pickle.NAME_MAPPING.get(
+            (module, name), (_compat_pickle.IMPORT_MAPPING.get(module, module), name)
+        )
         if key not in ALLOWED_GLOBALS:
             raise RefusedGlobal(module, name)
         return ALLOWED_GLOBALS[key]
@@ -113,8 +115,10 @@ def _one_line(text: str, limit: int = 300) -> str:
 
 
 def refused_message(path: str | Path, qualname: str) -> str:
-    return (f"{path}: refused to load: the pickle names the global {qualname!r}, which a dataset file never needs "
-            f"(allowed: numpy arrays/scalars/dtypes, built-in containers, strings, numbers; see {SECURITY_DOC})")
+    return (
+        f"{path}: refused to load: the pickle names the global {qualname!r}, which a dataset file never needs "
+        f"(allowed: numpy arrays/scalars/dtypes, built-in containers, strings, numbers; see {SECURITY_DOC})"
+    )
 
 
 def unpickle_bytes(data: bytes, encoding: str = "ASCII") -> Any:
@@ -146,7 +150,9 @@ def load_data_pickle(path: str | Path, missing_hint: str = "") -> Any:
                     raise DataError(f"{p}: not a readable pickle (undecodable strings)") from None
                 f.seek(0)
             except Exception as e:  # noqa: BLE001 - any other unpickling failure is a bad file
-                raise DataError(f"{p}: not a readable pickle ({type(e).__name__}: {_one_line(e, 160)})") from None
+                raise DataError(
+                    f"{p}: not a readable pickle ({type(e).__name__}: {_one_line(e, 160)})"
+                ) from None
     raise AssertionError("unreachable")
 
 
@@ -166,7 +172,9 @@ def _unsafe_globals(path: Path) -> list[str]:
         return []
 
 
-def load_checkpoint(path: str | Path, what: str = "checkpoint", map_location: Any = "cpu", mmap: bool = False) -> Any:
+def load_checkpoint(
+    path: str | Path, what: str = "checkpoint", map_location: Any = "cpu", mmap: bool = False
+) -> Any:
     """``torch.load(path, weights_only=True)`` with one-line errors.
 
     Args:
@@ -184,18 +192,24 @@ def load_checkpoint(path: str | Path, what: str = "checkpoint", map_location: An
     if not p.is_file():
         raise DataError(f"{what}: file not found: {p}")
     try:
-        return torch.load(p, map_location=map_location, weights_only=True, mmap=mmap and zipfile.is_zipfile(p))
+        return torch.load(
+            p, map_location=map_location, weights_only=True, mmap=mmap and zipfile.is_zipfile(p)
+        )
     except pickle.UnpicklingError as e:
         names = sorted(set(_unsafe_globals(p) or _GLOBAL_IN_MESSAGE.findall(str(e))))
         if names:
-            raise DataError(f"{p}: refused to load ({what}): it needs {', '.join(names)}; an mmfusion checkpoint "
-                            f"holds only tensors, containers, numbers and strings (read with "
-                            f"torch.load(weights_only=True); see {SECURITY_DOC})") from None
-        raise DataError(f"{p}: not a readable {what}: corrupt or not written by torch.save "
-                        f"({_torch_reason(e)})") from None
+            raise DataError(
+                f"{p}: refused to load ({what}): it needs {', '.join(names)}; an mmfusion checkpoint "
+                f"holds only tensors, containers, numbers and strings (read with "
+                f"torch.load(weights_only=True); see {SECURITY_DOC})"
+            ) from None
+        raise DataError(
+            f"{p}: not a readable {what}: corrupt or not written by torch.save ({_torch_reason(e)})"
+        ) from None
     except Exception as e:  # noqa: BLE001 - truncated zip, not a torch file, ...
-        raise DataError(f"{p}: not a readable {what}: truncated or not written by torch.save "
-                        f"({_torch_reason(e)})") from None
+        raise DataError(
+            f"{p}: not a readable {what}: truncated or not written by torch.save ({_torch_reason(e)})"
+        ) from None
 
 
 def _torch_reason(e: Exception) -> str:

@@ -36,12 +36,22 @@ def _overrides(job_dir: Path) -> dict[str, str]:
 def collect_jobs(sweep_dir: str | Path) -> list[dict[str, Any]]:
     """``[{"job": n, "dir", "overrides", "metrics" (or None)}]`` for the numbered job folders of a sweep."""
     jobs = []
-    for d in sorted(Path(sweep_dir).iterdir(), key=lambda p: (len(p.name), p.name)) if Path(sweep_dir).is_dir() else []:
+    for d in (
+        sorted(Path(sweep_dir).iterdir(), key=lambda p: (len(p.name), p.name))
+        if Path(sweep_dir).is_dir()
+        else []
+    ):
         if not (d.is_dir() and d.name.isdigit() and (d / ".hydra").is_dir()):
             continue
         m = d / "metrics.json"
-        jobs.append({"job": int(d.name), "dir": d, "overrides": _overrides(d),
-                     "metrics": json.loads(m.read_text()) if m.is_file() else None})
+        jobs.append(
+            {
+                "job": int(d.name),
+                "dir": d,
+                "overrides": _overrides(d),
+                "metrics": json.loads(m.read_text()) if m.is_file() else None,
+            }
+        )
     return jobs
 
 
@@ -74,8 +84,13 @@ def summary_tables(jobs: list[dict[str, Any]]) -> str:
     head = ["job", *varying, f"val {m}", f"test {m}", "status"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for j in jobs:
-        cells = [str(j["job"]), *(j["overrides"].get(k, "") for k in varying),
-                 _fmt(_value(j, "val", m)), _fmt(_value(j, "test", m)), "ok" if j["metrics"] else "failed"]
+        cells = [
+            str(j["job"]),
+            *(j["overrides"].get(k, "") for k in varying),
+            _fmt(_value(j, "val", m)),
+            _fmt(_value(j, "test", m)),
+            "ok" if j["metrics"] else "failed",
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     out = "\n".join(lines)
     if "seed" in varying:
@@ -84,8 +99,12 @@ def summary_tables(jobs: list[dict[str, Any]]) -> str:
         for j in jobs:
             groups.setdefault(tuple(j["overrides"].get(k, "") for k in others), []).append(j)
         head = [*others, "n seeds", f"val {m} mean ± std", f"test {m} mean ± std"]
-        lines = ["", "Over seeds (mean ± sample std, ddof=1; failed jobs left out):",
-                 "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        lines = [
+            "",
+            "Over seeds (mean ± sample std, ddof=1; failed jobs left out):",
+            "| " + " | ".join(head) + " |",
+            "|" + "---|" * len(head),
+        ]
         for g, js in groups.items():
             cells = list(g) + [str(sum(j["metrics"] is not None for j in js))]
             for split in ("val", "test"):

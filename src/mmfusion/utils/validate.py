@@ -40,11 +40,32 @@ log = logging.getLogger(__name__)
 _MISSING = object()
 INSTANTIATE_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
 ACCELERATORS = {"auto", "cpu", "gpu", "cuda", "mps", "tpu", "hpu", "xla"}
-PRECISIONS = {"transformer-engine", "transformer-engine-float16", "16-true", "16-mixed", "bf16-true", "bf16-mixed",
-              "32-true", "64-true", "64", "32", "16", "bf16"}
-TRAINER_BOOLS = ("enable_checkpointing", "enable_progress_bar", "enable_model_summary", "benchmark",
-                 "inference_mode", "use_distributed_sampler", "detect_anomaly", "barebones", "sync_batchnorm",
-                 "enable_autolog_hparams")
+PRECISIONS = {
+    "transformer-engine",
+    "transformer-engine-float16",
+    "16-true",
+    "16-mixed",
+    "bf16-true",
+    "bf16-mixed",
+    "32-true",
+    "64-true",
+    "64",
+    "32",
+    "16",
+    "bf16",
+}
+TRAINER_BOOLS = (
+    "enable_checkpointing",
+    "enable_progress_bar",
+    "enable_model_summary",
+    "benchmark",
+    "inference_mode",
+    "use_distributed_sampler",
+    "detect_anomaly",
+    "barebones",
+    "sync_batchnorm",
+    "enable_autolog_hparams",
+)
 # names of integer arguments that count units (widths, depths, heads): >= 1
 _POSITIVE_INT = re.compile(r"(^|_)(hidden|dim|layers|heads|rank|ff|window|glimpses|mlp|out|unroll)$")
 
@@ -84,8 +105,14 @@ def get(cfg: DictConfig, key: str, default: Any = _MISSING) -> Any:
     return value
 
 
-def require_int(key: str, value: Any, lo: int | None = None, hi: int | None = None, allow: Iterable = (),
-                expected: str | None = None) -> None:
+def require_int(
+    key: str,
+    value: Any,
+    lo: int | None = None,
+    hi: int | None = None,
+    allow: Iterable = (),
+    expected: str | None = None,
+) -> None:
     if value is None and None in tuple(allow):
         return
     i = as_int(value)
@@ -96,9 +123,16 @@ def require_int(key: str, value: Any, lo: int | None = None, hi: int | None = No
         raise _fail(key, value, expected or f"an integer{rng}")
 
 
-def require_number(key: str, value: Any, lo: float | None = None, hi: float | None = None,
-                   lo_open: bool = False, hi_open: bool = False, nullable: bool = False,
-                   expected: str | None = None) -> float | None:
+def require_number(
+    key: str,
+    value: Any,
+    lo: float | None = None,
+    hi: float | None = None,
+    lo_open: bool = False,
+    hi_open: bool = False,
+    nullable: bool = False,
+    expected: str | None = None,
+) -> float | None:
     if value is None and nullable:
         return None
     x = as_number(value)
@@ -114,7 +148,9 @@ def require_number(key: str, value: Any, lo: float | None = None, hi: float | No
                 parts.append(f"{'>' if lo_open else '>='} {lo:g}")
             if hi is not None:
                 parts.append(f"{'<' if hi_open else '<='} {hi:g}")
-            expected = "a number" + (" " + " and ".join(parts) if parts else "") + (" or null" if nullable else "")
+            expected = (
+                "a number" + (" " + " and ".join(parts) if parts else "") + (" or null" if nullable else "")
+            )
         raise _fail(key, value, expected)
     return x
 
@@ -161,8 +197,11 @@ def signature_params(obj: Any) -> tuple[dict[str, inspect.Parameter], bool]:
         return {}, True
     params.pop("self", None)
     var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    named = {n: p for n, p in params.items()
-             if p.kind not in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)}
+    named = {
+        n: p
+        for n, p in params.items()
+        if p.kind not in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)
+    }
     return named, var_kw
 
 
@@ -196,8 +235,10 @@ def check_target_node(node: DictConfig, prefix: str, skip: Iterable[str] = ()) -
             continue
         key = f"{prefix}.{name}"
         if params and name not in params and not var_kw:
-            raise ConfigError(f"{key}: unknown argument of {obj.__name__}{suggest(name, params)} "
-                              f"(valid: {', '.join(sorted(params))})")
+            raise ConfigError(
+                f"{key}: unknown argument of {obj.__name__}{suggest(name, params)} "
+                f"(valid: {', '.join(sorted(params))})"
+            )
         raw = get(node, name)
         value = OmegaConf.to_container(raw, resolve=True) if OmegaConf.is_config(raw) else raw
         p = params.get(name)
@@ -213,8 +254,14 @@ def check_target_node(node: DictConfig, prefix: str, skip: Iterable[str] = ()) -
 
 # -- sections -----------------------------------------------------------------------------------------------------
 def check_seed(cfg: DictConfig) -> None:
-    require_int("seed", get(cfg, "seed", None), 0, 2**32 - 1, allow=(None,),
-                expected="an integer in [0, 4294967295] or null")
+    require_int(
+        "seed",
+        get(cfg, "seed", None),
+        0,
+        2**32 - 1,
+        allow=(None,),
+        expected="an integer in [0, 4294967295] or null",
+    )
 
 
 def check_trainer(cfg: DictConfig) -> None:
@@ -234,34 +281,57 @@ def check_trainer(cfg: DictConfig) -> None:
             raise ConfigError(f"trainer.{name}: unknown Trainer argument{suggest(name, params)}")
     g = lambda k: get(tr, k, None)  # noqa: E731
     max_steps = g("max_steps")
-    require_int("trainer.max_steps", max_steps, -1, allow=(None,), expected="an integer >= 1, or -1 (no limit)")
+    require_int(
+        "trainer.max_steps", max_steps, -1, allow=(None,), expected="an integer >= 1, or -1 (no limit)"
+    )
     if max_steps is not None and as_int(max_steps) == 0:
         raise _fail("trainer.max_steps", max_steps, "an integer >= 1, or -1 (no limit)")
     max_epochs = g("max_epochs")
     unlimited_ok = (max_steps is not None and as_int(max_steps) > 0) or g("max_time") is not None
-    require_int("trainer.max_epochs", max_epochs, 1, allow=(None, -1) if unlimited_ok else (None,),
-                expected="an integer >= 1" + (" or -1" if unlimited_ok else ""))
+    require_int(
+        "trainer.max_epochs",
+        max_epochs,
+        1,
+        allow=(None, -1) if unlimited_ok else (None,),
+        expected="an integer >= 1" + (" or -1" if unlimited_ok else ""),
+    )
     require_int("trainer.min_epochs", g("min_epochs"), 0, allow=(None,))
     require_int("trainer.min_steps", g("min_steps"), 0, allow=(None,))
     if (me := as_int(max_epochs)) and me > 0 and (mn := as_int(g("min_epochs"))) and mn > me:
         raise _fail("trainer.min_epochs", g("min_epochs"), f"at most trainer.max_epochs ({me})")
-    for k in ("limit_train_batches", "limit_val_batches", "limit_test_batches", "limit_predict_batches",
-              "overfit_batches"):
+    for k in (
+        "limit_train_batches",
+        "limit_val_batches",
+        "limit_test_batches",
+        "limit_predict_batches",
+        "overfit_batches",
+    ):
         v = g(k)
         if v is None:
             continue
         if isinstance(v, int) and not isinstance(v, bool):
             require_int(f"trainer.{k}", v, 0)
         else:
-            require_number(f"trainer.{k}", v, 0.0, 1.0,
-                           expected="a number of batches (integer >= 0) or a fraction in [0, 1]")
+            require_number(
+                f"trainer.{k}",
+                v,
+                0.0,
+                1.0,
+                expected="a number of batches (integer >= 0) or a fraction in [0, 1]",
+            )
     v = g("val_check_interval")
     if v is not None:
         if isinstance(v, int) and not isinstance(v, bool):
             require_int("trainer.val_check_interval", v, 1)
         else:
-            require_number("trainer.val_check_interval", v, 0.0, 1.0, lo_open=True,
-                           expected="a number of batches (integer >= 1) or a fraction in (0, 1]")
+            require_number(
+                "trainer.val_check_interval",
+                v,
+                0.0,
+                1.0,
+                lo_open=True,
+                expected="a number of batches (integer >= 1) or a fraction in (0, 1]",
+            )
     v = g("fast_dev_run")
     if v is not None and not isinstance(v, bool):
         require_int("trainer.fast_dev_run", v, 0, expected="true/false or a number of batches >= 0")
@@ -270,8 +340,9 @@ def check_trainer(cfg: DictConfig) -> None:
     require_int("trainer.num_sanity_val_steps", g("num_sanity_val_steps"), -1, allow=(None,))
     require_int("trainer.accumulate_grad_batches", g("accumulate_grad_batches"), 1, allow=(None,))
     require_int("trainer.num_nodes", g("num_nodes"), 1, allow=(None,))
-    require_int("trainer.reload_dataloaders_every_n_epochs", g("reload_dataloaders_every_n_epochs"), 0,
-                allow=(None,))
+    require_int(
+        "trainer.reload_dataloaders_every_n_epochs", g("reload_dataloaders_every_n_epochs"), 0, allow=(None,)
+    )
     require_number("trainer.gradient_clip_val", g("gradient_clip_val"), 0.0, nullable=True)
     if g("gradient_clip_algorithm") is not None:
         require_choice("trainer.gradient_clip_algorithm", g("gradient_clip_algorithm"), ("norm", "value"))
@@ -282,7 +353,9 @@ def check_trainer(cfg: DictConfig) -> None:
         raise _fail("trainer.precision", prec, "one of " + ", ".join(sorted(PRECISIONS)))
     dev = g("devices")
     if dev is not None and not (isinstance(dev, list | ListConfig) or dev == "auto"):
-        require_int("trainer.devices", dev, 1, allow=(-1,), expected="an integer >= 1, -1, 'auto' or a list of ids")
+        require_int(
+            "trainer.devices", dev, 1, allow=(-1,), expected="an integer >= 1, -1, 'auto' or a list of ids"
+        )
     det = g("deterministic")
     if det is not None and not isinstance(det, bool) and det != "warn":
         raise _fail("trainer.deterministic", det, "true, false or 'warn'")
@@ -301,7 +374,9 @@ def check_data(cfg: DictConfig) -> None:
     if task:
         mon = get(task, "monitor", None)
         if mon is not None and not str(mon).startswith("val/"):
-            raise _fail("data.task.monitor", mon, "a validation metric 'val/<name>' (selection is on validation)")
+            raise _fail(
+                "data.task.monitor", mon, "a validation metric 'val/<name>' (selection is on validation)"
+            )
         if get(task, "mode", None) is not None:
             require_choice("data.task.mode", get(task, "mode"), ("min", "max"))
         check_target_node(task, "data.task", skip=("monitor", "mode"))
@@ -314,8 +389,10 @@ def check_optim(cfg: DictConfig) -> None:
         return
     lr = require_number("optim.lr", get(optim, "lr", 1e-3), 0.0, lo_open=True, expected="a learning rate > 0")
     if lr is not None and lr >= 1.0:
-        log.warning("optim.lr=%g is unusually large (Adam-type optimisers use about 1e-5..1e-2); expect divergence",
-                    lr)
+        log.warning(
+            "optim.lr=%g is unusually large (Adam-type optimisers use about 1e-5..1e-2); expect divergence",
+            lr,
+        )
     require_number("optim.weight_decay", get(optim, "weight_decay", 0.0), 0.0)
     require_number("optim.grad_clip_val", get(optim, "grad_clip_val", None), 0.0, lo_open=True, nullable=True)
     require_choice("optim.grad_clip_algorithm", get(optim, "grad_clip_algorithm", "norm"), ("norm", "value"))
@@ -364,21 +441,29 @@ def check_model_data(cfg: DictConfig) -> None:
 
     model_cls, data_cls = locate(model._target_, "model"), locate(data._target_, "data")
     if not (inspect.isclass(data_cls) and issubclass(data_cls, MultimodalDataModule)):
-        raise ConfigError(f"data._target_={data._target_!r}: not a training datamodule (MultimodalDataModule)")
+        raise ConfigError(
+            f"data._target_={data._target_!r}: not a training datamodule (MultimodalDataModule)"
+        )
     if data_cls.model_kwargs is not MultimodalDataModule.model_kwargs:
         return  # the datamodule provides more; it is checked when the model is built
     params, _ = signature_params(model_cls)
     provided = {"input_dims", "output_dim"}
-    needs = sorted(n for n, p in params.items()
-                   if p.default is inspect.Parameter.empty and n not in provided and n not in model)
+    needs = sorted(
+        n
+        for n, p in params.items()
+        if p.default is inspect.Parameter.empty and n not in provided and n not in model
+    )
     if needs:
         m = _choice("model") or model_cls.__name__
         d = _choice("data") or data_cls.__name__
-        raise ConfigError(f"model={m} needs {', '.join(needs)} from the data, which data={d} "
-                          f"({data_cls.__name__}) does not provide; use a dataset made for {model_cls.__name__} "
-                          f"(e.g. a VQA dataset: data=easyvqa or data=vqa2)" if "vocab_size" in needs else
-                          f"model={m} needs {', '.join(needs)} from the data, which data={d} "
-                          f"({data_cls.__name__}) does not provide")
+        raise ConfigError(
+            f"model={m} needs {', '.join(needs)} from the data, which data={d} "
+            f"({data_cls.__name__}) does not provide; use a dataset made for {model_cls.__name__} "
+            f"(e.g. a VQA dataset: data=easyvqa or data=vqa2)"
+            if "vocab_size" in needs
+            else f"model={m} needs {', '.join(needs)} from the data, which data={d} "
+            f"({data_cls.__name__}) does not provide"
+        )
 
 
 def check_train_cfg(cfg: DictConfig) -> None:

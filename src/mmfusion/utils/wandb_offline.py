@@ -49,6 +49,8 @@ def offline_unless_logged_in() -> bool:
         return False
     if not _NOTICE["shown"]:
         _NOTICE["shown"] = True
-        log.warning("W&B: no login found (WANDB_API_KEY, ~/.netrc): logging offline under <run folder>/wandb; "
-                    "upload later with `python scripts/wandb_sync.py <run folder>` after `wandb login`")
+        log.warning(
+            "W&B: no login found (WANDB_API_KEY, ~/.netrc): logging offline under <run folder>/wandb; "
+            "upload later with `python scripts/wandb_sync.py <run folder>` after `wandb login`"
+        )
     return True

@@ -37,9 +37,15 @@ def load_zero_one(mnist_root: str | None = None, n_eval: int = 100, seed: int = 
         from mmfusion.data.mnist import load_mnist_arrays  # IDX reader (no torchvision)
 
         a = load_mnist_arrays(mnist_root)
-        flat = {k: a[k].reshape(len(a[k]), -1).astype(np.float32) / 255.0 for k in ("train_images", "test_images")}
-        return DigitsData(flat["train_images"][a["train_labels"] == 0], flat["test_images"][a["test_labels"] == 0],
-                          flat["test_images"][a["test_labels"] == 1], f"mnist:{mnist_root}")
+        flat = {
+            k: a[k].reshape(len(a[k]), -1).astype(np.float32) / 255.0 for k in ("train_images", "test_images")
+        }
+        return DigitsData(
+            flat["train_images"][a["train_labels"] == 0],
+            flat["test_images"][a["test_labels"] == 0],
+            flat["test_images"][a["test_labels"] == 1],
+            f"mnist:{mnist_root}",
+        )
     from sklearn.datasets import load_digits
 
     d = load_digits()
@@ -51,17 +57,33 @@ def load_zero_one(mnist_root: str | None = None, n_eval: int = 100, seed: int = 
     return DigitsData(zeros[perm[n_eval:]], zeros[perm[:n_eval]], ones, "sklearn.datasets.load_digits")
 
 
-def fit_zero_dae(data: DigitsData, *, hidden: int = 64, noise_std: float = 0.2, epochs: int = 200,
-                 batch_size: int = 64, lr: float = 3e-3, seed: int = 0) -> tuple[TiedDAE, dict[str, Any]]:
+def fit_zero_dae(
+    data: DigitsData,
+    *,
+    hidden: int = 64,
+    noise_std: float = 0.2,
+    epochs: int = 200,
+    batch_size: int = 64,
+    lr: float = 3e-3,
+    seed: int = 0,
+) -> tuple[TiedDAE, dict[str, Any]]:
     x = torch.from_numpy(data.zeros_train)
-    dae, rep = fit_dae(x, hidden, noise_std, epochs=epochs, batch_size=batch_size, lr=lr, standardize=False,
-                       seed=seed)
-    return dae, {"hidden": hidden, "noise_std": noise_std, "epochs": epochs, "n_train": len(x),
-                 "final_train_loss": rep.train_loss, "fit_seconds": rep.seconds}
+    dae, rep = fit_dae(
+        x, hidden, noise_std, epochs=epochs, batch_size=batch_size, lr=lr, standardize=False, seed=seed
+    )
+    return dae, {
+        "hidden": hidden,
+        "noise_std": noise_std,
+        "epochs": epochs,
+        "n_train": len(x),
+        "final_train_loss": rep.train_loss,
+        "fit_seconds": rep.seconds,
+    }
 
 
-def noise_curve(dae: TiedDAE, images: np.ndarray, levels: list[float], seed: int = 0,
-                n_images: int = 100) -> dict[str, list[float]]:
+def noise_curve(
+    dae: TiedDAE, images: np.ndarray, levels: list[float], seed: int = 0, n_images: int = 100
+) -> dict[str, list[float]]:
     """Mean and std of V over ``n_images`` images for each Gaussian noise std in ``levels`` (Fig. 10)."""
     x = torch.from_numpy(images[:n_images])
     g = torch.Generator().manual_seed(seed)
@@ -80,8 +102,15 @@ def seen_unseen(dae: TiedDAE, zeros: np.ndarray, ones: np.ndarray) -> dict[str, 
         v0 = potential(dae, torch.from_numpy(zeros)).numpy()
         v1 = potential(dae, torch.from_numpy(ones)).numpy()
     auc = roc_auc_score(np.r_[np.zeros(len(v0)), np.ones(len(v1))], np.r_[v0, v1])
-    return {"v_zero": v0, "v_one": v1, "auc": float(auc), "mean_zero": float(v0.mean()),
-            "mean_one": float(v1.mean()), "n_zero": int(len(v0)), "n_one": int(len(v1))}
+    return {
+        "v_zero": v0,
+        "v_one": v1,
+        "auc": float(auc),
+        "mean_zero": float(v0.mean()),
+        "mean_one": float(v1.mean()),
+        "n_zero": int(len(v0)),
+        "n_one": int(len(v1)),
+    }
 
 
 def plot_noise_curve(curve: dict[str, list[float]], path: str) -> None:

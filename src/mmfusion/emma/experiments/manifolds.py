@@ -34,14 +34,32 @@ class ManifoldResult:
     stats: dict[str, Any]
 
 
-def run_manifold(data: Manifolds, kind: str, *, hidden: int = 8, noise_std: float = 0.05, epochs: int = 600,
-                 batch_size: int = 256, lr: float = 3e-2, grid: int = 41, off_distance: float = 0.3,
-                 seed: int = 0) -> ManifoldResult:
+def run_manifold(
+    data: Manifolds,
+    kind: str,
+    *,
+    hidden: int = 8,
+    noise_std: float = 0.05,
+    epochs: int = 600,
+    batch_size: int = 256,
+    lr: float = 3e-2,
+    grid: int = 41,
+    off_distance: float = 0.3,
+    seed: int = 0,
+) -> ManifoldResult:
     torch.manual_seed(seed)
     train = data.sample(kind, "train")
     test = data.sample(kind, "test")
-    dae, rep = fit_dae(torch.from_numpy(train), hidden, noise_std, epochs=epochs, batch_size=batch_size, lr=lr,
-                       standardize=False, seed=seed)
+    dae, rep = fit_dae(
+        torch.from_numpy(train),
+        hidden,
+        noise_std,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        standardize=False,
+        seed=seed,
+    )
     e = data.extent
     gx, gy = np.meshgrid(np.linspace(-e, e, grid), np.linspace(-e, e, grid))
     pts = torch.tensor(np.stack([gx.ravel(), gy.ravel()], 1), dtype=torch.float32)
@@ -55,17 +73,33 @@ def run_manifold(data: Manifolds, kind: str, *, hidden: int = 8, noise_std: floa
     scores = np.concatenate([v_test, off])
     labels = np.concatenate([np.zeros(len(v_test)), np.ones(len(off))])
     stats = {
-        "hidden": hidden, "noise_std": noise_std, "epochs": epochs, "n_train": len(train),
-        "final_train_loss": rep.train_loss, "fit_seconds": rep.seconds,
-        "mean_potential_on": float(v_test.mean()), "mean_potential_off": float(off.mean()),
-        "n_off_points": int(len(off)), "off_distance": off_distance,
+        "hidden": hidden,
+        "noise_std": noise_std,
+        "epochs": epochs,
+        "n_train": len(train),
+        "final_train_loss": rep.train_loss,
+        "fit_seconds": rep.seconds,
+        "mean_potential_on": float(v_test.mean()),
+        "mean_potential_off": float(off.mean()),
+        "n_off_points": int(len(off)),
+        "off_distance": off_distance,
         "auc_on_vs_off": float(roc_auc_score(labels, scores)),
-        "mean_recon_norm_on": float(np.linalg.norm((-grad_potential(dae, torch.from_numpy(test))).detach().numpy(),
-                                                   axis=1).mean()),
+        "mean_recon_norm_on": float(
+            np.linalg.norm((-grad_potential(dae, torch.from_numpy(test))).detach().numpy(), axis=1).mean()
+        ),
         "mean_recon_norm_off": float(np.linalg.norm(field, axis=1)[dist > off_distance].mean()),
     }
-    return ManifoldResult(kind, dae, train, gx, gy, field.reshape(grid, grid, 2), v_grid.reshape(grid, grid),
-                          float(v_train.min()), stats)
+    return ManifoldResult(
+        kind,
+        dae,
+        train,
+        gx,
+        gy,
+        field.reshape(grid, grid, 2),
+        v_grid.reshape(grid, grid),
+        float(v_train.min()),
+        stats,
+    )
 
 
 def plot_results(results: list[ManifoldResult], path: str) -> None:
@@ -79,19 +113,33 @@ def plot_results(results: list[ManifoldResult], path: str) -> None:
     fig, axes = plt.subplots(len(results), 3, figsize=(12, 3.8 * len(results)), squeeze=False)
     for row, r in zip(axes, results):
         sub = slice(None, None, 2)
-        row[0].quiver(r.grid_x[sub, sub], r.grid_y[sub, sub], r.field[sub, sub, 0], r.field[sub, sub, 1],
-                      angles="xy", color="k", width=0.003)
+        row[0].quiver(
+            r.grid_x[sub, sub],
+            r.grid_y[sub, sub],
+            r.field[sub, sub, 0],
+            r.field[sub, sub, 1],
+            angles="xy",
+            color="k",
+            width=0.003,
+        )
         row[0].scatter(r.train[:400, 0], r.train[:400, 1], s=2, c="tab:red", alpha=0.5)
         row[0].set_title(f"{r.kind}: reconstruction field r(m) - m")
         span = float(r.potential.max() - r.potential.min())
         vp = r.potential - r.potential.min() + 1e-3 * span  # V up to a constant, on a log colour scale
-        im = row[1].pcolormesh(r.grid_x, r.grid_y, vp, norm=LogNorm(vmin=vp.min(), vmax=vp.max()),
-                               shading="auto", cmap="viridis")
+        im = row[1].pcolormesh(
+            r.grid_x, r.grid_y, vp, norm=LogNorm(vmin=vp.min(), vmax=vp.max()), shading="auto", cmap="viridis"
+        )
         row[1].set_title("potential V - min V (log)")
         fig.colorbar(im, ax=row[1])
         norm = np.linalg.norm(r.field, axis=-1) + 1e-12
-        im = row[2].pcolormesh(r.grid_x, r.grid_y, norm, norm=LogNorm(vmin=norm.min(), vmax=norm.max()),
-                               shading="auto", cmap="magma")
+        im = row[2].pcolormesh(
+            r.grid_x,
+            r.grid_y,
+            norm,
+            norm=LogNorm(vmin=norm.min(), vmax=norm.max()),
+            shading="auto",
+            cmap="magma",
+        )
         row[2].set_title("reconstruction norm ||r(m) - m|| (log)")
         fig.colorbar(im, ax=row[2])
         for ax in row:
