@@ -16,7 +16,6 @@ the whole split, logged as ``val/<metric>`` and ``test/<metric>``.
 from __future__ import annotations
 
 import inspect
-import logging
 import math
 from collections.abc import Callable
 from typing import Any
@@ -31,8 +30,6 @@ from mmfusion.contract import FusionModel, ModelInfo, Plugin
 from mmfusion.regularizers.influence import gradient_influence
 from mmfusion.tasks import Task, to_numpy
 from mmfusion.training_step import active_plugins, clip_by, training_step
-
-log = logging.getLogger(__name__)
 
 
 class FusionModule(pl.LightningModule):
