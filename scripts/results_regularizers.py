@@ -251,6 +251,42 @@ def markdown(agg: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def delta_markdown(agg: dict[str, Any]) -> str:
+    """Compact view: per (data, model), Δ test MAE vs ``none`` (clean / corrupted) of every plug-in, with its
+    influence in brackets and * where Welch p < 0.05 (the table ``docs/regularisers.md`` quotes)."""
+    corrupt = agg["corruption"]
+    regs = list(dict.fromkeys(r["reg"] for r in agg["rows"] if r["reg"] != "none"))
+    lines = [
+        f"| data | model | n | `none` MAE (clean / {corrupt}) | " + " | ".join(f"`{g}`" for g in regs) + " |",
+        "|" + "---|" * (4 + len(regs)),
+    ]
+    for data, model in dict.fromkeys((r["data"], r["model"]) for r in agg["rows"]):
+        rows = {r["reg"]: r for r in agg["rows"] if r["data"] == data and r["model"] == model}
+        base = rows.get("none")
+        if base is None:
+            continue
+        cells = []
+        for g in regs:
+            r = rows.get(g)
+            if r is None or "delta_vs_none" not in r.get("clean/MAE", {}):
+                cells.append("–")
+                continue
+            parts = []
+            for cond in ("clean", corrupt):
+                v = r[f"{cond}/MAE"]
+                star = "*" if v.get("p_vs_none") is not None and v["p_vs_none"] < 0.05 else ""
+                parts.append(f"{v['delta_vs_none']:+.3f}{star}")
+            infl = r.get("influence")
+            cells.append(" / ".join(parts) + (f" ({infl['mean']:.2g})" if infl and infl["mean"] > 0 else ""))
+        n = base["clean/MAE"]["n"]
+        lines.append(
+            f"| {data} | {model} | {n} | {base['clean/MAE']['mean']:.3f} / {base[f'{corrupt}/MAE']['mean']:.3f} | "
+            + " | ".join(cells)
+            + " |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -295,8 +331,8 @@ def main(argv: list[str] | None = None) -> None:
     seeds = {int(s) for s in args.seeds.split(",")}
     agg = aggregate([r for r in runs if r["epochs"] == args.epochs and r["seed"] in seeds], args.corrupt)
     (args.out / f"{args.name}.json").write_text(json.dumps(agg, indent=1))
-    (args.out / f"{args.name}.md").write_text(markdown(agg))
-    print(markdown(agg))
+    (args.out / f"{args.name}.md").write_text(markdown(agg) + "\n" + delta_markdown(agg))
+    print(markdown(agg) + "\n" + delta_markdown(agg))
 
 
 if __name__ == "__main__":
