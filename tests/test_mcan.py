@@ -136,6 +136,25 @@ def test_contract_pools_fusion_and_replacement() -> None:
     torch.testing.assert_close(out2.fused, m.proj_norm(out2.unimodal["question"]))
 
 
+def test_add_mul_fusion_adds_the_elementwise_product() -> None:
+    """fusion="add_mul" (ours): LayerNorm(q + v + q * v), written out with MCAN's layer norm; "add" stays MCAN's
+    LayerNorm(q + v); the product term is what differs (it changes the prediction), and a bad value is one line."""
+    torch.manual_seed(0)
+    add, mul = _tiny(grid_shape=(2, 2)).eval(), _tiny(grid_shape=(2, 2), fusion="add_mul").eval()
+    mul.load_state_dict(add.state_dict())  # same weights: only the fusion differs
+    batch = {"x": {"question": torch.tensor([[3, 4, 0], [5, 0, 0]]), "image": torch.randn(2, 4, 12)}}
+    oa, om = add(batch), mul(batch)
+    q, v = om.unimodal["question"], om.unimodal["image"]
+    torch.testing.assert_close(oa.unimodal["image"], v)
+    z = q + v + q * v
+    ln = (z - z.mean(-1, keepdim=True)) / (z.std(-1, keepdim=True) + 1e-6)  # MCAN LN, unbiased std
+    torch.testing.assert_close(om.fused, mul.proj_norm.a_2 * ln + mul.proj_norm.b_2)
+    torch.testing.assert_close(oa.fused, add.proj_norm(q + v))
+    assert (om.prediction - oa.prediction).abs().max() > 1e-3  # the product term acts
+    with pytest.raises(ConfigError, match="fusion"):
+        _tiny(fusion="mul")
+
+
 def test_cnn_image_encoder_is_trained_end_to_end() -> None:
     torch.manual_seed(0)
     m = _tiny(

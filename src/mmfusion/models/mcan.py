@@ -168,6 +168,11 @@ class MCAN(FusionModel):
         flat_glimpses: number of attention glimpses of each AttFlat pool.
         flat_out: output size of the AttFlat pools, i.e. of the unimodal and fused representations.
         freeze_embedding: keep the word embedding fixed.
+        fusion: ``"add"``: MCAN's ``z = LayerNorm(W_y y + W_x x)`` (Farinhas 2021, Sect. 6.2.1, the fused
+            feature before the answer projection; the default, faithful);
+            ``"add_mul"`` (ours, not MCAN): ``LayerNorm(q + v + q * v)``, which adds the elementwise product of
+            the two pooled vectors, a rank-``flat_out`` bilinear term as in MLB (Kim et al. 2017), so that the
+            linear answer head can compare what the question asks for with what the image holds (docs/vqa.md).
     """
 
     modalities = ("question", "image")
@@ -193,8 +198,12 @@ class MCAN(FusionModel):
         flat_glimpses: int = 1,
         flat_out: int = 1024,
         freeze_embedding: bool = False,
+        fusion: str = "add",
     ) -> None:
         super().__init__()
+        if fusion not in ("add", "add_mul"):
+            raise ConfigError(f"MCAN: fusion must be 'add' or 'add_mul', got {fusion!r}")
+        self.fusion = fusion
         if "image" not in input_dims:
             raise ConfigError(f"MCAN: input_dims must have an 'image' entry, got {dict(input_dims)}")
         ff = int(ff) if ff is not None else 4 * hidden
@@ -294,4 +303,5 @@ class MCAN(FusionModel):
         return Encoded(unimodal=unimodal, state=state)
 
     def fuse(self, unimodal: dict[str, Tensor], state: dict[str, Any], batch: Batch) -> Tensor:
-        return self.proj_norm(unimodal["question"] + unimodal["image"])
+        q, v = unimodal["question"], unimodal["image"]
+        return self.proj_norm(q + v + q * v if self.fusion == "add_mul" else q + v)
