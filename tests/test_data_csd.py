@@ -17,7 +17,6 @@ except ImportError:  # tests/ is not a package
 
 from mmfusion.data.csd import CSDDataModule, collapse_mean, label_segments, load_folds, read_csd
 from mmfusion.errors import DataError
-from mmfusion.tasks import SentimentRegression
 
 REAL_LABELS = (
     Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "mosi" / "CMU_MOSI_Opinion_Labels.csd"
@@ -29,7 +28,6 @@ def _dm(fx, tmp_path, **kw):
     kw.setdefault("cache_dir", str(tmp_path / "cache"))
     kw.setdefault("folds", str(fx["folds"]))
     return CSDDataModule(
-        task=SentimentRegression(),
         sequences={m: str(p[m]) for m in ("text", "audio", "vision")},
         labels=str(p["labels"]),
         batch_size=3,
@@ -168,7 +166,6 @@ def test_csd_errors(tmp_path):
         _dm(fx, tmp_path, feature_dims={"audio": 74}, cache_dir=None).setup()
     with pytest.raises(DataError, match=r"nothere\.csd: file not found"):
         CSDDataModule(
-            task=SentimentRegression(),
             sequences={"text": str(tmp_path / "nothere.csd")},
             labels=str(fx["paths"]["labels"]),
             folds=str(fx["folds"]),
@@ -234,7 +231,6 @@ def test_real_labels_through_datamodule_with_default_folds(tmp_path):
     write_csd(tmp_path / "t.csd", "glove_vectors", text)
     write_csd(tmp_path / "a.csd", "COVAREP", audio)
     dm = CSDDataModule(
-        task=SentimentRegression(),
         sequences={"text": str(tmp_path / "t.csd"), "audio": str(tmp_path / "a.csd")},
         labels=str(REAL_LABELS),
         cache_dir=None,

@@ -16,12 +16,11 @@ except ImportError:  # tests/ is not a package
 
 from mmfusion.data.mosi_pickle import MosiPickleDataModule
 from mmfusion.errors import DataError
-from mmfusion.tasks import SentimentRegression
 
 
 def _dm(path, **kw):
     kw.setdefault("batch_size", 4)
-    return MosiPickleDataModule(task=SentimentRegression(), path=str(path), **kw)
+    return MosiPickleDataModule(path=str(path), **kw)
 
 
 def _collect(dm, split):

@@ -145,7 +145,7 @@ class NaNLabels(SyntheticSentiment):
 
 
 def test_nan_labels_are_a_data_error():
-    kw = dict(task=SentimentRegression(), n_train=16, n_valid=16, n_test=16, seq_len=4, min_len=2)
+    kw = dict(n_train=16, n_valid=16, n_test=16, seq_len=4, min_len=2)
     with pytest.raises(DataError) as e:
         NaNLabels(**kw).setup()
     msg = str(e.value)

@@ -43,7 +43,6 @@ from mmfusion.data.mosi_pickle import MosiPickleDataModule
 from mmfusion.data.urfunny import FILES as URFUNNY_FILES
 from mmfusion.data.urfunny import UrFunnyDataModule
 from mmfusion.errors import DataError
-from mmfusion.tasks import SentimentRegression
 from mmfusion.utils.safe_load import ALLOWED_GLOBALS, check_checkpoint, load_checkpoint, load_data_pickle
 
 from .conftest import SHARED, run_cli
@@ -141,8 +140,8 @@ def test_python2_fixture_reads_like_the_python3_one(tmp_path):
         (tmp_path / "u2.pkl").write_bytes(py2_pickle_bytes(pickle.load(f)))
     with pytest.raises(UnicodeDecodeError):  # a true Python-2 pickle: its 8-bit strings decode only as latin1
         pickle.loads((tmp_path / "u2.pkl").read_bytes())
-    a = MosiPickleDataModule(task=SentimentRegression(), path=str(tmp_path / "u.pkl"), batch_size=4)
-    b = MosiPickleDataModule(task=SentimentRegression(), path=str(tmp_path / "u2.pkl"), batch_size=4)
+    a = MosiPickleDataModule(path=str(tmp_path / "u.pkl"), batch_size=4)
+    b = MosiPickleDataModule(path=str(tmp_path / "u2.pkl"), batch_size=4)
     a.setup(), b.setup()
     for s in ("train", "valid", "test"):
         ta, tb = a.splits[s].tensors, b.splits[s].tensors
@@ -236,7 +235,7 @@ def test_mosi_pickle_reader_refuses(tmp_path, layout, keys, kind, py2, proto):
     marker, evil = tmp_path / "PWNED", tmp_path / "evil.pkl"
     _evil_copy(src, evil, kind(marker), *keys, py2=py2, proto=proto)
     with pytest.raises(DataError) as e:
-        MosiPickleDataModule(task=SentimentRegression(), path=str(evil), batch_size=4).setup()
+        MosiPickleDataModule(path=str(evil), batch_size=4).setup()
     glob = (
         "__builtin__.exec"
         if py2 and kind is ExecPayload

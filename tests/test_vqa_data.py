@@ -18,6 +18,7 @@ from mmfusion.data.vqa2 import (
 from mmfusion.data.vqa_text import encode_questions, tokenize
 from mmfusion.errors import ConfigError, DataError
 from mmfusion.metrics.vqa import vqa_accuracy
+from mmfusion.tasks_vqa import VQATask
 
 from .vqa_fixtures import image_facts, write_vqa_fixture
 
@@ -58,8 +59,8 @@ def test_answer_vocab_and_soft_scores() -> None:
 def test_vqa2_fixture_bottom_up(tmp_path) -> None:
     dm = _dm(tmp_path)
     assert dm.answers == ["blue", "no", "1", "green", "red", "yes", "2", "3"]
-    assert dm.task.answer_types[dm.answers.index("yes")] == "yes/no"
-    assert dm.task.answer_types[dm.answers.index("2")] == "number"
+    assert dm.target_facts().answer_types[dm.answers.index("yes")] == "yes/no"
+    assert dm.target_facts().answer_types[dm.answers.index("2")] == "number"
     tr = dm.splits["train"]
     b = tr.__getitems__([0, 1, 2])  # image 1: 'what color' (blue), 'is the car red' (no), 'how many' (1)
     assert b["y"][0].tolist() == [1.0, 0, 0, 0, 0, 0, 0, 0]
@@ -82,7 +83,7 @@ def test_vqa2_fixture_bottom_up(tmp_path) -> None:
     vi, ti = set(dm.splits["valid"].image_ids), set(dm.splits["test"].image_ids)
     assert not vi & ti and len(dm.splits["valid"]) + len(dm.splits["test"]) == 36 and len(vi) == 3
     kw = dm.model_kwargs()
-    assert kw["input_dims"]["image"] == 16 and kw["output_dim"] == 8 and kw["vocab_size"] == len(v)
+    assert kw["input_dims"]["image"] == 16 and dm.target_facts().num_outputs == 8 and kw["vocab_size"] == len(v)
     assert kw["grid_shape"] is None and kw["pretrained_emb"] is None
 
 
@@ -168,7 +169,9 @@ def test_results_file_scores_like_the_soft_targets(tmp_path) -> None:
         if a["question_id"] in set(te.question_ids.tolist())
     ]
     official = vqa_accuracy(rows, anns)["overall"]
-    soft = dm.task.metrics(pred, te.targets.numpy())["vqa_acc"]
+    task = VQATask()
+    task.configure(dm.target_facts())
+    soft = task.metrics(pred, te.targets.numpy())["vqa_acc"]
     assert official == pytest.approx(soft, abs=0.01)
 
 
@@ -179,7 +182,7 @@ def test_easyvqa_real_data_layout() -> None:
 
     dm = EasyVQADataModule(max_train_images=200, max_test_images=50, valid_fraction=0.2)
     dm.setup()
-    assert len(dm.answers) == 13 and set(dm.task.answer_types) == {"yes/no", "shape", "color"}
+    assert len(dm.answers) == 13 and set(dm.target_facts().answer_types) == {"yes/no", "shape", "color"}
     b = dm.splits["train"].__getitems__([0, 1])
     assert b["x"]["image"].shape == (2, 3, 64, 64) and 0.0 <= float(b["x"]["image"].min())
     assert float(b["x"]["image"].max()) <= 1.0 and b["x"]["question"].shape == (2, 14)
@@ -187,7 +190,7 @@ def test_easyvqa_real_data_layout() -> None:
     tr, va = set(dm.splits["train"].image_rows.tolist()), set(dm.splits["valid"].image_rows.tolist())
     assert not tr & va and len(tr | va) == 200
     kw = dm.model_kwargs()
-    assert kw["image_encoder"] == "cnn" and kw["output_dim"] == 13
+    assert kw["image_encoder"] == "cnn" and dm.target_facts().num_outputs == 13
 
 
 def test_extract_grid_features_says_when_torchvision_is_missing(monkeypatch, tmp_path) -> None:

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 from hydra.utils import get_object
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from mmfusion.data.base import MultimodalDataModule
 from mmfusion.errors import ConfigError
 from mmfusion.module import FusionModule
+from mmfusion.tasks import Task
 from mmfusion.utils.instantiate import instantiate, instantiate_dict, to_container
 
 
 def build_datamodule(cfg: DictConfig) -> MultimodalDataModule:
-    dm = instantiate(cfg.data)
+    """The datamodule from ``cfg.data`` without its ``task`` node (the data never builds or sees the task)."""
+    node = OmegaConf.to_container(cfg.data, resolve=True)
+    node.pop("task", None)
+    dm = instantiate(OmegaConf.create(node))
     if not isinstance(dm, MultimodalDataModule):
         raise ConfigError(f"data: _target_ must build a MultimodalDataModule, got {type(dm).__name__}")
     dm.setup()
@@ -55,15 +59,31 @@ def check_alignment(cfg: DictConfig, dm: MultimodalDataModule) -> None:
     )
 
 
+def build_task(cfg: DictConfig, dm: MultimodalDataModule) -> Task:
+    """The task of ``cfg.data.task``, configured from the facts the datamodule reports about its targets."""
+    node = (cfg.get("data") or {}).get("task")
+    if not node:
+        raise ConfigError(
+            "data.task: missing; the data config must name its task (a _target_ in mmfusion.tasks)"
+        )
+    task = instantiate(node)
+    if not isinstance(task, Task):
+        raise ConfigError(f"data.task: _target_ must build a Task, got {type(task).__name__}")
+    task.configure(dm.target_facts())
+    return task
+
+
 def build_module(cfg: DictConfig, dm: MultimodalDataModule) -> FusionModule:
-    """The fusion model gets its data-dependent arguments from ``dm.model_kwargs()``."""
+    """The task from ``cfg.data.task`` sized to the data; the fusion model gets its data-dependent arguments from
+    ``dm.model_kwargs()`` and its ``output_dim`` from the task."""
     check_alignment(cfg, dm)
-    net = instantiate(cfg.model, _partial_=True)(**dm.model_kwargs())
+    task = build_task(cfg, dm)
+    net = instantiate(cfg.model, _partial_=True)(**dm.model_kwargs(), output_dim=task.output_dim)
     plugins = instantiate_dict(cfg.get("reg"))
     optim = cfg.get("optim") or {}
     module = FusionModule(
         net=net,
-        task=dm.task,
+        task=task,
         plugins=plugins,
         optimizer=instantiate(optim.get("optimizer")) if optim.get("optimizer") else None,
         scheduler=instantiate(optim.get("scheduler")) if optim.get("scheduler") else None,

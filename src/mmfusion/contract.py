@@ -30,6 +30,21 @@ from torch import Tensor, nn
 Batch = dict[str, Any]
 
 
+@dataclass(frozen=True)
+class TargetFacts:
+    """What a datamodule knows about its targets (``MultimodalDataModule.target_facts``). ``build.py`` configures
+    the task from it, so the data never imports or mutates a task.
+
+    Args:
+        num_outputs: size of the prediction the targets call for (1 for a score or binary label, K classes,
+            the answer vocabulary for VQA).
+        answer_types: the type of each output (VQA answer vocabularies), or ``None``.
+    """
+
+    num_outputs: int
+    answer_types: tuple[str, ...] | None = None
+
+
 @dataclass
 class FusionOutput:
     """What every fusion model returns.

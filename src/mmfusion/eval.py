@@ -69,7 +69,7 @@ def _hydra_main(cfg: DictConfig) -> None:
             )
             return
         result, objs = evaluate(cfg)
-        keys = ["loss", *objs["datamodule"].task.summary_keys()]
+        keys = ["loss", *objs["module"].task.summary_keys()]
         print_metrics(
             f"{result['split'].upper()} split, corruption: {result['corruption'] or 'none'}",
             result["metrics"],

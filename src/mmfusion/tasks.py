@@ -1,4 +1,6 @@
-"""Tasks: the loss and the metrics of a dataset's target. A datamodule owns one (config key ``data.task``).
+"""Tasks: the loss and the metrics of a dataset's target. Configured next to the data (config key ``data.task``)
+and built by ``build.py``, which sizes it from the facts the datamodule reports (:meth:`Task.configure`); the data
+code never imports a task.
 
 Each task says which validation metric selects the checkpoint (``monitor``, ``mode``): model selection is
 always on validation, never on test.
@@ -11,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mmfusion.contract import TargetFacts
 from mmfusion.errors import ConfigError
 from mmfusion.metrics import binary_metrics, multiclass_metrics, sentiment_metrics
 
@@ -26,6 +29,10 @@ class Task:
             raise ConfigError(f"task.mode must be 'min' or 'max', got {mode!r}")
         self.monitor = monitor
         self.mode = mode
+
+    def configure(self, facts: TargetFacts) -> None:
+        """Adapt to what the data's targets call for (``build.py`` calls it once the data is loaded). Scalar
+        tasks (regression, binary) need nothing."""
 
     def loss(self, prediction: Tensor, target: Tensor) -> Tensor:
         raise NotImplementedError
@@ -103,6 +110,12 @@ class MulticlassClassification(Task):
     def __init__(self, num_classes: int, monitor: str = "val/acc", mode: str = "max") -> None:
         super().__init__(monitor, mode)
         self.output_dim = int(num_classes)
+
+    def configure(self, facts: TargetFacts) -> None:
+        if facts.num_outputs != self.output_dim:
+            raise ConfigError(
+                f"data.task.num_classes={self.output_dim}, but the data has {facts.num_outputs} classes"
+            )
 
     def loss(self, prediction: Tensor, target: Tensor) -> Tensor:
         return F.cross_entropy(prediction.float(), target.long().reshape(-1))

@@ -21,6 +21,7 @@ import numpy as np
 import torch.nn.functional as F
 from torch import Tensor
 
+from mmfusion.contract import TargetFacts
 from mmfusion.errors import ConfigError
 from mmfusion.metrics.vqa import soft_accuracy
 from mmfusion.tasks import Task
@@ -51,8 +52,12 @@ class VQATask(Task):
         if answer_types is not None:
             self.set_answers(num_answers, answer_types)
 
+    def configure(self, facts: TargetFacts) -> None:
+        """One output per answer of the data's vocabulary, with its answer type."""
+        self.set_answers(facts.num_outputs, facts.answer_types)
+
     def set_answers(self, num_answers: int, answer_types: Sequence[str] | None = None) -> None:
-        """Called by the datamodule once the answer vocabulary is known."""
+        """Size the task to an answer vocabulary (:meth:`configure` calls it with the data's)."""
         if answer_types is not None and len(answer_types) != num_answers:
             raise ConfigError(f"VQATask: {len(answer_types)} answer types for {num_answers} answers")
         self.output_dim = int(num_answers)

@@ -73,7 +73,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         result["test"] = dict(module.last_metrics.get("test", {}))
         result["test_corruption"] = module.test_corruption
         if trainer.is_global_zero:
-            keys = ["loss", *dm.task.summary_keys()]
+            keys = ["loss", *module.task.summary_keys()]
             title = f"TEST split, checkpoint selected on {result['selection']}"
             print_metrics(title, result["test"], keys)
     out_dir = Path(cfg.paths.output_dir)

@@ -81,7 +81,6 @@ def _load_child(path: str) -> dict[str, Any]:
     import resource
 
     import mmfusion.data.mosi_pickle as mp
-    from mmfusion.tasks import SentimentRegression
     from mmfusion.utils.safe_load import RestrictedUnpickler
 
     torch.set_num_threads(1)
@@ -94,7 +93,6 @@ def _load_child(path: str) -> dict[str, Any]:
     mp.load_pickle = lambda *a, _o=obj, **k: _o  # time the conversion alone
     try:
         dm = mp.MosiPickleDataModule(
-            task=SentimentRegression(),
             path=path,
             dataset="bench-features",
             feature_dims={"audio": 74, "vision": 35},
@@ -120,9 +118,7 @@ def _load_child(path: str) -> dict[str, Any]:
     gc.collect()
     out["rss_after_free_gb"] = _rss_gb()
     t0 = time.perf_counter()
-    dm = mp.MosiPickleDataModule(
-        task=SentimentRegression(), path=path, dataset="bench-tokens", text="tokens", batch_size=32
-    )
+    dm = mp.MosiPickleDataModule(path=path, dataset="bench-tokens", text="tokens", batch_size=32)
     dm.setup()
     out["setup_s_text_tokens"] = time.perf_counter() - t0
     out["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6

@@ -17,8 +17,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from mmfusion.contract import TargetFacts
 from mmfusion.errors import DataError
-from mmfusion.tasks import Task
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +147,6 @@ class MultimodalDataModule(pl.LightningDataModule):
     :class:`ArrayDataset` s and set ``modalities`` / ``input_dims``; everything else is shared.
 
     Args:
-        task: the task (loss, metrics, validation monitor) of this data, built from the config's ``task`` node.
         batch_size: training batch size.
         eval_batch_size: validation/test batch size (``None``: ``max(batch_size, 256)``).
         num_workers: DataLoader worker processes.
@@ -156,10 +155,10 @@ class MultimodalDataModule(pl.LightningDataModule):
     """
 
     modalities: tuple[str, ...] = ()
+    num_outputs: int = 1  # size of the prediction the targets call for (a scalar score or label by default)
 
     def __init__(
         self,
-        task: Task,
         batch_size: int = 32,
         eval_batch_size: int | None = None,
         num_workers: int = 0,
@@ -167,7 +166,6 @@ class MultimodalDataModule(pl.LightningDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        self.task = task
         self.batch_size = int(batch_size)
         self.eval_batch_size = int(eval_batch_size or max(batch_size, 256))
         self.num_workers = int(num_workers)
@@ -210,7 +208,13 @@ class MultimodalDataModule(pl.LightningDataModule):
     def model_kwargs(self) -> dict[str, Any]:
         """Keyword arguments a model needs from the data (passed when the model is built)."""
         self.setup()
-        return {"input_dims": dict(self.input_dims), "output_dim": self.task.output_dim}
+        return {"input_dims": dict(self.input_dims)}
+
+    def target_facts(self) -> TargetFacts:
+        """What the targets call for. ``build.py`` configures the task from these facts (the data never sees the
+        task, and the model's ``output_dim`` comes from the task)."""
+        self.setup()
+        return TargetFacts(num_outputs=int(self.num_outputs))
 
     def info(self) -> dict[str, Any]:
         """Data facts a plug-in may use (``ModelInfo.data``)."""

@@ -45,7 +45,6 @@ import torch
 from mmfusion.data.base import ArrayDataset, MultimodalDataModule, sanitize
 from mmfusion.data.sequences import check_dim, clamp_lengths, log_sanitize_once, masked_mean, pad_list
 from mmfusion.errors import ConfigError, DataError
-from mmfusion.tasks import Task
 
 log = logging.getLogger(__name__)
 
@@ -355,7 +354,6 @@ class CSDDataModule(MultimodalDataModule):
     """``data=mosi_csd``: modalities from ``.csd`` files aligned to words and to the labelled segments.
 
     Args:
-        task: the task (loss, metrics, validation monitor), from the config's ``task`` node.
         sequences: ``{modality: path.csd}`` (order = modality order).
         labels: the label ``.csd``.
         folds: ``mosi``, ``mosei`` (the packaged standard folds), a JSON / SDK ``.py`` path, or a mapping
@@ -379,7 +377,6 @@ class CSDDataModule(MultimodalDataModule):
 
     def __init__(
         self,
-        task: Task,
         sequences: Mapping[str, str],
         labels: str,
         folds: str | Mapping[str, Sequence[str]] = "mosi",
@@ -397,7 +394,7 @@ class CSDDataModule(MultimodalDataModule):
         pin_memory: bool = False,
         seed: int = 0,
     ) -> None:
-        super().__init__(task, batch_size, eval_batch_size, num_workers, pin_memory, seed)
+        super().__init__(batch_size, eval_batch_size, num_workers, pin_memory, seed)
         if not sequences:
             raise ConfigError("data.sequences must map at least one modality to a .csd file")
         if keep not in ("last", "first"):

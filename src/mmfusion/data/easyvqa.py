@@ -22,10 +22,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from mmfusion.contract import TargetFacts
 from mmfusion.data.base import MultimodalDataModule
 from mmfusion.data.vqa_text import build_token_vocab, encode_questions
 from mmfusion.errors import ConfigError, DataError
-from mmfusion.tasks_vqa import VQATask
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,6 @@ class EasyVQADataModule(MultimodalDataModule):
         max_test_images: keep only the first ``N`` test images; ``None``: all.
         image_size: a divisor of 64: 64 (the original), or e.g. 32 / 16 (block-averaged, cheaper on CPU).
         root: folder with easy-VQA's files; ``None``: the data shipped in the ``easy_vqa`` package.
-        task: the task; ``None``: :class:`~mmfusion.tasks_vqa.VQATask`.
         **loader: batch size, workers and shuffling seed, passed to :class:`~mmfusion.data.base.MultimodalDataModule`.
     """
 
@@ -151,10 +150,9 @@ class EasyVQADataModule(MultimodalDataModule):
         max_test_images: int | None = None,
         image_size: int = 64,
         root: str | None = None,
-        task: VQATask | None = None,
         **loader: Any,
     ) -> None:
-        super().__init__(task or VQATask(), **loader)
+        super().__init__(**loader)
         if not 0.0 < valid_fraction < 1.0:
             raise ConfigError(f"data.valid_fraction must be in (0, 1), got {valid_fraction}")
         self.valid_fraction, self.split_seed, self.max_tokens = valid_fraction, split_seed, max_tokens
@@ -171,7 +169,7 @@ class EasyVQADataModule(MultimodalDataModule):
             raise DataError(f"easyvqa: {afile} not found")
         self.answers = [a.strip() for a in afile.read_text().splitlines() if a.strip()]
         ans_ix = {a: i for i, a in enumerate(self.answers)}
-        self.task.set_answers(len(self.answers), [answer_type(a) for a in self.answers])
+        self.answer_types = [answer_type(a) for a in self.answers]
 
         tr_q, tr_a, tr_rows, tr_img = load_split(root, "train", self.max_train_images, self.image_size)
         te_q, te_a, te_rows, te_img = load_split(root, "test", self.max_test_images, self.image_size)
@@ -203,6 +201,11 @@ class EasyVQADataModule(MultimodalDataModule):
             ),
             "test": EasyVQADataset("test", te_tok, te_y, te_rows, test_images, a),
         }
+
+    def target_facts(self) -> TargetFacts:
+        """One output per answer of the vocabulary, with its type (yes/no, shape, color)."""
+        self.setup()
+        return TargetFacts(num_outputs=len(self.answers), answer_types=tuple(self.answer_types))
 
     def model_kwargs(self) -> dict[str, Any]:
         kw = super().model_kwargs()

@@ -33,7 +33,6 @@ import torch
 
 from mmfusion.data.base import ArrayDataset, MultimodalDataModule
 from mmfusion.errors import ConfigError, DataError
-from mmfusion.tasks import MulticlassClassification, Task
 
 log = logging.getLogger(__name__)
 
@@ -142,10 +141,10 @@ def _dataset(
 
 
 class _ImageViews(MultimodalDataModule):
-    def __init__(
-        self, task: Task | None, views: str, layout: str, noise_std: float, data_seed: int, **loader: object
-    ) -> None:
-        super().__init__(task or MulticlassClassification(10), **loader)
+    num_outputs = 10  # digit classes
+
+    def __init__(self, views: str, layout: str, noise_std: float, data_seed: int, **loader: object) -> None:
+        super().__init__(**loader)
         if views not in ("halves", "noisy") or layout not in ("rows", "flat"):
             raise ConfigError(
                 f"data.views must be halves|noisy and data.layout rows|flat; got {views!r}, {layout!r}"
@@ -174,7 +173,6 @@ class MnistDataModule(_ImageViews):
 
     Args:
         path: folder with the MNIST IDX files (``.gz`` or not; a torchvision ``MNIST/raw`` folder works too).
-        task: the task; ``None``: 10-class :class:`~mmfusion.tasks.MulticlassClassification`.
         views: ``halves`` (``top`` and ``bottom`` halves of the image, each a sequence of pixel rows) or ``noisy``
             (``image`` plus a copy with Gaussian noise clipped to [0, 1]).
         layout: ``rows`` (a sequence of pixel rows) or ``flat`` (one step of pixels).
@@ -188,7 +186,6 @@ class MnistDataModule(_ImageViews):
     def __init__(
         self,
         path: str,
-        task: Task | None = None,
         views: str = "halves",
         layout: str = "rows",
         noise_std: float = 0.5,
@@ -197,7 +194,7 @@ class MnistDataModule(_ImageViews):
         data_seed: int = 0,
         **loader: object,
     ) -> None:
-        super().__init__(task, views, layout, noise_std, data_seed, **loader)
+        super().__init__(views, layout, noise_std, data_seed, **loader)
         self.path, self.n_valid, self.limit_train = str(path), int(n_valid), limit_train
 
     def build(self) -> dict[str, ArrayDataset]:
@@ -230,7 +227,6 @@ class DigitsDataModule(_ImageViews):
     """``data=digits``: scikit-learn's 8x8 digits (offline) as two views of each digit.
 
     Args:
-        task: the task; ``None``: 10-class :class:`~mmfusion.tasks.MulticlassClassification`.
         views: ``halves`` (``top`` and ``bottom`` halves of the image, each a sequence of pixel rows) or ``noisy``
             (``image`` plus a copy with Gaussian noise clipped to [0, 1]).
         layout: ``rows`` (a sequence of pixel rows) or ``flat`` (one step of pixels).
@@ -242,7 +238,6 @@ class DigitsDataModule(_ImageViews):
 
     def __init__(
         self,
-        task: Task | None = None,
         views: str = "halves",
         layout: str = "rows",
         noise_std: float = 0.5,
@@ -250,7 +245,7 @@ class DigitsDataModule(_ImageViews):
         data_seed: int = 0,
         **loader: object,
     ) -> None:
-        super().__init__(task, views, layout, noise_std, data_seed, **loader)
+        super().__init__(views, layout, noise_std, data_seed, **loader)
         self.split_seed = int(split_seed)
 
     def build(self) -> dict[str, ArrayDataset]:

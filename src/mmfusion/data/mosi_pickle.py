@@ -49,7 +49,6 @@ from mmfusion.data.sequences import (
     zero_frames,
 )
 from mmfusion.errors import ConfigError, DataError
-from mmfusion.tasks import Task
 from mmfusion.utils.safe_load import load_data_pickle
 
 log = logging.getLogger(__name__)
@@ -121,7 +120,6 @@ class MosiPickleDataModule(MultimodalDataModule):
     """``data=mosi`` / ``data=mosei``: one class for both datasets and both pickle layouts.
 
     Args:
-        task: the task (loss, metrics, validation monitor), from the config's ``task`` node.
         path: the ``.pkl`` file (MMSA ``{aligned,unaligned}_50.pkl`` or MulT ``*_data(_noalign).pkl``).
         dataset: ``mosi`` or ``mosei``; names the dataset in messages (``prepare_data.py`` hint).
         format: ``auto`` (detected from the keys), ``mmsa`` or ``mult``.
@@ -142,7 +140,6 @@ class MosiPickleDataModule(MultimodalDataModule):
 
     def __init__(
         self,
-        task: Task,
         path: str,
         dataset: str = "mosi",
         format: str = "auto",
@@ -158,7 +155,7 @@ class MosiPickleDataModule(MultimodalDataModule):
         pin_memory: bool = False,
         seed: int = 0,
     ) -> None:
-        super().__init__(task, batch_size, eval_batch_size, num_workers, pin_memory, seed)
+        super().__init__(batch_size, eval_batch_size, num_workers, pin_memory, seed)
         if format not in ("auto", "mmsa", "mult"):
             raise ConfigError(f"data.format must be auto, mmsa or mult; got {format!r}")
         if text not in ("features", "tokens"):

@@ -25,7 +25,6 @@ import torch
 
 from mmfusion.data.base import ArrayDataset, MultimodalDataModule, sanitize
 from mmfusion.errors import DataError
-from mmfusion.tasks import SentimentRegression, Task
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +126,6 @@ class MOSIUtterance(MultimodalDataModule):
 
     Args:
         path: folder holding ``bclstm_utterance_features/`` and ``mosi_index.csv`` (``../shared/data/mosi``).
-        task: the task; ``None``: :class:`~mmfusion.tasks.SentimentRegression`.
         valid_videos: number of training videos held out as the validation split (by video).
         split_seed: seed of the choice of validation videos.
         standardize: modalities standardised with training statistics (default: audio).
@@ -141,7 +139,6 @@ class MOSIUtterance(MultimodalDataModule):
     def __init__(
         self,
         path: str,
-        task: Task | None = None,
         valid_videos: int = 6,
         split_seed: int = 0,
         standardize: list[str] | tuple[str, ...] = ("audio",),
@@ -149,7 +146,7 @@ class MOSIUtterance(MultimodalDataModule):
         max_tokens: int = 50,
         **loader: object,
     ) -> None:
-        super().__init__(task or SentimentRegression(), **loader)
+        super().__init__(**loader)
         self.root = Path(path)
         self.valid_videos, self.split_seed = int(valid_videos), int(split_seed)
         self.standardize = tuple(standardize or ())

@@ -23,7 +23,6 @@ import torch
 
 from mmfusion.data.base import ArrayDataset, MultimodalDataModule
 from mmfusion.errors import ConfigError
-from mmfusion.tasks import SentimentRegression, Task
 
 MOSI_DIMS = {"text": 300, "audio": 74, "vision": 47}
 COEF = {"text": (1.0, 1.0), "audio": (0.5, 1.0), "vision": (0.5, 1.0)}  # (shared, private) amplitudes
@@ -99,7 +98,6 @@ class SyntheticSentiment(MultimodalDataModule):
     """Embedded offline default (see module docstring). Train/valid/test default to MOSI's 1284/229/686.
 
     Args:
-        task: the task; ``None``: :class:`~mmfusion.tasks.SentimentRegression`.
         n_train: number of training samples.
         n_valid: number of validation samples.
         n_test: number of test samples.
@@ -117,7 +115,6 @@ class SyntheticSentiment(MultimodalDataModule):
 
     def __init__(
         self,
-        task: Task | None = None,
         n_train: int = 1284,
         n_valid: int = 229,
         n_test: int = 686,
@@ -131,7 +128,7 @@ class SyntheticSentiment(MultimodalDataModule):
         max_tokens: int = 50,
         **loader: object,
     ) -> None:
-        super().__init__(task or SentimentRegression(), **loader)
+        super().__init__(**loader)
         dims = dict(dims or MOSI_DIMS)
         if min_len < 1 or min_len > seq_len:
             raise ConfigError(f"data.min_len must be in [1, seq_len={seq_len}], got {min_len}")

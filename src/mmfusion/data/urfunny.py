@@ -39,7 +39,6 @@ from mmfusion.data.base import ArrayDataset, MultimodalDataModule, sanitize
 from mmfusion.data.mosi_pickle import load_pickle
 from mmfusion.data.sequences import check_dim, clamp_lengths, log_sanitize_once, masked_mean, pad_list
 from mmfusion.errors import ConfigError, DataError
-from mmfusion.tasks import BinaryClassification, Task
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +108,6 @@ class UrFunnyDataModule(MultimodalDataModule):
 
     Args:
         path: folder with the six pickles.
-        task: the task; ``None``: :class:`~mmfusion.tasks.BinaryClassification`.
         modalities: a non-empty subset of text, audio, vision.
         context_sentences: the last ``k`` context sentences before the punchline go into the same word-level
             sequence (0 = the punchline only, as MISA/BBFN).
@@ -130,7 +128,6 @@ class UrFunnyDataModule(MultimodalDataModule):
     def __init__(
         self,
         path: str,
-        task: Task | None = None,
         modalities: Sequence[str] = ("text", "audio", "vision"),
         context_sentences: int = 0,
         max_len: int = 40,
@@ -145,9 +142,7 @@ class UrFunnyDataModule(MultimodalDataModule):
         pin_memory: bool = False,
         seed: int = 0,
     ) -> None:
-        super().__init__(
-            task or BinaryClassification(), batch_size, eval_batch_size, num_workers, pin_memory, seed
-        )
+        super().__init__(batch_size, eval_batch_size, num_workers, pin_memory, seed)
         if missing_features not in ("error", "drop"):
             raise ConfigError(f"data.missing_features must be 'error' or 'drop'; got {missing_features!r}")
         bad = set(modalities) - set(DIMS)

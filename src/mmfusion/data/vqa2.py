@@ -41,11 +41,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from mmfusion.contract import TargetFacts
 from mmfusion.data.base import MultimodalDataModule
 from mmfusion.data.vqa_text import build_token_vocab, encode_questions, load_glove
 from mmfusion.errors import ConfigError, DataError
 from mmfusion.metrics.vqa import official_targets, prep_ans, soft_score, write_results
-from mmfusion.tasks_vqa import VQATask
 
 log = logging.getLogger(__name__)
 
@@ -334,7 +334,6 @@ class VQA2DataModule(MultimodalDataModule):
         glove: GloVe text file (``word v1 ... v300``) that initialises the word embedding; ``None``: random.
         valid_fraction: share of the val2014 *images* used for validation; the rest is the test split.
         split_seed: seed of that image split.
-        task: the task; ``None``: :class:`~mmfusion.tasks_vqa.VQATask`.
         **loader: batch size, workers and shuffling seed, passed to :class:`~mmfusion.data.base.MultimodalDataModule`.
     """
 
@@ -361,10 +360,9 @@ class VQA2DataModule(MultimodalDataModule):
         glove: str | None = None,
         valid_fraction: float = 0.1,
         split_seed: int = 0,
-        task: VQATask | None = None,
         **loader: Any,
     ) -> None:
-        super().__init__(task or VQATask(), **loader)
+        super().__init__(**loader)
         if (feature_dirs is None) == (hdf5 is None):
             raise ConfigError("data: set exactly one of data.feature_dirs (per-image .npz) or data.hdf5")
         if not 0.0 < valid_fraction < 1.0:
@@ -430,7 +428,7 @@ class VQA2DataModule(MultimodalDataModule):
 
         self.answers = self._answers(anns)
         ans_to_ix = {a: i for i, a in enumerate(self.answers)}
-        self.task.set_answers(len(self.answers), answer_types_of(self.answers, anns["train"] + anns["val"]))
+        self.answer_types = answer_types_of(self.answers, anns["train"] + anns["val"])
 
         self.token_vocab = build_token_vocab(q["question"] for q in qs["train"] + qs["val"] + extra_q + vg_q)
         self.pretrained_emb = load_glove(c["glove"], self.token_vocab) if c["glove"] else None
@@ -509,6 +507,11 @@ class VQA2DataModule(MultimodalDataModule):
         }
 
     # -- model / results ----------------------------------------------------------------------------------------
+    def target_facts(self) -> TargetFacts:
+        """One output per answer of the vocabulary, with its official answer type."""
+        self.setup()
+        return TargetFacts(num_outputs=len(self.answers), answer_types=tuple(self.answer_types))
+
     def model_kwargs(self) -> dict[str, Any]:
         kw = super().model_kwargs()
         kw.update(

@@ -35,7 +35,7 @@ from mmfusion.emma.inject import AbnormalInjector, InjectAbnormal
 from mmfusion.emma.store import save_daes
 from mmfusion.errors import ConfigError
 from mmfusion.module import FusionModule
-from mmfusion.tasks import to_numpy
+from mmfusion.tasks import Task, to_numpy
 from mmfusion.utils.instantiate import instantiate, instantiate_dict
 from mmfusion.utils.report import save_json
 from mmfusion.utils.safe_load import check_checkpoint, load_checkpoint
@@ -150,12 +150,17 @@ def corruption_specs(modalities: tuple[str, ...], noise_levels: list[float]) -> 
 
 @torch.no_grad()
 def evaluate_corruptions(
-    net: FusionModel, dm: MultimodalDataModule, specs: list[str], split: str = "test", seed: int = 0
+    net: FusionModel,
+    task: Task,
+    dm: MultimodalDataModule,
+    specs: list[str],
+    split: str = "test",
+    seed: int = 0,
 ) -> dict[str, dict[str, Any]]:
     """Task metrics (and EMMA's mean alpha/beta/system energy if present) under each corruption spec. The
     corruption of batch i uses the generator seed ``(seed, i)``, so two models see identical inputs."""
     net.eval()
-    task, mods = dm.task, tuple(net.modalities)
+    mods = tuple(net.modalities)
     results = {}
     for spec in specs:
         preds, ys, alphas, betas, energy = [], [], [], [], []
@@ -277,7 +282,9 @@ def pretrain(
         )
     path = out_dir / dae_file
     blob = save_daes(path, daes, reps, fits)
-    val = evaluate_corruptions(module.net, dm, ["none"], split="valid")["none"]  # the frozen baseline's
+    val = evaluate_corruptions(module.net, module.task, dm, ["none"], split="valid")[
+        "none"
+    ]  # the frozen baseline's
     result = {
         "stage": "emma_pretrain",
         "base_ckpt": base_ckpt,
@@ -352,10 +359,10 @@ def finetune(
     specs = corruption_specs(tuple(module.net.modalities), levels)
     name = "emma" if use_emma else "control"
     res = {
-        "baseline": evaluate_corruptions(base_module.net, dm, specs, seed=seed),
-        name: evaluate_corruptions(module.net, dm, specs, seed=seed),
+        "baseline": evaluate_corruptions(base_module.net, base_module.task, dm, specs, seed=seed),
+        name: evaluate_corruptions(module.net, module.task, dm, specs, seed=seed),
     }
-    metric = dm.task.monitor.split("/", 1)[-1]
+    metric = module.task.monitor.split("/", 1)[-1]
     result = {
         "stage": "emma_finetune" if use_emma else "emma_control",
         "base_ckpt": base_ckpt,
@@ -371,7 +378,7 @@ def finetune(
         },
         "metric": metric,
         "summary": {k: summarize(v, metric) for k, v in res.items()},
-        "val": evaluate_corruptions(module.net, dm, ["none"], split="valid", seed=seed)["none"],
+        "val": evaluate_corruptions(module.net, module.task, dm, ["none"], split="valid", seed=seed)["none"],
         "test": res[name]["none"],
         "robustness": res,
     }
