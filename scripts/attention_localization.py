@@ -50,8 +50,8 @@ def question_types(questions: list[str], answers: list[str], colours: set[str]) 
 
 
 def measure(ckpt: str, batch_size: int = 256) -> dict[str, dict[str, float]]:
-    from mmfusion.checkpoints import load_trained
     from mmfusion.data.easyvqa import answer_type, load_split, package_dir
+    from mmfusion.evaluation.checkpoints import load_trained
 
     module, dm = load_trained(ckpt, strict=False)
     net = module.net.eval()

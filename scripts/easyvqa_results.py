@@ -86,7 +86,7 @@ def run_one(
 
 def keep_weights(row: dict, folder: Path) -> None:
     """Copy the selected checkpoint without optimiser/loop state (weights + run config: enough for
-    ``mmfusion.checkpoints.load_trained``), as ``<recipe>_<reg>_s<seed>.ckpt``."""
+    ``mmfusion.evaluation.checkpoints.load_trained``), as ``<recipe>_<reg>_s<seed>.ckpt``."""
     import torch
 
     if not row.get("best_ckpt"):

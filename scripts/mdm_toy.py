@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-from mmfusion.regularizers.estimators import DependencyEstimator
-from mmfusion.regularizers.gaussian import total_correlation, train_estimator, w1_bounds
+from mmfusion.estimators.dependence import DependencyEstimator
+from mmfusion.estimators.gaussian import total_correlation, train_estimator, w1_bounds
 from mmfusion.utils.runtime import ROOT_DIR
 
 ROOT = ROOT_DIR  # the one root locator (MMFUSION_ROOT overrides it)

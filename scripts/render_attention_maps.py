@@ -29,8 +29,8 @@ import torch  # noqa: E402
 
 from mmfusion.attention.attflat import AttFlat  # noqa: E402
 from mmfusion.attention.linalg2 import det2, inv2  # noqa: E402
-from mmfusion.attention.plugin import ContinuousAttention  # noqa: E402
 from mmfusion.errors import MMFusionError  # noqa: E402
+from mmfusion.plugins.continuous_attention import ContinuousAttention  # noqa: E402
 
 KINDS = {"cont_softmax": "softmax", "cont_sparsemax": "sparsemax", "mca": "mca"}
 TITLES = {
@@ -42,7 +42,7 @@ TITLES = {
 
 
 def load(ckpt: str):
-    from mmfusion.checkpoints import load_trained
+    from mmfusion.evaluation.checkpoints import load_trained
 
     module, dm = load_trained(ckpt, strict=False)
     return module.net.eval(), dm

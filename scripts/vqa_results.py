@@ -19,9 +19,9 @@ import torch
 
 
 def main(argv: list[str] | None = None) -> int:
-    from mmfusion.checkpoints import load_trained
     from mmfusion.data.vqa2 import VQA2DataModule
     from mmfusion.errors import MMFusionError
+    from mmfusion.evaluation.checkpoints import load_trained
     from mmfusion.metrics.vqa import vqa_accuracy
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])

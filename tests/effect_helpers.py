@@ -65,7 +65,7 @@ def short_run(reg: str, overrides: list[str] | None = None, epochs: int = 3) -> 
 def layer_normed(views: dict[str, torch.Tensor]) -> list[torch.Tensor]:
     import torch.nn.functional as F
 
-    from mmfusion.regularizers.estimators import LN_EPS
+    from mmfusion.estimators.dependence import LN_EPS
 
     return [F.layer_norm(v.double(), v.shape[-1:], eps=LN_EPS) for v in views.values()]
 
@@ -74,7 +74,7 @@ def fixed_projection_mmd(plugin: Any, unimodal: dict[str, torch.Tensor], fused: 
     """Sum over modalities of the unbiased MMD^2 between the layer-normalised unimodal and fused representations
     after the plug-in's FIXED random projections (no trained map): a divergence of the representations themselves,
     comparable between runs with the same projection seed."""
-    from mmfusion.regularizers.estimators import mmd2
+    from mmfusion.estimators.dependence import mmd2
 
     uni = dict(zip(unimodal, layer_normed(unimodal)))
     (fz,) = layer_normed({"fused": fused})

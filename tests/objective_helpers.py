@@ -114,7 +114,7 @@ def infonce_probe(
 ) -> float:
     """Held-out symmetric InfoNCE estimate (nats, full validation batch) of a fresh linear CLIP critic (two
     projections + learnt temperature) fitted with Adam on the frozen ``train`` pair."""
-    from mmfusion.regularizers.contrastive import clip_logits, symmetric_infonce
+    from mmfusion.plugins.contrastive import clip_logits, symmetric_infonce
 
     g = torch.Generator().manual_seed(seed)
     (a, b), (va, vb) = [t.detach().float() for t in train], [t.detach().float() for t in val]

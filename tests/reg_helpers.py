@@ -56,7 +56,7 @@ def train_steps(plugin: Plugin | None, steps: int = 4, seed: int = 0) -> dict[st
     """Model parameters after ``steps`` reference training steps with (or without) ``plugin``."""
     import torch.nn.functional as F
 
-    from mmfusion.training_step import training_step
+    from mmfusion.tasks.training_step import training_step
 
     torch.manual_seed(seed)
     model, batch = DropoutFusion(), redundant_batch()

@@ -12,7 +12,7 @@ import torch
 from mmfusion.bench.train_step import build_step
 from mmfusion.contract import ModelInfo
 from mmfusion.errors import ConfigError
-from mmfusion.regularizers.autoencoder import (
+from mmfusion.plugins.autoencoder import (
     MultimodalAutoencoder,
     drop_per_sample,
     input_summary,

@@ -25,10 +25,10 @@ from mmfusion.attention.discrete import DiscreteAttentionPool
 from mmfusion.attention.linalg2 import eig_floor2, sym2
 from mmfusion.attention.mca import region_init, weighted_em
 from mmfusion.attention.moments import grid_positions, moments_2d, sparsemax_sigma2_1d, sparsemax_sigma_2d
-from mmfusion.attention.plugin import ContinuousAttention
 from mmfusion.attention.pools import ContinuousSoftmaxPool, ContinuousSparsemaxPool, MCAPool
 from mmfusion.attention.value_function import ridge_g
 from mmfusion.contract import FusionModel, ModelInfo
+from mmfusion.plugins.continuous_attention import ContinuousAttention
 
 F64 = torch.float64
 POOLS = (ContinuousSoftmaxPool, ContinuousSparsemaxPool, MCAPool)

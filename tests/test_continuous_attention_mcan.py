@@ -111,9 +111,9 @@ def test_mcan_vqa2_grid_fixture_with_continuous_sparsemax(make_cfg, tmp_path) ->
 
 def test_plugin_refuses_box_features() -> None:
     from mmfusion.attention.attflat import AttFlat
-    from mmfusion.attention.plugin import ContinuousAttention
     from mmfusion.contract import FusionModel, ModelInfo
     from mmfusion.errors import ConfigError
+    from mmfusion.plugins.continuous_attention import ContinuousAttention
 
     model = FusionModel()
     model.pools["image"] = AttFlat(8, 8, 8, grid_shape=None)

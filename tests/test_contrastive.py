@@ -11,8 +11,8 @@ import torch.nn.functional as F
 
 from mmfusion.contract import FusionOutput
 from mmfusion.errors import ConfigError
-from mmfusion.regularizers.contrastive import Contrastive, clip_logits, symmetric_infonce, vse_hinge
-from mmfusion.regularizers.coordination import modality_pairs
+from mmfusion.plugins.contrastive import Contrastive, clip_logits, symmetric_infonce, vse_hinge
+from mmfusion.plugins.coordination import modality_pairs
 
 from .objective_helpers import infonce_probe, linear_cca_heldout, short_run
 from .reg_helpers import TinyFusion, attach, redundant_batch

@@ -14,8 +14,8 @@ from sklearn.cross_decomposition import CCA
 
 from mmfusion.contract import FusionOutput
 from mmfusion.errors import ConfigError
-from mmfusion.regularizers.coordination import modality_pairs
-from mmfusion.regularizers.dcca import DeepCCA, batch_covariances, cca_from_covariances, dcca_correlation
+from mmfusion.plugins.coordination import modality_pairs
+from mmfusion.plugins.dcca import DeepCCA, batch_covariances, cca_from_covariances, dcca_correlation
 
 from .objective_helpers import linear_cca_heldout, short_run
 from .reg_helpers import TinyFusion, attach, redundant_batch

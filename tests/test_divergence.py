@@ -13,7 +13,7 @@ import torch
 from mmfusion.callbacks.divergence import DivergenceGuard, likely_cause, nonfinite_entries
 from mmfusion.data.synthetic import SyntheticSentiment
 from mmfusion.errors import DataError, DivergenceError, MMFusionError
-from mmfusion.tasks import SentimentRegression
+from mmfusion.tasks.objectives import SentimentRegression
 from mmfusion.train import train
 from mmfusion.utils import wandb_offline
 from mmfusion.utils.runtime import compose_train_cfg

@@ -18,10 +18,10 @@ import pytest
 
 from mmfusion.contract import FusionModel, Plugin
 from mmfusion.data.base import MultimodalDataModule
-from mmfusion.module import FusionModule
+from mmfusion.tasks.module import FusionModule
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("models", "regularizers", "emma", "attention", "data")
+PACKAGES = ("models", "plugins", "emma", "attention", "data")
 ENTRY = re.compile(r"^(\*{0,2}[A-Za-z_]\w*)(?: \([^)]*\))?:(?: |$)")
 
 
@@ -58,7 +58,7 @@ def constructor_args(cls: type) -> list[str]:
 
 def documented_classes() -> list[type]:
     """Models, plug-ins and datamodules defined anywhere in those packages, and FusionModule."""
-    found: dict[str, type] = {"mmfusion.module.FusionModule": FusionModule}
+    found: dict[str, type] = {"mmfusion.tasks.module.FusionModule": FusionModule}
     for pkg in PACKAGES:
         package = importlib.import_module(f"mmfusion.{pkg}")
         modules = [package] + [

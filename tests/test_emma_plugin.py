@@ -5,17 +5,17 @@ from __future__ import annotations
 import pytest
 import torch
 
+from mmfusion.callbacks.emma_inject import AbnormalInjector, default_max_corrupted
 from mmfusion.contract import ModelInfo
 from mmfusion.emma.attention import AttentionStep
 from mmfusion.emma.composition import Composition
 from mmfusion.emma.dae import TiedDAE, fit_dae
 from mmfusion.emma.gate import EMMAGate
-from mmfusion.emma.inject import AbnormalInjector, default_max_corrupted
-from mmfusion.emma.plugin import EMMAPlugin
 from mmfusion.emma.store import load_daes, save_daes
 from mmfusion.errors import ConfigError, DataError
 from mmfusion.models.ef_lstm import EFLSTM
 from mmfusion.pipelines.emma import set_trainable
+from mmfusion.plugins.emma import EMMAPlugin
 
 MODS = ("text", "audio", "vision")
 DIMS = {"text": 12, "audio": 5, "vision": 4}

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from mmfusion.errors import ConfigError
-from mmfusion.regularizers import estimators as E
-from mmfusion.regularizers import gaussian as G
+from mmfusion.estimators import dependence as E
+from mmfusion.estimators import gaussian as G
 
 F64 = torch.float64
 
@@ -303,7 +303,7 @@ def test_gaussian_tc_probe_matches_closed_form_and_removes_the_small_sample_bias
     bias of the plug-in log-determinants (independent views: ~0 instead of ~0.7 nats)."""
     import statistics
 
-    from mmfusion.regularizers.gaussian import correlated_views, gaussian_total_correlation, total_correlation
+    from mmfusion.estimators.gaussian import correlated_views, gaussian_total_correlation, total_correlation
 
     g = torch.Generator().manual_seed(0)
     assert gaussian_total_correlation(correlated_views(4000, 5, 3, 0.3, g)) == pytest.approx(

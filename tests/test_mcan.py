@@ -11,8 +11,8 @@ from torch import nn
 
 from mmfusion.errors import ConfigError
 from mmfusion.models.mcan import MCAN, MCANLayerNorm, MHAtt
-from mmfusion.tasks_vqa import VQATask
-from mmfusion.vqa_schedule import WarmupStepDecay, mcan_scheduler
+from mmfusion.optim.schedules import WarmupStepDecay, mcan_scheduler
+from mmfusion.tasks.vqa import VQATask
 
 # notes/vqa_continuous_attention.md Sect. 1.8: reference Net of MILVLG/mcan-vqa, without the word embedding
 MCAN_SMALL_PARAMS = 51_640_891

@@ -12,8 +12,8 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from mmfusion.errors import ConfigError
-from mmfusion.regularizers.mdm import MDM
-from mmfusion.training_step import clip_by, training_step
+from mmfusion.plugins.mdm import MDM
+from mmfusion.tasks.training_step import clip_by, training_step
 
 from .reg_helpers import TinyFusion, attach, redundant_batch
 
@@ -130,7 +130,7 @@ def test_warmup_is_a_fraction_of_the_run() -> None:
 def test_validation_probe_sees_the_whole_split_and_matches_the_gaussian_tc() -> None:
     """The epoch diagnostic gathers the validation representations from ``loss(stage='val')`` and returns the
     Gaussian TC probe of all of them (identity encoders on Gaussian views: the probe is the closed-form TC)."""
-    from mmfusion.regularizers.gaussian import correlated_views, total_correlation
+    from mmfusion.estimators.gaussian import correlated_views, total_correlation
 
     class Identity(TinyFusion):
         def encode(self, batch):  # the views themselves are the unimodal representations
@@ -238,7 +238,7 @@ def test_shipped_config_raises_dependence_against_weight_zero(name: str) -> None
     (the one logged as val/reg/<name>/tc_probe, 8 components) rises slightly, the top principal direction of each
     modality becomes clearly more dependent, and the task still learns. Multiplying the term by 0 makes this fail
     (checked by hand: equal probes)."""
-    from mmfusion.regularizers.gaussian import gaussian_total_correlation
+    from mmfusion.estimators.gaussian import gaussian_total_correlation
 
     from .effect_helpers import layer_normed, short_run
 

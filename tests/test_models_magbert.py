@@ -140,7 +140,7 @@ def test_magbert_contract(tokenizer, dims) -> None:
     for m, z in out.unimodal.items():
         assert z.shape == (3, model.unimodal_dims[m])
     # eval.corrupt=drop_text: words -> [UNK], special tokens kept; the model still runs
-    from mmfusion.corruption import apply
+    from mmfusion.evaluation.corruption import apply
 
     b = batch_for(tokenizer, dims, t=6)
     dropped = apply(b, "drop_text", tuple(dims))

@@ -13,10 +13,10 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from mmfusion.contract import Plugin
-from mmfusion.module import FusionModule
-from mmfusion.regularizers.influence import gradient_influence
-from mmfusion.tasks import SentimentRegression
-from mmfusion.training_step import active_plugins
+from mmfusion.plugins.influence import gradient_influence
+from mmfusion.tasks.module import FusionModule
+from mmfusion.tasks.objectives import SentimentRegression
+from mmfusion.tasks.training_step import active_plugins
 
 from .reg_helpers import DIMS, TinyFusion, redundant_batch
 

@@ -328,9 +328,9 @@ def test_our_checkpoints_need_no_extra_globals(make_cfg, tmp_path):
     ``weights_only=True`` as they are; so do the ``read_checkpoint`` of eval.py and EMMA's ``load_daes``."""
     from omegaconf import open_dict
 
-    from mmfusion.checkpoints import read_checkpoint
     from mmfusion.emma.dae import fit_dae
     from mmfusion.emma.store import load_daes, save_daes
+    from mmfusion.evaluation.checkpoints import read_checkpoint
     from mmfusion.train import train
 
     cfg = make_cfg(

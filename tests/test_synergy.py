@@ -13,8 +13,8 @@ from omegaconf import OmegaConf
 
 from mmfusion.contract import FusionOutput
 from mmfusion.errors import ConfigError
-from mmfusion.regularizers.synergy import InvertibleNet, Synergy
-from mmfusion.training_step import clip_by, training_step
+from mmfusion.plugins.synergy import InvertibleNet, Synergy
+from mmfusion.tasks.training_step import clip_by, training_step
 
 from .reg_helpers import TinyFusion, attach, redundant_batch
 
@@ -273,7 +273,7 @@ def test_shipped_synergy_mmd_aligns_the_representations_against_beta_zero() -> N
     vs beta = 0. The unimodal-vs-fused MMD^2 of the representations themselves (layer-normalised, fixed
     projections, no trained map) falls, the plug-in's own aligned divergence (through G) falls, and the task still
     learns. Multiplying the term by 0 makes this fail (checked)."""
-    from mmfusion.regularizers.estimators import mmd2
+    from mmfusion.estimators.dependence import mmd2
 
     from .effect_helpers import fixed_projection_mmd, short_run
 

@@ -18,7 +18,7 @@ from mmfusion.data.vqa2 import (
 from mmfusion.data.vqa_text import encode_questions, tokenize
 from mmfusion.errors import ConfigError, DataError
 from mmfusion.metrics.vqa import vqa_accuracy
-from mmfusion.tasks_vqa import VQATask
+from mmfusion.tasks.vqa import VQATask
 
 from .vqa_fixtures import image_facts, write_vqa_fixture
 
@@ -83,7 +83,9 @@ def test_vqa2_fixture_bottom_up(tmp_path) -> None:
     vi, ti = set(dm.splits["valid"].image_ids), set(dm.splits["test"].image_ids)
     assert not vi & ti and len(dm.splits["valid"]) + len(dm.splits["test"]) == 36 and len(vi) == 3
     kw = dm.model_kwargs()
-    assert kw["input_dims"]["image"] == 16 and dm.target_facts().num_outputs == 8 and kw["vocab_size"] == len(v)
+    assert (
+        kw["input_dims"]["image"] == 16 and dm.target_facts().num_outputs == 8 and kw["vocab_size"] == len(v)
+    )
     assert kw["grid_shape"] is None and kw["pretrained_emb"] is None
 
 

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from mmfusion import corruption
 from mmfusion.errors import ConfigError
 from mmfusion.eval import evaluate
-from mmfusion.robustness import DropGate, area, conditions, evaluate_suite, load_suite, unk_text
+from mmfusion.evaluation import corruption
+from mmfusion.evaluation.robustness import DropGate, area, conditions, evaluate_suite, load_suite, unk_text
 from mmfusion.train import train
 
 

@@ -7,8 +7,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from mmfusion.data.base import MultimodalDataModule
 from mmfusion.errors import ConfigError
-from mmfusion.module import FusionModule
-from mmfusion.tasks import Task
+from mmfusion.tasks.module import FusionModule
+from mmfusion.tasks.objectives import Task
 from mmfusion.utils.instantiate import instantiate, instantiate_dict, to_container
 
 
@@ -64,7 +64,7 @@ def build_task(cfg: DictConfig, dm: MultimodalDataModule) -> Task:
     node = (cfg.get("data") or {}).get("task")
     if not node:
         raise ConfigError(
-            "data.task: missing; the data config must name its task (a _target_ in mmfusion.tasks)"
+            "data.task: missing; the data config must name its task (a _target_ in mmfusion.tasks.objectives)"
         )
     task = instantiate(node)
     if not isinstance(task, Task):

@@ -15,7 +15,7 @@ Batch layout (what every datamodule yields, see ``docs/architecture.md``)::
 Every fusion model is a :class:`FusionModel`: ``encode`` -> (optional ``gate``) -> ``fuse`` -> ``head``. Its
 ``forward`` returns a :class:`FusionOutput`. Plug-ins subclass :class:`Plugin` and act through any of four hooks:
 a loss term, auxiliary optimisers with inner steps, a gate between encoders and fusion, and the replacement of
-attention pools. The Lightning module (:mod:`mmfusion.module`) composes them without knowing which it has.
+attention pools. The Lightning module (:mod:`mmfusion.tasks.module`) composes them without knowing which it has.
 """
 
 from __future__ import annotations
@@ -200,7 +200,7 @@ class ModelInfo:
 class Plugin(nn.Module):
     """Base class of every plug-in (config group ``reg``). All hooks are optional.
 
-    Order of calls in one training step (see :class:`mmfusion.module.FusionModule`):
+    Order of calls in one training step (see :class:`mmfusion.tasks.module.FusionModule`):
 
     1. ``out = model(batch)`` (with any gate/pool the plug-in installed in :meth:`attach`);
     2. :meth:`inner_step` for each plug-in: its own updates (critic ascent, ...) on detached tensors of ``out``,

@@ -1,5 +1,5 @@
 """Evaluation entry point: ``python eval.py ckpt_path=... [split=test] [eval.corrupt=drop_text]``; with
-``eval.robustness=default`` the whole corruption suite of :mod:`mmfusion.robustness`.
+``eval.robustness=default`` the whole corruption suite of :mod:`mmfusion.evaluation.robustness`.
 
 Rebuilds the run from the config stored in the checkpoint (so the same data, model and plug-ins), loads the
 weights, and reports the same metrics as training. ``eval.data`` is merged on top of the stored data config
@@ -16,10 +16,10 @@ import hydra
 import lightning.pytorch as pl
 from omegaconf import DictConfig, OmegaConf
 
-from mmfusion import robustness
 from mmfusion.build import build_datamodule, build_module
-from mmfusion.checkpoints import load_run_config
 from mmfusion.errors import MMFusionError
+from mmfusion.evaluation import robustness
+from mmfusion.evaluation.checkpoints import load_run_config
 from mmfusion.utils import runtime, validate
 from mmfusion.utils.instantiate import instantiate, instantiate_dict
 from mmfusion.utils.report import print_metrics, save_json
@@ -61,7 +61,9 @@ def evaluate(cfg: DictConfig, corrupt: str | None = None) -> tuple[dict[str, Any
 def _hydra_main(cfg: DictConfig) -> None:
     with runtime.task_wrapper(cfg):
         validate.check_eval_cfg(cfg)  # one-line ConfigError before the checkpoint is read
-        if (cfg.get("eval") or {}).get("robustness"):  # the corruption suite (mmfusion/robustness.py)
+        if (cfg.get("eval") or {}).get(
+            "robustness"
+        ):  # the corruption suite (mmfusion/evaluation/robustness.py)
             robustness.print_table(robustness.evaluate_suite(cfg))
             out = Path(cfg.paths.output_dir)
             print(

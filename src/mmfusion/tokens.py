@@ -91,7 +91,7 @@ def tokenize(transcripts: Sequence[str], tokenizer: Any, max_tokens: int = 50) -
         "attention_mask": torch.as_tensor(enc["attention_mask"], dtype=torch.long),
         "token_type_ids": torch.as_tensor(enc["token_type_ids"], dtype=torch.long),
         "word_index": word_index,
-        # for eval.corrupt=drop_text (mmfusion.corruption): [CLS]/[SEP]/[PAD] stay, words become [UNK]
+        # for eval.corrupt=drop_text (mmfusion.evaluation.corruption): [CLS]/[SEP]/[PAD] stay, words become [UNK]
         "special_mask": word_index < 0,
         "unk_token_id": torch.full((len(words),), int(tokenizer.unk_token_id), dtype=torch.long),
     }

@@ -2,5 +2,6 @@
 
 Submodules: ``attflat`` / ``discrete`` (discrete pools), ``continuous`` (continuous softmax/sparsemax
 transforms), ``moments`` (moment matching), ``value_function`` (ridge regression onto RBFs), ``mca`` (weighted
-EM, mixtures), ``pools`` (continuous pools), ``plugin`` (the ``reg=cont_*|mca`` plug-in).
+EM, mixtures), ``pools`` (continuous pools), ``localization`` (attention mass inside a region). The
+``reg=cont_*|mca`` plug-in is :mod:`mmfusion.plugins.continuous_attention`.
 """

@@ -2,7 +2,7 @@
 
 MOSI sizes (aligned 50 steps; text 300 / audio 74 / vision 47 features), batch 32. One step = forward, the
 plug-in's inner steps, task + plug-in loss, backward, clipping, optimiser steps (the contract's order,
-:func:`mmfusion.training_step.training_step`, the step ``FusionModule`` runs). Targets (issue 3): synergy <= 1.5x, MDM with
+:func:`mmfusion.tasks.training_step.training_step`, the step ``FusionModule`` runs). Targets (issue 3): synergy <= 1.5x, MDM with
 unroll 1 <= 1.5x, MDM time linear in ``unroll`` (we fit ``extra = a + b * unroll`` on the minima and report R^2). Steps with and
 without the plug-in alternate; on CPU the ratio uses the thread's CPU time (stable on a machine shared with other
 jobs; run with ``OMP_NUM_THREADS=1``), on GPU the synchronised wall time.
@@ -28,7 +28,7 @@ from omegaconf import OmegaConf
 from mmfusion.bench.core import device_sync, environment, random_sentiment_batch
 from mmfusion.contract import FusionModel, ModelInfo, Plugin
 from mmfusion.data.synthetic import MOSI_DIMS
-from mmfusion.training_step import clip_by, training_step
+from mmfusion.tasks.training_step import clip_by, training_step
 
 ROOT = Path(__file__).resolve().parents[3]
 REGS = ("synergy_mmd", "synergy_kl", "mdm_kl", "mdm_f", "mdm_wasserstein")

@@ -6,7 +6,7 @@ The figure hook (any of them may be absent):
 * ``plugin.figures(out, batch) -> {name: Figure}`` on each plug-in (``reg``),
 * ``model.figures(out, batch) -> {name: Figure}`` on the fusion model,
 * built-in renderers: attention maps found in ``out.extras["attention/<pool>"]`` or in the pools' ``last_attention``
-  (:func:`mmfusion.attention.plugin.attention_maps`), and EMMA's importance weights / system energy
+  (:func:`mmfusion.plugins.continuous_attention.attention_maps`), and EMMA's importance weights / system energy
   (``out.extras["emma/alpha"|"emma/beta"|"emma/energy"]``).
 
 Figures go to W&B (``wandb.Image``), TensorBoard (``add_figure``) and, always, ``<run>/figures/<name>_e<epoch>.png``.

@@ -314,7 +314,7 @@ def check_resume(cfg: Any, run_dir: str | Path) -> None:
     path = find_resume_checkpoint(cfg.get("ckpt_path"), run_dir)
     if path is None:
         return
-    from mmfusion.checkpoints import read_checkpoint
+    from mmfusion.evaluation.checkpoints import read_checkpoint
 
     _, stored = read_checkpoint(path)
     diffs = run_differences(stored, cfg)

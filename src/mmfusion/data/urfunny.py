@@ -20,7 +20,7 @@ index 0 = a real GloVe row: none of that is reproduced.
 
 Sanitising (logged once): NaN/+-inf -> 0 (COVAREP), float32 overflow -> 0; a sentence whose modalities have
 different word counts is cut to the shortest (counted; MISA drops such samples instead); an empty punchline
-becomes one zero step of length 1. Label: float 0/1 for :class:`mmfusion.tasks.BinaryClassification`.
+becomes one zero step of length 1. Label: float 0/1 for :class:`mmfusion.tasks.objectives.BinaryClassification`.
 A fold id without a label is an error; a fold id without features is an error unless
 ``missing_features: drop`` (then dropped and counted).
 """

@@ -9,8 +9,8 @@ One concept per module:
 * :mod:`~mmfusion.emma.attention`    attention factors beta (Eq. 17), masking threshold (Eq. 19), capacity;
 * :mod:`~mmfusion.emma.regularizer`  Omega = sum_k eta_k log alpha_k (Eq. 20), eta from corruption labels;
 * :mod:`~mmfusion.emma.gate`         the module inserted between encoders and fusion (all three steps);
-* :mod:`~mmfusion.emma.inject`       abnormal-modality injection for fine-tuning (Sect. 4);
-* :mod:`~mmfusion.emma.plugin`       the ``reg=emma`` plug-in.
+Outside this package: the ``reg=emma`` plug-in (:mod:`mmfusion.plugins.emma`) and the abnormal-modality injection
+for fine-tuning, a Lightning callback (:mod:`mmfusion.callbacks.emma_inject`, Sect. 4).
 
 The corrections to the summary are listed in ``docs/emma.md`` and at the place where each applies.
 """

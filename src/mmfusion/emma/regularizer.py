@@ -16,7 +16,7 @@ Oracles for eta (``reg.emma.eta``):
 Corrections: the analysis in Eq. 23-28 assumes d E_l / d theta_i = 0 for l != i, which is false for w_i and b_i
 (phi_i enters every E_l); the boxed Eq. 26 is exact only for the gamma_ik. "M' = floor((M+1)/2) normal modes" is a
 constraint on the training corruption process (fewer than half the modes corrupted), enforced by
-:mod:`mmfusion.emma.inject`.
+:mod:`mmfusion.callbacks.emma_inject`.
 """
 
 from __future__ import annotations

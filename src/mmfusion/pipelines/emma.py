@@ -5,7 +5,7 @@
    of the training split, train one tied DAE per modality, save them with their training-energy statistics;
 3. :func:`finetune` (``stage=emma_finetune``): insert EMMA (``reg=emma``), train it -- and, by default, the
    fusion and head; encoders stay frozen -- with abnormal modalities injected into the training batches
-   (:mod:`mmfusion.emma.inject`); then evaluate on the test split clean, with each modality noised and with each
+   (:mod:`mmfusion.callbacks.emma_inject`); then evaluate on the test split clean, with each modality noised and with each
    modality missing, for the baseline and for the EMMA model (same corrupted inputs for both).
 
 :func:`pipeline` (``experiment=emma_pipeline``) runs all three; each stage can start from a given checkpoint
@@ -26,16 +26,16 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from mmfusion import corruption
 from mmfusion.build import build_datamodule, build_module
+from mmfusion.callbacks.emma_inject import AbnormalInjector, InjectAbnormal
 from mmfusion.contract import FusionModel
 from mmfusion.data.base import MultimodalDataModule
 from mmfusion.emma.dae import fit_dae
-from mmfusion.emma.inject import AbnormalInjector, InjectAbnormal
 from mmfusion.emma.store import save_daes
 from mmfusion.errors import ConfigError
-from mmfusion.module import FusionModule
-from mmfusion.tasks import Task, to_numpy
+from mmfusion.evaluation import corruption
+from mmfusion.tasks.module import FusionModule
+from mmfusion.tasks.objectives import Task, to_numpy
 from mmfusion.utils.instantiate import instantiate, instantiate_dict
 from mmfusion.utils.report import save_json
 from mmfusion.utils.safe_load import check_checkpoint, load_checkpoint

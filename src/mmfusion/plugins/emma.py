@@ -19,7 +19,6 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mmfusion import corruption
 from mmfusion.contract import Batch, FusionModel, FusionOutput, ModelInfo, Plugin, PluginLoss
 from mmfusion.emma.attention import AttentionStep
 from mmfusion.emma.composition import W_FLOOR, Composition, inv_softplus, shifted_potential
@@ -27,6 +26,7 @@ from mmfusion.emma.gate import EMMAGate
 from mmfusion.emma.regularizer import ORACLES, eta_from_labels, eta_from_laplacian, eta_from_threshold, omega
 from mmfusion.emma.store import load_daes
 from mmfusion.errors import ConfigError
+from mmfusion.evaluation import corruption
 
 
 class EMMAPlugin(Plugin):

@@ -20,7 +20,7 @@ zeroed and still reconstruct *both*, so the shared code must carry cross-modal i
 "can it hallucinate the other modality?"). With ``modality_dropout = p > 0`` the plug-in runs a *second* forward
 of the model on a corrupted copy of the batch: in each sample every modality is zeroed independently with
 probability ``p`` (if all would be zeroed, one chosen uniformly is kept); zeroing is the project's ``drop_<m>``
-corruption (:mod:`mmfusion.corruption`: features set to 0, and for BERT models the word pieces replaced by
+corruption (:mod:`mmfusion.evaluation.corruption`: features set to 0, and for BERT models the word pieces replaced by
 ``[UNK]``). Every modality's *clean* summary is reconstructed from that corrupted fused vector::
 
     loss = weight * ( L_AE(h_clean) + L_AE(h_corrupted) )
@@ -49,11 +49,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mmfusion import corruption
 from mmfusion.contract import Batch, FusionModel, FusionOutput, ModelInfo, Plugin, PluginLoss
 from mmfusion.errors import ConfigError
+from mmfusion.estimators.dependence import LN_EPS, mlp
+from mmfusion.evaluation import corruption
 from mmfusion.models.common import lengths_of, masked_mean
-from mmfusion.regularizers.estimators import LN_EPS, mlp
 
 
 def input_summary(batch: Batch, modality: str) -> Tensor:
@@ -67,7 +67,7 @@ def input_summary(batch: Batch, modality: str) -> Tensor:
 
 def drop_per_sample(batch: Batch, keep: Tensor, modalities: tuple[str, ...]) -> Batch:
     """Shallow copy of ``batch`` with modality ``j`` of sample ``i`` zeroed where ``keep[i, j]`` is False (the
-    ``drop_<m>`` corruption of :mod:`mmfusion.corruption`, applied per sample).
+    ``drop_<m>`` corruption of :mod:`mmfusion.evaluation.corruption`, applied per sample).
 
     Args:
         batch: the clean batch (not modified).

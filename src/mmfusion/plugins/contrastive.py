@@ -38,7 +38,7 @@ from torch import Tensor, nn
 
 from mmfusion.contract import Batch, FusionModel, FusionOutput, ModelInfo, Plugin, PluginLoss
 from mmfusion.errors import ConfigError
-from mmfusion.regularizers.coordination import modality_pairs, skipped, unimodal_views
+from mmfusion.plugins.coordination import modality_pairs, skipped, unimodal_views
 
 CLIP_INIT_TEMPERATURE = 0.07
 CLIP_MAX_LOGIT_SCALE = 100.0

@@ -24,7 +24,7 @@ from torch import Tensor
 from mmfusion.contract import TargetFacts
 from mmfusion.errors import ConfigError
 from mmfusion.metrics.vqa import soft_accuracy
-from mmfusion.tasks import Task
+from mmfusion.tasks.objectives import Task
 
 
 def type_key(answer_type: str) -> str:

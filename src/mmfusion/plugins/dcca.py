@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from mmfusion.contract import Batch, FusionModel, FusionOutput, ModelInfo, Plugin, PluginLoss
 from mmfusion.errors import ConfigError
-from mmfusion.regularizers.coordination import modality_pairs, skipped, unimodal_views
+from mmfusion.plugins.coordination import modality_pairs, skipped, unimodal_views
 
 
 def cca_from_covariances(s11: Tensor, s12: Tensor, s22: Tensor) -> Tensor:

@@ -41,8 +41,8 @@ from torch import Tensor, nn
 
 from mmfusion.contract import Batch, FusionModel, FusionOutput, ModelInfo, Plugin, PluginLoss
 from mmfusion.errors import ConfigError
-from mmfusion.regularizers.estimators import LN_EPS, EMAKurtosis, dv_bound, mlp, mmd2, nwj_bound
-from mmfusion.regularizers.mdm import frozen
+from mmfusion.estimators.dependence import LN_EPS, EMAKurtosis, dv_bound, mlp, mmd2, nwj_bound
+from mmfusion.plugins.mdm import frozen
 
 
 class BatchedOrthogonal(nn.Module):

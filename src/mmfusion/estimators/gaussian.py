@@ -98,7 +98,7 @@ def train_estimator(
     eval_batches: int = 10,
     seed: int = 0,
 ) -> dict[str, float]:
-    """Train a :class:`~mmfusion.regularizers.estimators.DependencyEstimator` on fresh Gaussian batches (critic
+    """Train a :class:`~mmfusion.estimators.dependence.DependencyEstimator` on fresh Gaussian batches (critic
     ascent) and return its mean/std estimate on ``eval_batches`` held-out batches (the MDM toy experiment)."""
     g = torch.Generator().manual_seed(seed)
     dtype = next(estimator.parameters()).dtype

@@ -25,11 +25,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mmfusion import corruption
 from mmfusion.contract import FusionModel, ModelInfo, Plugin
-from mmfusion.regularizers.influence import gradient_influence
-from mmfusion.tasks import Task, to_numpy
-from mmfusion.training_step import active_plugins, clip_by, training_step
+from mmfusion.evaluation import corruption
+from mmfusion.plugins.influence import gradient_influence
+from mmfusion.tasks.objectives import Task, to_numpy
+from mmfusion.tasks.training_step import active_plugins, clip_by, training_step
 
 
 class FusionModule(pl.LightningModule):
@@ -139,7 +139,7 @@ class FusionModule(pl.LightningModule):
     def optimization_step(
         self, batch, opts: list, backward: Callable[[Tensor], None], clip: Callable[[Any], None] | None = None
     ) -> tuple[Tensor, Tensor, dict]:
-        """One full training step, :func:`mmfusion.training_step.training_step` (the single, Lightning-free step
+        """One full training step, :func:`mmfusion.tasks.training_step.training_step` (the single, Lightning-free step
         that the benchmarks and plug-in tests call too) with this module's parts: ``opts[0]`` is the task
         optimiser, the plug-ins' own follow in :meth:`configure_optimizers` order. ``backward``/``clip`` are
         Lightning's ``manual_backward``/``clip_gradients`` in training; with ``clip=None`` the task model's
@@ -174,7 +174,7 @@ class FusionModule(pl.LightningModule):
 
     def _log_influence(self, task_loss: Tensor, terms: dict[str, Tensor]) -> None:
         """Gradient-norm ratio and cosine of each plug-in term against the task loss over the task model's
-        parameters (:func:`mmfusion.regularizers.influence.gradient_influence`); logged as epoch means of the
+        parameters (:func:`mmfusion.plugins.influence.gradient_influence`); logged as epoch means of the
         measured steps, ``train/reg/<name>/influence`` and ``train/reg/<name>/cosine``."""
         params = [p for g in self.net.param_groups(self.lr, self.weight_decay) for p in g["params"]]
         res = gradient_influence(task_loss, terms, params)

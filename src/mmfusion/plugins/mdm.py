@@ -33,8 +33,8 @@ from torch import Tensor, nn
 
 from mmfusion.contract import Batch, FusionModel, FusionOutput, ModelInfo, Plugin, PluginLoss
 from mmfusion.errors import ConfigError
-from mmfusion.regularizers.estimators import DependencyEstimator, normalize_view
-from mmfusion.regularizers.gaussian import gaussian_total_correlation
+from mmfusion.estimators.dependence import DependencyEstimator, normalize_view
+from mmfusion.estimators.gaussian import gaussian_total_correlation
 
 MEASURE_ALIASES = {
     "kl": "mine",
@@ -257,7 +257,7 @@ class MDM(Plugin):
     def probe(self, views: list[Tensor]) -> dict[str, float]:
         """On one set of representations (e.g. the whole validation split): the critic's estimate (fixed
         negatives) and the closed-form Gaussian total-correlation probe of the same normalised representations
-        the critic sees (:func:`~mmfusion.regularizers.gaussian.gaussian_total_correlation`, ``probe_components``
+        the critic sees (:func:`~mmfusion.estimators.gaussian.gaussian_total_correlation`, ``probe_components``
         principal components per modality, Wishart bias removed). A healthy KL/f critic reads a sizeable fraction
         of the probe (the probe measures linear dependence only; the critic is a lower bound)."""
         est = self._est()

@@ -6,7 +6,7 @@ Per sample: with probability ``noise_rate`` it gets Gaussian noise on k modaliti
 ``[lo, hi]``, drawn uniformly per batch and modality. ``max_corrupted`` defaults to M - M' with
 M' = floor((M + 1) / 2) the number of normal modes of Sect. 4 -- fewer than half of the modalities for odd M (one of
 three for text/audio/vision), one of two for M = 2 as in the thesis' two-mode experiments. Corruption acts on the
-INPUT features with the semantics of :mod:`mmfusion.corruption` (noise std = ``noise_level`` x the feature's
+INPUT features with the semantics of :mod:`mmfusion.evaluation.corruption` (noise std = ``noise_level`` x the feature's
 std in the batch on valid steps; drop = zeros, ``[UNK]`` tokens for BERT text), and the labels are written to
 ``batch["corrupt"] (B, M)`` (OR-ed with any the data already carries), which EMMA's regulariser reads as eta.
 
@@ -21,9 +21,9 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor
 
-from mmfusion import corruption
 from mmfusion.contract import Batch
 from mmfusion.errors import ConfigError
+from mmfusion.evaluation import corruption
 
 
 def default_max_corrupted(n_modalities: int) -> int:

@@ -41,9 +41,9 @@ from lightning.pytorch.utilities import move_data_to_device
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
-from mmfusion import corruption
 from mmfusion.contract import GateOutput
 from mmfusion.errors import ConfigError
+from mmfusion.evaluation import corruption
 from mmfusion.utils import runtime
 from mmfusion.utils.report import save_json, write_csv
 
@@ -387,7 +387,7 @@ def evaluate_suite(cfg: DictConfig) -> dict[str, Any]:
     import lightning.pytorch as pl
 
     from mmfusion.build import build_datamodule, build_module
-    from mmfusion.checkpoints import read_checkpoint
+    from mmfusion.evaluation.checkpoints import read_checkpoint
     from mmfusion.utils.instantiate import instantiate_dict
 
     ev = cfg.get("eval") or {}

@@ -1,1 +1,0 @@
-"""Loss plug-ins: MDM (mdm.py), synergy / C-network (synergy.py) and their shared estimators (estimators.py)."""
