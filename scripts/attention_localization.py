@@ -1,14 +1,16 @@
 #!/usr/bin/env python
 """How much of MCAN's image attention falls inside the easy-VQA shape, per attention type and question type.
 
-    python scripts/attention_localization.py --ckpt A.ckpt B.ckpt ... [--label none cont_softmax ...] \
+    python scripts/attention_localization.py --ckpt A.ckpt B.ckpt ... [--label none/s0 none/s1 ...] \
         [--out docs/results/attention_localization] [--figure docs/figures/attention_localization.png]
 
 Each checkpoint is rebuilt from its stored config; the whole test split is run once. Per question: the image
 pool's attention mass inside the shape (discrete: softmax weights x cell coverage; continuous/MCA: the density
 integrated over the shape's pixels, see ``mmfusion.attention.localization``) and the uniform-attention baseline
-(the shape's area fraction). Question types: open colour, open shape, colour yes/no, shape yes/no. Writes
-``<out>.json`` (per-question means, per checkpoint and type) and ``<out>.md``, and a bar figure.
+(the shape's area fraction), and the checkpoint's accuracy. Question types: open colour, open shape, colour
+yes/no, shape yes/no. Labels ``<type>/<run>`` (e.g. ``none/s0``) are grouped by ``<type>``: the table and the bar
+figure show mean ± std over the runs of a group. Writes ``<out>.json`` (per checkpoint and type) and
+``<out>.md``, and the figure.
 """
 
 from __future__ import annotations
@@ -65,12 +67,13 @@ def measure(ckpt: str, batch_size: int = 256) -> dict[str, dict[str, float]]:
     grid = pool.grid_shape
     coverage = cell_coverage(masks, grid)  # (N_img, L)
     t = pixel_centres(64, 64)
-    inside, image_mass, uniform = [], [], []
+    inside, image_mass, uniform, correct = [], [], [], []
     with torch.no_grad():
         for start in range(0, len(test), batch_size):
             idx = list(range(start, min(start + batch_size, len(test))))
             batch = test.__getitems__(idx)
-            net(batch)
+            pred = net(batch).prediction.argmax(-1)
+            correct.append((pred == batch["y"].argmax(-1)).float())
             img_rows = torch.as_tensor(rows[idx])
             if getattr(pool, "last_params", None) is not None and hasattr(pool, "density"):
                 dens = pool.density(t)  # (B, 64*64)
@@ -82,7 +85,9 @@ def measure(ckpt: str, batch_size: int = 256) -> dict[str, dict[str, float]]:
             inside.append(ins)
             image_mass.append(tot)
             uniform.append(uniform_mass(masks[img_rows]))
-    inside_np, image_np, uniform_np = (torch.cat(v).numpy() for v in (inside, image_mass, uniform))
+    inside_np, image_np, uniform_np, correct_np = (
+        torch.cat(v).numpy() for v in (inside, image_mass, uniform, correct)
+    )
     out: dict[str, dict[str, float]] = {}
     for qt in ("all", *TYPES):
         sel = np.ones(len(qtypes), bool) if qt == "all" else qtypes == qt
@@ -93,26 +98,50 @@ def measure(ckpt: str, batch_size: int = 256) -> dict[str, dict[str, float]]:
                 "uniform_baseline": float(uniform_np[sel].mean()),
                 "ratio_to_uniform": float(inside_np[sel].mean() / uniform_np[sel].mean()),
                 "mass_in_image": float(image_np[sel].mean()),
+                "accuracy": float(100 * correct_np[sel].mean()),
             }
     return out
 
 
+KEYS = ("mass_in_shape", "uniform_baseline", "ratio_to_uniform", "mass_in_image", "accuracy")
+
+
+def grouped(results: dict[str, dict]) -> dict[str, dict[str, dict[str, list[float]]]]:
+    """``{group: {question type: {key: [value per run]}}}``; the group of label ``a/b`` is ``a``."""
+    out: dict[str, dict[str, dict[str, list[float]]]] = {}
+    for label, per in results.items():
+        g = out.setdefault(label.split("/", 1)[0], {})
+        for qt, r in per["types"].items():
+            cell = g.setdefault(qt, {k: [] for k in (*KEYS, "n")})
+            for k in (*KEYS, "n"):
+                cell[k].append(r[k])
+    return out
+
+
+def _ms(v: list[float], fmt: str) -> str:
+    return f"{np.mean(v):{fmt}} ± {np.std(v, ddof=1):{fmt}}" if len(v) > 1 else f"{v[0]:{fmt}}"
+
+
 def write(results: dict[str, dict], out: Path, figure: Path | None) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(results, indent=2))
+    groups = grouped(results)
+    out.with_suffix(".json").write_text(json.dumps({"runs": results, "groups": groups}, indent=2))
     lines = [
-        "Attention mass inside the shape (easy-VQA test split, every question; mean over questions). Uniform = "
-        "the shape's area fraction (what uniform attention puts inside). Continuous: density integrated over "
-        "the shape's pixels (midpoint rule, 64x64); discrete: softmax weight x cell coverage.",
+        "Attention mass inside the shape (easy-VQA test split, every question; mean over questions, then mean ± "
+        "sample std over the runs of each attention type). Uniform = the shape's area fraction (what uniform "
+        "attention puts inside); ratio = mass in shape / uniform. Continuous: density integrated over the "
+        "shape's pixels (midpoint rule, 64x64); discrete: softmax weight x cell coverage. Accuracy: exact match "
+        "on the same questions (%).",
         "",
-        "| attention | question type | n | mass in shape | uniform | ratio | mass in image |",
-        "|---|---|---|---|---|---|---|",
+        "| attention | question type | runs | n | mass in shape | uniform | ratio | mass in image | accuracy (%) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for label, per in results.items():
-        for qt, r in per["types"].items():
+    for g, per in groups.items():
+        for qt, c in per.items():
             lines.append(
-                f"| {label} | {qt} | {r['n']} | {r['mass_in_shape']:.3f} | {r['uniform_baseline']:.3f} | "
-                f"{r['ratio_to_uniform']:.2f} | {r['mass_in_image']:.3f} |"
+                f"| {g} | {qt} | {len(c['n'])} | {int(np.mean(c['n']))} | {_ms(c['mass_in_shape'], '.3f')} | "
+                f"{_ms(c['uniform_baseline'], '.3f')} | {_ms(c['ratio_to_uniform'], '.2f')} | "
+                f"{_ms(c['mass_in_image'], '.3f')} | {_ms(c['accuracy'], '.2f')} |"
             )
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     if figure is not None:
@@ -121,16 +150,20 @@ def write(results: dict[str, dict], out: Path, figure: Path | None) -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        labels = list(results)
+        names = list(groups)
         fig, ax = plt.subplots(figsize=(8, 3.5))
-        width = 0.8 / max(1, len(labels))
+        width = 0.8 / max(1, len(names))
         xs = np.arange(len(TYPES))
-        for i, label in enumerate(labels):
-            vals = [results[label]["types"].get(qt, {}).get("mass_in_shape", np.nan) for qt in TYPES]
-            ax.bar(xs + i * width, vals, width, label=label)
-        base = [
-            next(iter(results.values()))["types"].get(qt, {}).get("uniform_baseline", np.nan) for qt in TYPES
-        ]
+        for i, g in enumerate(names):
+            vals = [np.mean(groups[g].get(qt, {}).get("mass_in_shape", [np.nan])) for qt in TYPES]
+            errs = [
+                np.std(groups[g][qt]["mass_in_shape"], ddof=1)
+                if qt in groups[g] and len(groups[g][qt]["mass_in_shape"]) > 1
+                else 0.0
+                for qt in TYPES
+            ]
+            ax.bar(xs + i * width, vals, width, yerr=errs, capsize=2, label=g)
+        base = [np.mean(groups[names[0]].get(qt, {}).get("uniform_baseline", [np.nan])) for qt in TYPES]
         ax.scatter(xs + 0.4 - width / 2, base, marker="_", s=600, color="k", label="uniform", zorder=3)
         ax.set_xticks(xs + 0.4 - width / 2, TYPES)
         ax.set_ylabel("attention mass inside the shape")

@@ -121,3 +121,30 @@ def test_question_types_of_easyvqa_questions() -> None:
         "shape yes/no",
         "colour yes/no",
     ]
+
+
+def test_runs_are_grouped_by_attention_type(tmp_path) -> None:
+    """Labels ``<type>/<run>`` are averaged per type (mean, sample std) in the JSON, the table and the figure."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "attention_localization", Path(__file__).parents[1] / "scripts" / "attention_localization.py"
+    )
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+
+    def run(mass: float, acc: float) -> dict:
+        r = dict(n=10, mass_in_shape=mass, uniform_baseline=0.2, ratio_to_uniform=mass / 0.2)
+        return {"ckpt": "x", "types": {"colour yes/no": {**r, "mass_in_image": 1.0, "accuracy": acc}}}
+
+    results = {"none/s0": run(0.3, 99.0), "none/s1": run(0.5, 98.0), "mca/s0": run(0.4, 97.0)}
+    out = tmp_path / "loc"
+    mod.write(results, out, tmp_path / "loc.png")
+    groups = json.loads(out.with_suffix(".json").read_text())["groups"]
+    assert groups["none"]["colour yes/no"]["mass_in_shape"] == [0.3, 0.5]
+    md = out.with_suffix(".md").read_text()
+    assert "| none | colour yes/no | 2 | 10 | 0.400 ± 0.141 | 0.200 ± 0.000 | 2.00 ± 0.71 |" in md
+    assert "| mca | colour yes/no | 1 | 10 | 0.400 | 0.200 | 2.00 | 1.000 | 97.00 |" in md
+    assert (tmp_path / "loc.png").stat().st_size > 1000
