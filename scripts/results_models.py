@@ -29,6 +29,9 @@ def main() -> None:
     p.add_argument("--extra", default="", help="extra overrides for every run, comma-separated")
     p.add_argument("--magbert-extra", default="", help="extra overrides for MAG-BERT runs, comma-separated")
     p.add_argument("--out", default="docs/results/models_mosi_utterance")
+    p.add_argument(
+        "--merge", action="store_true", help="replace only these models' rows in an existing <out>.json"
+    )
     a = p.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -54,6 +57,10 @@ def main() -> None:
                 )
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    ran = a.models.split(",")
+    if a.merge and out.with_suffix(".json").is_file():
+        kept = [r for r in json.loads(out.with_suffix(".json").read_text()) if r["model"] not in ran]
+        rows = kept + rows
     out.with_suffix(".json").write_text(json.dumps(rows, indent=1))
     lines = [
         "CMU-MOSI utterance features (bc-LSTM split), test, mean +- std (population, ddof=0) over seeds "
@@ -62,7 +69,7 @@ def main() -> None:
         "| model | " + " | ".join(KEYS) + " |",
         "|---|" + "---|" * len(KEYS),
     ]
-    for m in a.models.split(","):
+    for m in dict.fromkeys(x["model"] for x in rows):
         r = [x["test"] for x in rows if x["model"] == m]
         cells = [f"{np.mean([x[k] for x in r]):.3f} +- {np.std([x[k] for x in r]):.3f}" for k in KEYS]
         lines.append(f"| {m} | " + " | ".join(cells) + " |")

@@ -26,3 +26,19 @@ def test_unit_bias_init_keeps_the_fused_scale_and_the_unimodal_gradients() -> No
     assert stats["unit_bias"][1] > 10 * stats["xavier"][1]
     with pytest.raises(ConfigError, match="factor_init"):
         LowRankFusion(dims, 4, 32, factor_init="ones")
+
+
+def test_shipped_lfn_config_starts_at_an_o1_fused_scale(tmp_path) -> None:
+    """``model=lfn`` ships the unit-bias factors (issue 14: with the released Xavier factors the fused vector is
+    ~1e-4 and any loss plug-in dominates the task gradient): built from the real config, h is O(1)."""
+    from mmfusion.build import build_datamodule, build_module
+    from mmfusion.utils.runtime import compose_train_cfg
+
+    cfg = compose_train_cfg(["model=lfn", "data.n_train=64", "data.n_valid=8", "data.n_test=8"], tmp_path)
+    assert cfg.model.factor_init == "unit_bias"
+    dm = build_datamodule(cfg)
+    net = build_module(cfg, dm).net.eval()
+    batch = dm.splits["train"].__getitems__(list(range(32)))
+    with torch.no_grad():
+        fused = net(batch).fused
+    assert float(fused.pow(2).mean().sqrt()) > 0.1
