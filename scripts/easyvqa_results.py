@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from mmfusion.utils.runtime import ROOT_DIR
+from mmfusion.utils.safe_load import load_checkpoint
 
 ROOT = ROOT_DIR  # the one root locator (MMFUSION_ROOT overrides it)
 OUT = ROOT / "docs" / "results"
@@ -91,7 +92,7 @@ def keep_weights(row: dict, folder: Path) -> None:
 
     if not row.get("best_ckpt"):
         return
-    ckpt = torch.load(row["best_ckpt"], map_location="cpu", weights_only=True)
+    ckpt = load_checkpoint(row["best_ckpt"], "best checkpoint")
     keep = {k: ckpt[k] for k in ("state_dict", "mmfusion_cfg", "epoch", "global_step") if k in ckpt}
     folder.mkdir(parents=True, exist_ok=True)
     torch.save(keep, folder / f"{row['recipe']}_{row['reg']}_s{row['seed']}.ckpt")

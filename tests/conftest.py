@@ -32,6 +32,20 @@ FAST = [
     "~callbacks.early_stopping",
 ]
 
+# the smallest synthetic data the CLI/workflow tests train on (each file adds its trainer/logger settings)
+SMALL_DATA = ["data.n_train=64", "data.n_valid=32", "data.n_test=32", "data.seq_len=8", "data.min_len=3"]
+# a one-epoch run through the real CLI (subprocess) on a little more data
+CLI_TINY = [
+    "data.n_train=128",
+    "data.n_valid=32",
+    "data.n_test=64",
+    "data.seq_len=10",
+    "data.min_len=3",
+    "trainer.max_epochs=1",
+    "trainer.enable_progress_bar=false",
+    "~callbacks.model_summary",
+]
+
 
 def compose_cfg(overrides: list[str], tmp_path: Path, config_name: str = "train.yaml") -> DictConfig:
     return compose_train_cfg(overrides, tmp_path, config_name)

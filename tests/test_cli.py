@@ -6,18 +6,9 @@ import json
 
 import pytest
 
-from .conftest import run_cli
+from .conftest import CLI_TINY, run_cli
 
-TINY = [
-    "data.n_train=128",
-    "data.n_valid=32",
-    "data.n_test=64",
-    "data.seq_len=10",
-    "data.min_len=3",
-    "trainer.max_epochs=1",
-    "trainer.enable_progress_bar=false",
-    "~callbacks.model_summary",
-]
+TINY = CLI_TINY
 
 
 def _one_line_error(proc) -> str:

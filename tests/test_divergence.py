@@ -18,12 +18,10 @@ from mmfusion.train import train
 from mmfusion.utils import wandb_offline
 from mmfusion.utils.runtime import compose_train_cfg
 
+from .conftest import SMALL_DATA
+
 TINY = [
-    "data.n_train=64",
-    "data.n_valid=32",
-    "data.n_test=32",
-    "data.seq_len=8",
-    "data.min_len=3",
+    *SMALL_DATA,
     "trainer.max_epochs=1",
     "trainer.enable_progress_bar=false",
     "logger=none",

@@ -25,14 +25,10 @@ from hydra_plugins.mmfusion_sweeper.resumable_optuna import (
 from mmfusion.callbacks.pruning import OptunaPruning, set_trial
 from mmfusion.errors import ConfigError, DivergenceError
 
-from .conftest import run_cli
+from .conftest import SMALL_DATA, run_cli
 
 TINY = [
-    "data.n_train=64",
-    "data.n_valid=32",
-    "data.n_test=32",
-    "data.seq_len=8",
-    "data.min_len=3",
+    *SMALL_DATA,
     "trainer.max_epochs=1",
     "trainer.enable_progress_bar=false",
     "~callbacks.model_summary",

@@ -18,17 +18,13 @@ import pytest
 from mmfusion.callbacks.figures import learning_curve, per_epoch
 from mmfusion.utils.summary import collect_jobs, summary_tables
 
-from .conftest import ROOT, run_cli
+from .conftest import ROOT, SMALL_DATA, run_cli
 
 sys.path.insert(0, str(ROOT / "scripts"))
 import make_table  # noqa: E402
 
 TINY = [
-    "data.n_train=64",
-    "data.n_valid=32",
-    "data.n_test=32",
-    "data.seq_len=8",
-    "data.min_len=3",
+    *SMALL_DATA,
     "trainer.enable_progress_bar=false",
     "~callbacks.model_summary",
     "~callbacks.early_stopping",

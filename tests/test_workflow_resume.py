@@ -13,7 +13,7 @@ from mmfusion.callbacks.resume import WANDB_ID_FILE, continue_wandb_run, previou
 from mmfusion.data.base import ArrayDataset, ResumableDataLoader, SeededShuffleSampler, passthrough_collate
 from mmfusion.train import train
 
-from .conftest import run_cli
+from .conftest import SMALL_DATA, run_cli
 
 # 128 / 32 = 4 batches per epoch, 3 epochs = 12 steps; mid-epoch checkpoints every 3 steps
 TINY = [
@@ -168,11 +168,7 @@ def test_resume_that_changes_the_run_is_refused_and_touches_nothing(tmp_path):
     run = tmp_path / "run"
     base = [
         "train.py",
-        "data.n_train=64",
-        "data.n_valid=32",
-        "data.n_test=32",
-        "data.seq_len=8",
-        "data.min_len=3",
+        *SMALL_DATA,
         "trainer.max_epochs=1",
         "trainer.enable_progress_bar=false",
         "~callbacks.model_summary",

@@ -13,22 +13,13 @@ import numpy as np
 import pytest
 from hydra.utils import get_class
 
-from .conftest import ROOT, compose_cfg, run_cli
+from .conftest import CLI_TINY, ROOT, compose_cfg, run_cli
 
 sys.path.insert(0, str(ROOT / "scripts"))
 import make_table  # noqa: E402
 import wandb_sync  # noqa: E402
 
-TINY = [
-    "data.n_train=128",
-    "data.n_valid=32",
-    "data.n_test=64",
-    "data.seq_len=10",
-    "data.min_len=3",
-    "trainer.max_epochs=1",
-    "trainer.enable_progress_bar=false",
-    "~callbacks.model_summary",
-]
+TINY = CLI_TINY
 
 
 @pytest.mark.slow

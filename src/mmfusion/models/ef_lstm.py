@@ -34,7 +34,7 @@ class EFLSTM(FusionModel):
 
     Args:
         input_dims: feature size per modality, ``{name: D_m}`` (from the datamodule).
-        output_dim: size of the prediction (from the datamodule's task).
+        output_dim: size of the prediction (from the task, sized to the data's targets by ``build.py``).
         proj_dim: width of each modality's linear per-step projection (the unimodal representation is its masked
             time-mean); ``None`` removes the projections.
         hidden: LSTM hidden size, also the fused size and the head's hidden width.

@@ -108,7 +108,7 @@ class MAGBERT(FusionModel):
     Args:
         input_dims: feature size per modality, ``{name: D_m}`` (from the datamodule); the text modality's features
             are not used.
-        output_dim: size of the prediction (from the datamodule's task).
+        output_dim: size of the prediction (from the task, sized to the data's targets by ``build.py``).
         pretrained: BERT to load: ``None`` or ``"minilm"`` (the packaged all-MiniLM-L6-v2, offline), a local
             folder, or a hub name such as ``bert-base-uncased`` (needs ``allow_download`` unless cached).
         tokenizer: tokenizer name, read by the data configs (``data.text_tokenizer``); it must share the BERT's

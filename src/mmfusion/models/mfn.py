@@ -275,7 +275,7 @@ class MFN(FusionModel):
 
     Args:
         input_dims: feature size per modality, ``{name: D_m}`` (from the datamodule); sequences must be word-aligned.
-        output_dim: size of the prediction (from the datamodule's task).
+        output_dim: size of the prediction (from the task, sized to the data's targets by ``build.py``).
         hidden: LSTM hidden size per modality, one int or ``{modality: width}``.
         mem_dim: size of the multi-view gated memory ``u``.
         window: number of most recent steps whose cell states the attention sees (paper: 2, ``[c_{t-1}; c_t]``).

@@ -49,7 +49,7 @@ class TFN(FusionModel):
 
     Args:
         input_dims: feature size per modality, ``{name: D_m}`` (from the datamodule).
-        output_dim: size of the prediction (from the datamodule's task).
+        output_dim: size of the prediction (from the task, sized to the data's targets by ``build.py``).
         hidden: width of the acoustic/visual sub-networks (BatchNorm, Dropout, 3 x Linear+ReLU), one int or
             ``{modality: width}``; a mapping may also name a sequence modality to set its LSTM width.
         text_hidden: LSTM hidden size of the sequence (language) sub-networks.

@@ -433,7 +433,8 @@ def _choice(group: str) -> str | None:
 
 def check_model_data(cfg: DictConfig) -> None:
     """The arguments the model requires from the data (no default, not in ``model``) must be provided by the
-    datamodule: the base ``MultimodalDataModule.model_kwargs`` provides ``input_dims`` and ``output_dim`` only."""
+    datamodule: the base ``MultimodalDataModule.model_kwargs`` provides ``input_dims``, and ``build.py`` adds
+    the task's ``output_dim``."""
     model, data = cfg.get("model"), cfg.get("data")
     if not model or not data or not model.get("_target_") or not data.get("_target_"):
         return
