@@ -15,6 +15,8 @@ from mmfusion.attention.attflat import AttFlat
 from mmfusion.attention.basis import GaussianBasis
 from mmfusion.attention.continuous import (
     _adaptive_angles,
+    _exp_,
+    _unit_interval_moments_,
     _whiten,
     continuous_softmax,
     continuous_sparsemax,
@@ -26,6 +28,7 @@ from mmfusion.attention.linalg2 import eig_floor2, sym2
 from mmfusion.attention.mca import region_init, weighted_em
 from mmfusion.attention.moments import grid_positions, moments_2d, sparsemax_sigma2_1d, sparsemax_sigma_2d
 from mmfusion.attention.pools import ContinuousSoftmaxPool, ContinuousSparsemaxPool, MCAPool
+from mmfusion.attention.scratch import Scratch
 from mmfusion.attention.value_function import ridge_g
 from mmfusion.contract import FusionModel, ModelInfo
 from mmfusion.plugins.continuous_attention import ContinuousAttention
@@ -210,6 +213,76 @@ def test_interval_moments_closed_form_and_flat_branch() -> None:
                 epsrel=1e-12,
             )
             assert float(xs[k][i]) == pytest.approx(val, rel=1e-9, abs=1e-15)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_unit_interval_moments_recurrence_matches_scipy(dtype: torch.dtype) -> None:
+    """The in-place recurrence used by the 2-D sparsemax equals scipy on [0, 1] in the bulk, both tails (upper:
+    both limits above the mean) and the flat (GL) branch, and leaves m, s untouched. float32: absolute 1e-6
+    (far-tail values are ~1e-12 and carry the same relative rounding as interval_moments' closed form)."""
+    m = torch.tensor([0.3, -0.5, 1.7, 0.5, 40.0, -3.0, 4.0, -2.0, 0.02, 0.99], dtype=dtype)
+    s = torch.tensor([0.05, 0.2, 0.6, 3.0, 25.0, 300.0, 0.4, 0.3, 1e-3, 0.9], dtype=dtype)
+    m0, s0 = m.clone(), s.clone()
+    x1, x2, x3 = _unit_interval_moments_(m, s, Scratch(m.shape, m))
+    assert torch.equal(m, m0) and torch.equal(s, s0)
+    tol = dict(rel=1e-9, abs=1e-15) if dtype == F64 else dict(rel=0.0, abs=1e-6)
+    for i in range(len(m)):
+        mi, si = float(m[i]), float(s[i])
+        for k, xk in ((1, x1), (2, x2), (3, x3)):
+            val, _ = integrate.quad(
+                lambda x: x**k * math.exp(-0.5 * ((x - mi) / si) ** 2) / (si * math.sqrt(2 * math.pi)),
+                0.0,
+                1.0,
+                points=[min(max(mi, 0.0), 1.0)],
+                epsabs=1e-15,
+                epsrel=1e-12,
+            )
+            assert float(xk[i]) == pytest.approx(val, **tol), (i, k)
+
+
+def test_exp_floor_is_exact_above_and_normal_below() -> None:
+    for dt in (torch.float32, F64):
+        x = torch.tensor([0.0, -1.0, -50.0, -1e4, -math.inf], dtype=dt)
+        y = _exp_(x.clone())
+        assert torch.equal(y[:3], torch.exp(x[:3]))
+        tiny = torch.finfo(dt).tiny
+        assert bool((y[3:] >= tiny).all()) and bool((y[3:] < 2e3 * tiny).all())
+
+
+def test_sparsemax_2d_results_do_not_alias_the_scratch_buffers() -> None:
+    """The transform re-uses its (B, N, K) work buffers across calls: an earlier result (and its gradient
+    through the saved integrals) must not change when a later call with the same shape writes them."""
+    basis = GaussianBasis.grid_2d(16)
+    pos = grid_positions(14, 14)
+    out = []
+    for seed in (0, 1, 0):
+        mu, v = moments_2d(_maps(4, 2.0, seed).float(), pos)
+        mu.requires_grad_(True)
+        r = continuous_sparsemax(mu, sparsemax_sigma_2d(v), basis, 64)
+        out.append((r, mu))
+    (r0, mu0), (r1, _), (r2, mu2) = out
+    assert not torch.allclose(r0, r1)
+    assert torch.equal(r0, r2)
+    r0.sum().backward()
+    r2.sum().backward()
+    assert torch.equal(mu0.grad, mu2.grad)
+
+
+def test_scratch_keeps_buffers_per_shape() -> None:
+    like = torch.zeros(())
+    a = Scratch((3, 5), like)
+    b1, b2 = a.take(), a.take()
+    a.give(b1)
+    assert a.take() is b1
+    again = Scratch((3, 5), like)
+    kept = {again.take().data_ptr(), again.take().data_ptr()}
+    assert kept == {b1.data_ptr(), b2.data_ptr()}
+    other = Scratch((7,), like)
+    assert other.take().shape == (7,)
+    with torch.inference_mode():  # Lightning evaluates under inference mode: its buffers are kept apart
+        inf = Scratch((3, 5), like).take()
+        assert inf.is_inference()
+    assert not Scratch((3, 5), like).take().is_inference()
 
 
 # ------------------------------------------------------------------------------------------ gradients

@@ -30,6 +30,7 @@ from torch.autograd import Function
 
 from mmfusion.attention.basis import GaussianBasis
 from mmfusion.attention.linalg2 import det2, inv2, sqrtm2
+from mmfusion.attention.scratch import Scratch
 
 _SQRT2PI = math.sqrt(2 * math.pi)
 # adaptive angles (_adaptive_angles): nodes per angular width of a feature, strongest concentration (kappa = 1/10),
@@ -42,8 +43,20 @@ _MONOTONE_MARGIN = 0.05
 _GL_CACHE: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
 
+def _exp_floor(dtype: torch.dtype) -> float:
+    """log(tiny) + 7 for the dtype's smallest normal number tiny: -80.3 in float32, -701.4 in float64."""
+    return math.log(torch.finfo(dtype).tiny) + 7.0
+
+
+def _exp_(x: Tensor) -> Tensor:
+    """In-place exp of a non-positive argument floored at ``_exp_floor``: below it exp(x) < 1e3 tiny, i.e. zero
+    to the dtype's precision in every sum it enters, and the floor keeps the CPU exp kernel off its slow path,
+    which it takes for arguments below ~log(tiny) (12-20x slower per element on torch 2.13 CPU, AVX2)."""
+    return x.clamp_min_(_exp_floor(x.dtype)).exp_()
+
+
 def _phi(z: Tensor) -> Tensor:
-    return torch.exp(-0.5 * z * z) / _SQRT2PI
+    return _exp_(-0.5 * z * z).div_(_SQRT2PI)
 
 
 def _gauss_legendre(n: int, lo: float, hi: float, like: Tensor) -> tuple[Tensor, Tensor]:
@@ -257,7 +270,9 @@ class _NodePlacement:
     r: float
 
 
-def _adaptive_angles(mt: Tensor, prec: Tensor, detp: Tensor, n_angles: int) -> tuple[Tensor, Tensor, Tensor]:
+def _adaptive_angles(
+    mt: Tensor, prec: Tensor, detp: Tensor, n_angles: int, buf: Scratch | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
     """Per-RBF periodic change of variables theta(u) of the angle integral: cos, sin theta_k and weights
     theta'(u_k) 2 pi / K at the K distinct nodes u_k = 2 pi k / K (``_sparsemax2d_terms``).
 
@@ -274,7 +289,7 @@ def _adaptive_angles(mt: Tensor, prec: Tensor, detp: Tensor, n_angles: int) -> t
     the circle: the trapezoid stays spectrally accurate and converges to the integral as K -> infinity.
     """
     placement = _place_nodes(mt, prec, detp, n_angles)
-    return _evaluate_nodes(placement, n_angles)
+    return _evaluate_nodes(placement, n_angles, buf or Scratch((*mt.shape[:-1], n_angles), mt))
 
 
 def _place_nodes(mt: Tensor, prec: Tensor, detp: Tensor, n_angles: int) -> _NodePlacement:
@@ -333,10 +348,11 @@ def _place_nodes(mt: Tensor, prec: Tensor, detp: Tensor, n_angles: int) -> _Node
     return _NodePlacement(theta0=th0, delta=delta, g0=g0 * scale, g1=g1 * scale, kappa=kappa, r=r)
 
 
-def _evaluate_nodes(pl: _NodePlacement, n_angles: int) -> tuple[Tensor, Tensor, Tensor]:
-    """cos theta_k, sin theta_k and the weights theta'(u_k) 2 pi / K at u_k = 2 pi k / K, each (B, N, K).
+def _evaluate_nodes(pl: _NodePlacement, n_angles: int, buf: Scratch) -> tuple[Tensor, Tensor, Tensor]:
+    """cos theta_k, sin theta_k and the weights theta'(u_k) 2 pi / K at u_k = 2 pi k / K, each (B, N, K) (three
+    buffers of ``buf``).
 
-    Every (B, N, K) buffer is allocated once and then updated in place (a fresh one costs page faults on CPU);
+    Every (B, N, K) buffer comes from ``buf`` and is then updated in place (a fresh one costs page faults on CPU);
     the comments name what a buffer holds after each step, and a name is deleted once its buffer is re-used."""
     theta0, delta, g0, g1, kappa, r = pl.theta0, pl.delta, pl.g0, pl.g1, pl.kappa, pl.r
     dt = theta0.dtype
@@ -350,9 +366,10 @@ def _evaluate_nodes(pl: _NodePlacement, n_angles: int) -> tuple[Tensor, Tensor, 
     a_delta, _ = _poisson(
         sd, cd, r
     )  # A(Delta); psi(0) = 0: psi = u - c g0 A(u) - c g1 (A(u - Delta) + A(Delta))
-    sin_shift = (su * cd).addcmul_(cu, sd, value=-1)  # sin(u - Delta)
-    cos_shift = (cu * cd).addcmul_(su, sd)  # cos(u - Delta)
-    d_shift = (cos_shift * (-2 * r)).add_(1 + r * r).reciprocal_().mul_((1 - r) ** 2)  # D(u - Delta)
+    sin_shift = torch.mul(su, cd, out=buf.take()).addcmul_(cu, sd, value=-1)  # sin(u - Delta)
+    cos_shift = torch.mul(cu, cd, out=buf.take()).addcmul_(su, sd)  # cos(u - Delta)
+    d_shift = torch.mul(cos_shift, -2 * r, out=buf.take())
+    d_shift.add_(1 + r * r).reciprocal_().mul_((1 - r) ** 2)  # D(u - Delta)
     psi = (
         sin_shift.mul_(r).atan2_(cos_shift.mul_(-r).add_(1)).mul_(2).add_(a_delta)
     )  # A(u - Delta) + A(Delta)
@@ -365,7 +382,9 @@ def _evaluate_nodes(pl: _NodePlacement, n_angles: int) -> tuple[Tensor, Tensor, 
     del cos_shift
     ksin_psi = psi.sin_().mul_(kappa[..., None])  # kappa sin psi
     del psi
-    norm2 = cos_psi.square().addcmul_(ksin_psi, ksin_psi)  # cos^2 psi + kappa^2 sin^2 psi
+    norm2 = torch.square(cos_psi, out=buf.take()).addcmul_(
+        ksin_psi, ksin_psi
+    )  # cos^2 psi + kappa^2 sin^2 psi
     weights = dpsi.div_(norm2).mul_((c * kappa * (2 * math.pi / n_angles))[..., None])
     del dpsi
     inv_norm = norm2.rsqrt_()
@@ -377,6 +396,7 @@ def _evaluate_nodes(pl: _NodePlacement, n_angles: int) -> tuple[Tensor, Tensor, 
     cos_theta = torch.mul(cos_rel, ct, out=inv_norm).addcmul_(sin_rel, st, value=-1)
     del inv_norm
     sin_theta = sin_rel.mul_(ct).addcmul_(cos_rel, st)
+    buf.give(cos_rel)
     return cos_theta, sin_theta, weights
 
 
@@ -410,34 +430,73 @@ def _sparsemax2d_terms(
     and theta_j(u) = u is Alg. 4; the features only decide where the nodes go.
     """
     c, c2, rinv, mt, prec, detp = _whiten(mu, sigma, centres, covs)
+    buf = Scratch(
+        (*mt.shape[:-1], n_angles), mu
+    )  # every (B, N, K) buffer; fresh ones cost page faults on CPU
     if adaptive:
-        a0, a1, w = _adaptive_angles(mt, prec, detp, n_angles)
+        a0, a1, w = _adaptive_angles(mt, prec, detp, n_angles, buf)
     else:
         u = (
             2 * math.pi * torch.arange(n_angles, dtype=mu.dtype, device=mu.device) / n_angles
         )  # distinct nodes
         a0, a1, w = u.cos(), u.sin(), torch.full_like(u, 2 * math.pi / n_angles)
     a0, a1 = a0.expand(*mt.shape[:-1], n_angles), a1.expand(*mt.shape[:-1], n_angles)  # (B, N, K)
-    # (B, N, K) arithmetic in place where possible: every fresh buffer costs page faults on CPU
     p00, p01, p11 = (
         prec[..., 0, 0, None],
         0.5 * (prec[..., 0, 1] + prec[..., 1, 0])[..., None],
         prec[..., 1, 1, None],
     )
-    q = (a0 * a0).mul_(p00)  # a^T Sigma~^-1 a
-    tmp = (a0 * a1).mul_(2 * p01)
+    q = torch.mul(a0, a0, out=buf.take()).mul_(p00)  # a^T Sigma~^-1 a
+    tmp = torch.mul(a0, a1, out=buf.take()).mul_(2 * p01)
     q.add_(tmp).add_(torch.mul(a1, a1, out=tmp).mul_(p11))
     pm = torch.einsum("bnij,bnj->bni", prec, mt)
-    b = (a0 * pm[..., 0, None]).addcmul_(a1, pm[..., 1, None])  # a^T Sigma~^-1 mu~
+    b = torch.mul(a0, pm[..., 0, None], out=buf.take()).addcmul_(a1, pm[..., 1, None])  # a^T Sigma~^-1 mu~
     # mu~^T P mu~ - (a^T P mu~)^2 / a^T P a = |P| (a x mu~)^2 / a^T P a  (2-D Lagrange identity; no cancellation)
     expo = torch.mul(a0, mt[..., 1, None], out=tmp).addcmul_(a1, mt[..., 0, None], value=-1).square_()
     expo.mul_(detp[..., None]).div_(q)
     sig2 = q.reciprocal_()
-    stl = (
-        (sig2 * (detp[..., None] / (2 * math.pi))).sqrt_().mul_(w).mul_(expo.mul_(-0.5).exp_())
-    )  # w * s~(theta)
-    x0, x1, x2, x3 = interval_moments(b.mul_(sig2), sig2.sqrt_(), 0.0, 1.0)
-    return dict(c=c, c2=c2, rinv=rinv, stl=stl, x1=x1, x2=x2, x3=x3, a0=a0, a1=a1)
+    stl = torch.mul(sig2, detp[..., None] / (2 * math.pi), out=buf.take())
+    stl.sqrt_().mul_(w).mul_(_exp_(expo.mul_(-0.5)))  # w * s~(theta)
+    buf.give(expo, *([w] if adaptive else []))
+    x1, x2, x3 = _unit_interval_moments_(b.mul_(sig2), sig2.sqrt_(), buf)
+    buf.give(b, sig2)
+    return dict(c=c, c2=c2, rinv=rinv, stl=stl, x1=x1, x2=x2, x3=x3, a0=a0, a1=a1, buf=buf)
+
+
+def _unit_interval_moments_(m: Tensor, s: Tensor, buf: Scratch) -> tuple[Tensor, Tensor, Tensor]:
+    """X_k = int_0^1 x^k N(x; m, s^2) dx for k = 1, 2, 3 (elementwise), three buffers of ``buf``; reads m and s.
+
+    :func:`interval_moments` on [0, 1] written as the moment recurrence (integration by parts, the same algebra
+    as its truncated standard-normal moments) with alpha = -m / s, beta = (1 - m) / s, phi/Phi the standard
+    normal pdf/cdf:  X_0 = Phi(beta) - Phi(alpha),  X_1 = m X_0 + s (phi(alpha) - phi(beta)),
+    X_2 = m X_1 + s^2 X_0 - s phi(beta),  X_3 = m X_2 + 2 s^2 X_1 - s phi(beta); about half the elementwise
+    passes, all in place. X_0 is a difference of survival functions when alpha > 0 (both limits in the upper
+    tail), and flat Gaussians (s > 1) use the same Gauss-Legendre rule as :func:`interval_moments`.
+    """
+    al = torch.div(m, s, out=buf.take()).neg_()  # alpha
+    be = torch.reciprocal(s, out=buf.take()).add_(al)  # beta
+    # Phi(beta) - Phi(alpha) = sg (Phi(sg beta) - Phi(sg alpha)), sg = -1 in the upper tail (alpha > 0)
+    sg = torch.copysign(torch.ones((), dtype=m.dtype, device=m.device), al, out=buf.take()).neg_()
+    za = torch.mul(al, sg, out=buf.take())
+    x0 = torch.mul(be, sg, out=buf.take())
+    x0 = torch.special.ndtr(x0, out=x0).sub_(torch.special.ndtr(za, out=za)).mul_(sg)  # X_0
+    buf.give(sg, za)
+    pa = _exp_(al.square_().mul_(-0.5)).div_(_SQRT2PI)  # phi(alpha)
+    spb = _exp_(be.square_().mul_(-0.5)).mul_(s).div_(_SQRT2PI)  # s phi(beta)
+    x1 = torch.mul(m, x0, out=buf.take()).addcmul_(s, pa).sub_(spb)  # X_1
+    s2 = torch.mul(s, s, out=pa)
+    x2 = torch.mul(m, x1, out=buf.take()).addcmul_(s2, x0).sub_(spb)  # X_2
+    x3 = torch.mul(m, x2, out=buf.take()).addcmul_(s2, x1, value=2).sub_(spb)  # X_3
+    buf.give(x0, s2, spb)
+    flat = s > 1.0
+    if bool(flat.any()):
+        idx = flat.nonzero(as_tuple=True)
+        mf, sf = m[idx], s[idx]
+        xn, wn = _gauss_legendre(24, 0.0, 1.0, m)
+        dens = wn * torch.exp(-0.5 * ((xn - mf[:, None]) / sf[:, None]) ** 2) / (sf[:, None] * _SQRT2PI)
+        for k, xk in ((1, x1), (2, x2), (3, x3)):
+            xk[idx] = (dens * xn**k).sum(-1)
+    return x1, x2, x3
 
 
 class ContinuousSparsemax2d(Function):
@@ -451,11 +510,12 @@ class ContinuousSparsemax2d(Function):
         stl, a0, a1 = t["stl"], t["a0"], t["a1"]
         dot = lambda x, y: torch.einsum("bnk,bnk->bn", x, y)  # noqa: E731  (batched dot, no (B, N, K) temporary)
         t1 = dot(stl, t["x1"])  # int_S psi_j                                        (B, N)
-        r = 0.5 * t["c2"][:, None] * (stl * (t["x1"] - t["x3"])).sum(-1)
-        v3 = stl * t["x3"]
-        v2 = stl.mul_(t["x2"])
+        x13 = torch.sub(t["x1"], t["x3"], out=t["buf"].take())  # M_1 - M_3 (one sum: no cancellation of two)
+        r = 0.5 * t["c2"][:, None] * dot(stl, x13)
+        v3 = t["x3"].mul_(stl)
+        v2 = t["x2"].mul_(stl)
         t2 = torch.stack([dot(v2, a0), dot(v2, a1)], -1)  # whitened int_S s psi_j    (B, N, 2)
-        v3a0 = v3 * a0
+        v3a0 = torch.mul(v3, a0, out=t["x1"])
         t3 = torch.stack(
             [dot(v3a0, a0), dot(v3a0, a1), dot(v3.mul_(a1), a1)], -1
         )  # whitened int_S s s^T psi_j

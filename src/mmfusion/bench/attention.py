@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -115,10 +116,57 @@ def _pools(device: str) -> dict[str, Callable[[], Any]]:
     return {k: step(p) for k, p in pools.items()}
 
 
+def _clock(device: str) -> Callable[[], float]:
+    return time.thread_time if torch.device(device).type == "cpu" else time.perf_counter
+
+
+def sparsemax_transform_vs_pooling(device: str, warmup: int, rounds: int) -> dict[str, Any]:
+    """Issue 18 item 3: the 2-D continuous sparsemax transform (fwd+bwd) against the discrete AttFlat pooling
+    step, alternated in one process (order flipped every round); the median and IQR of the per-round ratios."""
+    transform, pool = _transforms(device)["cont_sparsemax"], _pools(device)["discrete"]
+    clock = _clock(device)
+
+    def once(fn: Callable[[], Any]) -> float:
+        device_sync(device)
+        t0 = clock()
+        fn()
+        device_sync(device)
+        return (clock() - t0) * 1e3
+
+    for _ in range(warmup):
+        transform(), pool()
+    load0 = os.getloadavg()[0]
+    ratios, t_ms, p_ms = [], [], []
+    for i in range(rounds):
+        pair = (once(transform), once(pool)) if i % 2 == 0 else tuple(reversed((once(pool), once(transform))))
+        t_ms.append(pair[0])
+        p_ms.append(pair[1])
+        ratios.append(pair[0] / pair[1])
+    q25, q50, q75 = (float(np.percentile(ratios, q)) for q in (25, 50, 75))
+    return {
+        "suite": "attention",
+        "case": "transform_vs_pooling",
+        "attention": "cont_sparsemax",
+        "device": device,
+        "B": B,
+        "L": L,
+        "N": N,
+        "D": D,
+        "rounds": rounds,
+        "transform_ms": float(np.median(t_ms)),
+        "discrete_pooling_ms": float(np.median(p_ms)),
+        "ratio_median": q50,
+        "ratio_iqr": [q25, q75],
+        "target": 0.15,
+        "ratio_basis": "cpu_ms" if torch.device(device).type == "cpu" else "wall_ms",
+        "load_avg_1min": [load0, os.getloadavg()[0]],
+    }
+
+
 def run(args: Any) -> list[dict]:
     device = getattr(args, "device", "cpu")
     warmup, repeats = getattr(args, "warmup", 3), getattr(args, "repeats", 10)
-    rows = []
+    rows = [sparsemax_transform_vs_pooling(device, warmup, getattr(args, "rounds", 15))]
     for what, cases in (("transform", _transforms(device)), ("pooling", _pools(device))):
         res = {k: _timeit(fn, device, warmup, repeats) for k, fn in cases.items()}
         key = "cpu_ms" if torch.device(device).type == "cpu" else "wall_ms"
@@ -146,13 +194,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--rounds", type=int, default=15, help="alternated rounds of transform vs pooling")
     p.add_argument("--out", default="docs/results/bench_attention.json")
     args = p.parse_args(argv)
     rows = run(args)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"environment": environment(), "rows": rows}, indent=2))
-    for r in rows:
+    ab = rows[0]
+    print(
+        f"sparsemax transform / discrete pooling (alternated, {ab['rounds']} rounds): "
+        f"{ab['transform_ms']:.1f} / {ab['discrete_pooling_ms']:.1f} ms, ratio {ab['ratio_median']:.3f} "
+        f"[{ab['ratio_iqr'][0]:.3f}, {ab['ratio_iqr'][1]:.3f}] (target <= {ab['target']})"
+    )
+    for r in rows[1:]:
         print(
             f"{r['case']:9s} {r['attention']:15s} wall {r['wall_ms']:8.2f} ms  cpu {r['cpu_ms']:8.2f} ms  "
             f"x{r['ratio_vs_discrete']:.2f}"
