@@ -291,3 +291,34 @@ def test_dropout_keep_is_f_dropout_mask_at_any_thread_count() -> None:
     finally:
         torch.set_num_threads(old)
     assert torch.equal(masks[0], ref) and torch.equal(masks[1], ref)
+
+
+# -- what the hand-written backward passes keep between forward and backward (issue 18: peak memory) -----------
+
+
+def test_lstm_scan_keeps_gates_cells_and_hiddens_only() -> None:
+    """6H values per step and sample (4 gate activations, c_t, h_t), as nn.LSTMCell under autograd: no tanh(c)
+    or separate tanh(g) buffer (the g slot of the gate buffer holds tanh(g))."""
+    from mmfusion.models.subnets import _LSTMScan
+
+    b, t, h = 3, 7, 5
+    xproj = torch.randn(b, t, 4 * h, requires_grad=True)
+    w_hh = torch.randn(4 * h, h, requires_grad=True)
+    cs, _ = _LSTMScan.apply(xproj, w_hh, None)
+    saved = [x for x in cs.grad_fn.saved_tensors if x is not None and x.data_ptr() != w_hh.data_ptr()]
+    assert sum(x.numel() for x in saved) == t * b * 4 * h + t * b * h + (t + 1) * b * h
+
+
+def test_memory_scan_keeps_no_noise_or_pre_dropout_activations() -> None:
+    """With dropout on both gate networks the scan keeps u, g1, g2, c^ and the dropped first-layer activations:
+    relu' * noise is recovered as (dropped > 0) * scale, so neither the noise nor relu(first layer) is stored."""
+    from mmfusion.models.mfn import _MemoryScan
+
+    t, b, m, g1, g2 = 6, 4, 3, 5, 2
+    pre = torch.randn(t, b, g1 + g2, requires_grad=True)
+    chat = torch.randn(t, b, m).tanh().requires_grad_(True)
+    w = [torch.randn(*s, requires_grad=True) for s in ((g1 + g2, m), (m, g1), (m,), (m, g2), (m,))]
+    u = _MemoryScan.apply(pre, chat, None, *w, g1, 0.5, 0.3, True)
+    params = {x.data_ptr() for x in w} | {chat.data_ptr()}
+    saved = [x for x in u.grad_fn.saved_tensors if x is not None and x.data_ptr() not in params]
+    assert sum(x.numel() for x in saved) == (t + 1) * b * m + 2 * t * b * m + t * b * (g1 + g2)

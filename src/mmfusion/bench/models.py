@@ -27,6 +27,7 @@ import resource
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -294,7 +295,31 @@ def memory(
     for _ in range(steps):
         step()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-    return {**row, "step_peak_mb": round(peak - base, 1), "peak_rss_mb": round(peak, 1)}
+    return {
+        **row,
+        "step_peak_mb": round(peak - base, 1),
+        "peak_rss_mb": round(peak, 1),
+        "live_peak_mb": live_tensor_peak_mb(step),
+    }
+
+
+def live_tensor_peak_mb(step: Callable[[], Any]) -> float | None:
+    """Working memory of one more ``step``: the peak of the live CPU tensors allocated during it (saved
+    activations, temporaries, gradients, optimizer-state updates; not the parameters and state that exist before
+    it), from the profiler's memory timeline. Unlike the peak resident set it does not depend on how the C
+    allocator maps and returns blocks. Uses torch's private ``_memory_profiler`` (None if it is unavailable)."""
+    try:
+        from torch.profiler import ProfilerActivity, profile
+        from torch.profiler._memory_profiler import MemoryProfileTimeline
+
+        with profile(
+            activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True
+        ) as prof:
+            step()
+        _, sizes = MemoryProfileTimeline(prof._memory_profile())._coalesce_timeline(torch.device("cpu"))
+        return round(max(sum(s) for s in sizes) / 2**20, 1)
+    except Exception:  # noqa: BLE001  (a private API: report no number rather than fail the benchmark)
+        return None
 
 
 def _sdpa_forward(

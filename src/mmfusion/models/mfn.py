@@ -167,79 +167,69 @@ class _MemoryScan(torch.autograd.Function):
         m = chat.shape[-1]
         us = chat.new_empty(t + 1, b, m)
         us[0].zero_()
-        act = pre.new_empty(t, b, g)  # relu(first layer), before dropout
         drop = [p1 > 0 and training, p2 > 0 and training]
-        noise = [
-            pre.new_empty(t, b, split) if drop[0] else None,
-            pre.new_empty(t, b, g - split) if drop[1] else None,
-        ]
+        widths = (split, g - split)
+        # first layer after relu (and dropout): a part with dropout keeps only its dropped activations (T, B, G_j),
+        # since relu' * noise = (dropped > 0) * scale; a part without dropout keeps relu(first layer)
+        kept = [pre.new_empty(t, b, w) for w in widths]
+        a = pre.new_empty(b, g)  # first layer of the current step
+        noise = [pre.new_empty(b, w) if d else None for w, d in zip(widths, drop)]
         scale = [dropout_scale(p, pre.dtype) if d else 1.0 for p, d in zip((p1, p2), drop)]
-        ad = [
-            pre.new_empty(t, b, split) if drop[0] else None,
-            pre.new_empty(t, b, g - split) if drop[1] else None,
-        ]
         g1s, g2s = chat.new_empty(t, b, m), chat.new_empty(t, b, m)
         w1t, w2t = w1.t(), w2.t()
         wt = w_mem.t() if w_mem is not None else None
         for k in range(t):
-            a = act[k]
             if wt is not None:
                 torch.addmm(pre[k], us[k], wt, out=a)
             else:
                 a.copy_(pre[k])
             a.relu_()
-            parts = [a[:, :split], a[:, split:]]
+            parts = (a[:, :split], a[:, split:])
             for j, p in enumerate((p1, p2)):
                 if drop[j]:
-                    n = noise[j][k]
+                    n = noise[j]
                     n.copy_(dropout_keep(n.numel(), p).view(n.shape)).mul_(scale[j])
-                    parts[j] = torch.mul(parts[j], n, out=ad[j][k])
-            torch.addmm(b1, parts[0], w1t, out=g1s[k]).sigmoid_()
-            torch.addmm(b2, parts[1], w2t, out=g2s[k]).sigmoid_()
+                    torch.mul(parts[j], n, out=kept[j][k])
+                else:
+                    kept[j][k].copy_(parts[j])
+            torch.addmm(b1, kept[0][k], w1t, out=g1s[k]).sigmoid_()
+            torch.addmm(b2, kept[1][k], w2t, out=g2s[k]).sigmoid_()
             new = torch.mul(g1s[k], us[k], out=us[k + 1])
             new.addcmul_(g2s[k], chat[k])
             if valid is not None:
                 torch.where(valid[k], new, us[k], out=us[k + 1])
-        ctx.split, ctx.drop = split, drop
-        ctx.save_for_backward(
-            chat, valid, w_mem, w1, w2, us, act, g1s, g2s, *(x for x in noise + ad if x is not None)
-        )
+        ctx.split, ctx.scale = split, scale
+        ctx.save_for_backward(chat, valid, w_mem, w1, w2, us, g1s, g2s, *kept)
         return us[t].clone()
 
     @staticmethod
     @torch.autograd.function.once_differentiable  # no double backward (a clear error instead of a wrong one)
     def backward(ctx: Any, du: Tensor) -> tuple[Tensor | None, ...]:
-        chat, valid, w_mem, w1, w2, us, act, g1s, g2s, *rest = ctx.saved_tensors
-        split, drop = ctx.split, ctx.drop
-        noise, ad = [None, None], [None, None]
-        for j in (0, 1):
-            if drop[j]:
-                noise[j] = rest.pop(0)
-        for j in (0, 1):
-            if drop[j]:
-                ad[j] = rest.pop(0)
+        chat, valid, w_mem, w1, w2, us, g1s, g2s, x1, x2 = ctx.saved_tensors
+        split, scale = ctx.split, ctx.scale
         t, b, m = chat.shape
         u_prev = us[:-1]
-        p1 = u_prev * g1s * (1 - g1s)  # dz1 = du * p1
-        p2 = chat * g2s * (1 - g2s)
+        p1 = torch.neg(g1s).add_(1).mul_(g1s).mul_(u_prev)  # dz1 = du * p1, p1 = u_{t-1} g1 (1 - g1)
+        p2 = torch.neg(g2s).add_(1).mul_(g2s).mul_(chat)  # dz2 = du * p2
         g1_eff = g1s
         if valid is not None:
             p1.mul_(valid)
             p2.mul_(valid)
             g1_eff = torch.where(valid, g1s, torch.ones_like(g1s))
-        # d(first layer) = d(dropped) * noise * relu'
-        pos = act > 0
-        gate = [pos[..., :split].to(act.dtype), pos[..., split:].to(act.dtype)]
+        # d(first layer) = d(dropped) * noise * relu' = d(dropped) * scale * (dropped > 0)
+        gate = [(x > 0).to(x.dtype) for x in (x1, x2)]
         for j in (0, 1):
-            if drop[j]:
-                gate[j].mul_(noise[j])
-        dus = torch.empty_like(chat)
+            if scale[j] != 1.0:
+                gate[j].mul_(scale[j])
+        need = ctx.needs_input_grad
+        d_chat = torch.empty_like(chat) if need[1] else None
         dz1, dz2 = torch.empty_like(chat), torch.empty_like(chat)
-        da = act.new_empty(act.shape)
+        da = x1.new_empty(t, b, x1.shape[-1] + x2.shape[-1])
         wm1 = w_mem[:split] if w_mem is not None else None
         wm2 = w_mem[split:] if w_mem is not None else None
         for k in range(t - 1, -1, -1):
-            dus[k].copy_(du)
+            if d_chat is not None:
+                torch.mul(du, g2s[k], out=d_chat[k])
             torch.mul(du, p1[k], out=dz1[k])
             torch.mul(du, p2[k], out=dz2[k])
             a1, a2 = da[k, :, :split], da[k, :, split:]
@@ -248,9 +238,7 @@ class _MemoryScan(torch.autograd.Function):
             du = du * g1_eff[k]
             if wm1 is not None:
                 du = du.addmm_(a1, wm1).addmm_(a2, wm2)
-        need = ctx.needs_input_grad
-        x1 = ad[0] if drop[0] else act[..., :split]
-        x2 = ad[1] if drop[1] else act[..., split:]
+        del p1, p2, gate
         d_w1 = dz1.reshape(-1, m).t().mm(x1.reshape(-1, split)) if need[4] else None
         d_b1 = dz1.sum((0, 1)) if need[5] else None
         d_w2 = dz2.reshape(-1, m).t().mm(x2.reshape(-1, x2.shape[-1])) if need[6] else None
@@ -260,11 +248,8 @@ class _MemoryScan(torch.autograd.Function):
             if (w_mem is not None and need[3])
             else None
         )
-        d_chat = None
-        if need[1]:
-            d_chat = dus * g2s
-            if valid is not None:
-                d_chat.mul_(valid)
+        if d_chat is not None and valid is not None:
+            d_chat.mul_(valid)
         return da if need[0] else None, d_chat, None, d_wmem, d_w1, d_b1, d_w2, d_b2, None, None, None, None
 
 

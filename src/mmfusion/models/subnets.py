@@ -127,6 +127,10 @@ class _LSTMScan(torch.autograd.Function):
     carries ``(dh, dc)`` (one ``mm`` with ``W_hh`` per step), and the recurrent weight gradient is ONE large GEMM
     over all steps (autograd would issue a small ``mm`` per step). Padded steps (``mask`` False) carry ``(h, c)``.
 
+    Memory: per step it keeps the gate activations ``[sigmoid(i), sigmoid(f), tanh(g), sigmoid(o)]`` (4H), the cell
+    and hidden states (2H), as ``nn.LSTMCell`` under autograd does; ``tanh(c)`` is recomputed in the backward,
+    whose factors are written into one (T, B, 4H) buffer without temporaries.
+
     Args (forward): xproj (B, T, 4H) = ``x W_ih^T + b_ih + b_hh``; w_hh (4H, H); mask (T, B, 1) bool or None.
     Returns: cell states (T, B, H) and the last (carried) hidden state (B, H).
     """
@@ -135,46 +139,54 @@ class _LSTMScan(torch.autograd.Function):
     def forward(ctx: Any, xproj: Tensor, w_hh: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
         b, t, g4 = xproj.shape
         h4 = g4 // 4
-        s = xproj.new_empty(t, b, g4)  # sigmoid of the gates (the g slot is unused)
-        tg = xproj.new_empty(t, b, h4)  # tanh(g)
+        s = xproj.new_empty(t, b, g4)  # [sigmoid(i), sigmoid(f), tanh(g), sigmoid(o)] per step
         cs = xproj.new_empty(t, b, h4)
-        tc = xproj.new_empty(t, b, h4)  # tanh(c)
         hs = xproj.new_empty(t + 1, b, h4)
         hs[0].zero_()
         c = xproj.new_zeros(b, h4)
+        tc = xproj.new_empty(b, h4)  # tanh(c_t) of the current step
         wt = w_hh.t()
         for k in range(t):
             st = s[k]
             torch.addmm(xproj[:, k], hs[k], wt, out=st)
-            torch.tanh(st[:, 2 * h4 : 3 * h4], out=tg[k])
-            st.sigmoid_()
+            st[:, : 2 * h4].sigmoid_()
+            st[:, 2 * h4 : 3 * h4].tanh_()
+            st[:, 3 * h4 :].sigmoid_()
             ck = cs[k]
             torch.mul(st[:, h4 : 2 * h4], c, out=ck)
-            ck.addcmul_(st[:, :h4], tg[k])
-            torch.tanh(ck, out=tc[k])
-            torch.mul(st[:, 3 * h4 :], tc[k], out=hs[k + 1])
+            ck.addcmul_(st[:, :h4], st[:, 2 * h4 : 3 * h4])
+            torch.tanh(ck, out=tc)
+            torch.mul(st[:, 3 * h4 :], tc, out=hs[k + 1])
             if mask is not None:
                 torch.where(mask[k], ck, c, out=ck)
                 torch.where(mask[k], hs[k + 1], hs[k], out=hs[k + 1])
             c = ck
-        ctx.save_for_backward(w_hh, s, tg, cs, tc, hs, mask)
+        ctx.save_for_backward(w_hh, s, cs, hs, mask)
         return cs, hs[t].clone()
 
     @staticmethod
     @torch.autograd.function.once_differentiable  # no double backward (a clear error instead of a wrong one)
     def backward(ctx: Any, d_cs: Tensor | None, d_hlast: Tensor | None) -> tuple[Tensor | None, ...]:
-        w_hh, s, tg, cs, tc, hs, mask = ctx.saved_tensors
+        w_hh, s, cs, hs, mask = ctx.saved_tensors
         t, b, g4 = s.shape
         h4 = g4 // 4
-        i, f, o = s[..., :h4], s[..., h4 : 2 * h4], s[..., 3 * h4 :]
-        c_prev = torch.cat([cs.new_zeros(1, b, h4), cs[:-1]], 0)
-        # d(gate pre-activations) = [dcc, dcc, dcc, dh] * a, for all steps at once
-        a = torch.cat([tg * i * (1 - i), c_prev * f * (1 - f), i * (1 - tg * tg), tc * o * (1 - o)], -1)
-        q = o * (1 - tc * tc)  # dc += dh * q
+        i, f, tg, o = s.split(h4, -1)
+        # d(gate pre-activations) = [dcc, dcc, dcc, dh] * a, for all steps at once, written slot by slot:
+        # a = [tanh(g) i (1 - i), c_{t-1} f (1 - f), i (1 - tanh(g)^2), tanh(c) o (1 - o)]
+        a = torch.empty_like(s)
+        a_i, a_f, a_g, a_o = a.split(h4, -1)
+        torch.neg(i, out=a_i).add_(1).mul_(i).mul_(tg)
+        torch.neg(f, out=a_f).add_(1).mul_(f)
+        a_f[1:].mul_(cs[:-1])
+        a_f[0].zero_()  # c_0 = 0
+        torch.mul(tg, tg, out=a_g).neg_().add_(1).mul_(i)
+        tc = torch.tanh(cs)
+        torch.neg(o, out=a_o).add_(1).mul_(o).mul_(tc)
+        q = tc.square_().neg_().add_(1).mul_(o)  # o (1 - tanh(c)^2): dc += dh * q
         f_eff = f
         if mask is not None:
             a.mul_(mask)
-            q = q * mask
+            q.mul_(mask)
             f_eff = torch.where(mask, f, torch.ones_like(f))
             keep_h = (~mask).to(s.dtype)
         dg = torch.empty_like(s)
@@ -188,6 +200,7 @@ class _LSTMScan(torch.autograd.Function):
             torch.mul(a[k, :, 3 * h4 :], dh, out=gk[:, 3 * h4 :])
             dc = dcc * f_eff[k]
             dh = gk.mm(w_hh) if mask is None else torch.addcmul(gk.mm(w_hh), dh, keep_h[k])
+        del a, q
         d_w = dg.reshape(-1, g4).t().mm(hs[:-1].reshape(-1, h4)) if ctx.needs_input_grad[1] else None
         return dg.transpose(0, 1), d_w, None
 
