@@ -16,6 +16,7 @@ figure show mean ± std over the runs of a group. Writes ``<out>.json`` (per che
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -106,6 +107,21 @@ def measure(ckpt: str, batch_size: int = 256) -> dict[str, dict[str, float]]:
 KEYS = ("mass_in_shape", "uniform_baseline", "ratio_to_uniform", "mass_in_image", "accuracy")
 
 
+def cached_measure(ckpt: str, cache: Path | None) -> dict[str, dict[str, float]]:
+    """:func:`measure`, stored in ``cache`` under a key of the checkpoint's path, size and modification time."""
+    if cache is None:
+        return measure(ckpt)
+    st = Path(ckpt).stat()
+    key = hashlib.sha256(f"{Path(ckpt).resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    path = cache / f"{key}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    res = measure(ckpt)
+    cache.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(res))
+    return res
+
+
 def grouped(results: dict[str, dict]) -> dict[str, dict[str, dict[str, list[float]]]]:
     """``{group: {question type: {key: [value per run]}}}``; the group of label ``a/b`` is ``a``."""
     out: dict[str, dict[str, dict[str, list[float]]]] = {}
@@ -179,6 +195,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--label", nargs="*")
     ap.add_argument("--out", default="docs/results/attention_localization")
     ap.add_argument("--figure", default="docs/figures/attention_localization.png")
+    ap.add_argument(
+        "--cache",
+        default=None,
+        help="folder of per-checkpoint results: a checkpoint measured before is not re-run",
+    )
     args = ap.parse_args(argv)
     labels = args.label or [Path(c).parent.parent.name for c in args.ckpt]
     if len(labels) != len(args.ckpt):
@@ -186,7 +207,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     torch.set_grad_enabled(False)
     try:
-        results = {lab: {"ckpt": c, "types": measure(c)} for lab, c in zip(labels, args.ckpt)}
+        results = {
+            lab: {"ckpt": c, "types": cached_measure(c, Path(args.cache) if args.cache else None)}
+            for lab, c in zip(labels, args.ckpt)
+        }
     except MMFusionError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
