@@ -30,7 +30,7 @@ from mmfusion.attention.continuous import continuous_softmax, continuous_sparsem
 from mmfusion.attention.mca import region_init, weighted_em
 from mmfusion.attention.moments import grid_positions, moments_2d, sparsemax_sigma_2d
 from mmfusion.attention.pools import ContinuousSoftmaxPool, ContinuousSparsemaxPool, MCAPool
-from mmfusion.bench.core import device_sync, environment
+from mmfusion.bench.core import device_sync, environment, paired_times
 
 B, L, N, D, GRID = 64, 196, 100, 512, (14, 14)
 
@@ -116,32 +116,15 @@ def _pools(device: str) -> dict[str, Callable[[], Any]]:
     return {k: step(p) for k, p in pools.items()}
 
 
-def _clock(device: str) -> Callable[[], float]:
-    return time.thread_time if torch.device(device).type == "cpu" else time.perf_counter
-
-
 def sparsemax_transform_vs_pooling(device: str, warmup: int, rounds: int) -> dict[str, Any]:
     """Issue 18 item 3: the 2-D continuous sparsemax transform (fwd+bwd) against the discrete AttFlat pooling
     step, alternated in one process (order flipped every round); the median and IQR of the per-round ratios."""
     transform, pool = _transforms(device)["cont_sparsemax"], _pools(device)["discrete"]
-    clock = _clock(device)
-
-    def once(fn: Callable[[], Any]) -> float:
-        device_sync(device)
-        t0 = clock()
-        fn()
-        device_sync(device)
-        return (clock() - t0) * 1e3
-
-    for _ in range(warmup):
-        transform(), pool()
     load0 = os.getloadavg()[0]
-    ratios, t_ms, p_ms = [], [], []
-    for i in range(rounds):
-        pair = (once(transform), once(pool)) if i % 2 == 0 else tuple(reversed((once(pool), once(transform))))
-        t_ms.append(pair[0])
-        p_ms.append(pair[1])
-        ratios.append(pair[0] / pair[1])
+    kind = "cpu" if torch.device(device).type == "cpu" else "wall"
+    t = paired_times(pool, transform, rounds, warmup, device, flip=True)
+    t_ms, p_ms = t[kind], t[f"base_{kind}"]
+    ratios = t_ms / p_ms
     q25, q50, q75 = (float(np.percentile(ratios, q)) for q in (25, 50, 75))
     return {
         "suite": "attention",
@@ -158,7 +141,7 @@ def sparsemax_transform_vs_pooling(device: str, warmup: int, rounds: int) -> dic
         "ratio_median": q50,
         "ratio_iqr": [q25, q75],
         "target": 0.15,
-        "ratio_basis": "cpu_ms" if torch.device(device).type == "cpu" else "wall_ms",
+        "ratio_basis": f"{kind}_ms",
         "load_avg_1min": [load0, os.getloadavg()[0]],
     }
 

@@ -61,6 +61,39 @@ def time_fn(
     }
 
 
+def timed(fn: Callable[[], Any], device: str) -> tuple[float, float]:
+    """(wall ms, CPU ms of this thread) of one call."""
+    device_sync(device)
+    w0, c0 = time.perf_counter(), time.thread_time()
+    fn()
+    device_sync(device)
+    return (time.perf_counter() - w0) * 1e3, (time.thread_time() - c0) * 1e3
+
+
+def paired_times(
+    base: Callable[[], Any],
+    other: Callable[[], Any],
+    repeats: int,
+    warmup: int,
+    device: str,
+    flip: bool = False,
+) -> dict[str, np.ndarray]:
+    """Alternate the two steps (base, other, base, ...) so that load drift on a shared machine hits both alike;
+    ``flip``: run ``other`` first in every second round. Returns wall and thread-CPU times (``base_wall``,
+    ``base_cpu``, ``wall``, ``cpu``); on a CPU shared with other jobs the CPU time is the stable measure."""
+    for _ in range(warmup):
+        base()
+        other()
+    res: dict[str, list[float]] = {"base_wall": [], "base_cpu": [], "wall": [], "cpu": []}
+    for i in range(repeats):
+        order = ("other", "base") if flip and i % 2 else ("base", "other")
+        for which in order:
+            w, c = timed(base if which == "base" else other, device)
+            res["base_wall" if which == "base" else "wall"].append(w)
+            res["base_cpu" if which == "base" else "cpu"].append(c)
+    return {k: np.asarray(v) for k, v in res.items()}
+
+
 def peak_memory_mb(device: str = "cpu") -> float | None:
     """Peak allocated CUDA memory (MiB) since the last reset, or peak RSS of the process on CPU."""
     if torch.device(device).type == "cuda":

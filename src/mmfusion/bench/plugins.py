@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from mmfusion.bench.core import device_sync, environment, random_sentiment_batch
+from mmfusion.bench.core import environment, paired_times, random_sentiment_batch
 from mmfusion.contract import FusionModel, ModelInfo, Plugin
 from mmfusion.data.synthetic import MOSI_DIMS
 from mmfusion.tasks.training_step import clip_by, training_step
@@ -67,34 +66,6 @@ def make_step(
         return F.l1_loss(p.reshape(-1), y)
 
     return lambda: training_step(model, l1, plugins, batch, task_opt, opts, clip=clip_by(5.0))
-
-
-def _timed(fn: Callable[[], Any], device: str) -> tuple[float, float]:
-    """(wall ms, CPU ms of this thread) of one call."""
-    device_sync(device)
-    w0, c0 = time.perf_counter(), time.thread_time()
-    fn()
-    device_sync(device)
-    return (time.perf_counter() - w0) * 1e3, (time.thread_time() - c0) * 1e3
-
-
-def paired_times(
-    base: Callable[[], Any], other: Callable[[], Any], repeats: int, warmup: int, device: str
-) -> dict[str, np.ndarray]:
-    """Alternate the two steps (base, other, base, ...) so that load drift on a shared machine hits both alike.
-    Returns wall and thread-CPU times; on a CPU shared with other jobs the CPU time is the stable measure."""
-    for _ in range(warmup):
-        base()
-        other()
-    res: dict[str, list[float]] = {"base_wall": [], "base_cpu": [], "wall": [], "cpu": []}
-    for _ in range(repeats):
-        w, c = _timed(base, device)
-        res["base_wall"].append(w)
-        res["base_cpu"].append(c)
-        w, c = _timed(other, device)
-        res["wall"].append(w)
-        res["cpu"].append(c)
-    return {k: np.asarray(v) for k, v in res.items()}
 
 
 def _as_list(v: Any) -> list[str]:
