@@ -21,6 +21,7 @@ long axis with the support boundary), so K = 100 is accurate to ~1e-7 on every m
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -89,19 +90,31 @@ def interval_moments(
     x1 = m * z0 + s * z1
     x2 = m * m * z0 + 2 * m * s * z1 + s * s * z2
     x3 = m**3 * z0 + 3 * m * m * s * z1 + 3 * m * s * s * z2 + s**3 * z3
-    flat = s > flat_above * (hi - lo)
-    if bool(flat.any()):
-        idx = flat.nonzero(as_tuple=True)
-        mf, sf = m[idx], s[idx]
-        xn, wn = _gauss_legendre(gl_nodes, lo, hi, m)
-        dens = wn * torch.exp(-0.5 * ((xn - mf[:, None]) / sf[:, None]) ** 2) / (sf[:, None] * _SQRT2PI)
-        outs = []
-        for k, xk in enumerate((x0, x1, x2, x3)):
-            xk = xk.clone()
-            xk[idx] = (dens * xn**k).sum(-1)
-            outs.append(xk)
-        x0, x1, x2, x3 = outs
+    _flat_moments_(enumerate((x0, x1, x2, x3)), m, s, lo, hi, flat_above, gl_nodes)
     return x0, x1, x2, x3
+
+
+def _flat_moments_(
+    xs: Iterable[tuple[int, Tensor]],
+    m: Tensor,
+    s: Tensor,
+    lo: float,
+    hi: float,
+    flat_above: float,
+    gl_nodes: int,
+) -> None:
+    """Overwrite each X_k of ``xs`` ((k, X_k) pairs) in place by Gauss-Legendre quadrature of the smooth integrand
+    where the Gaussian is flat on the interval (s > flat_above * (hi - lo)), the entries where the closed form
+    cancels catastrophically."""
+    flat = s > flat_above * (hi - lo)
+    if not bool(flat.any()):
+        return
+    idx = flat.nonzero(as_tuple=True)
+    mf, sf = m[idx], s[idx]
+    xn, wn = _gauss_legendre(gl_nodes, lo, hi, m)
+    dens = wn * torch.exp(-0.5 * ((xn - mf[:, None]) / sf[:, None]) ** 2) / (sf[:, None] * _SQRT2PI)
+    for k, xk in xs:
+        xk[idx] = (dens * xn**k).sum(-1)
 
 
 def _basis(basis: GaussianBasis, like: Tensor) -> tuple[Tensor, Tensor]:
@@ -488,14 +501,7 @@ def _unit_interval_moments_(m: Tensor, s: Tensor, buf: Scratch) -> tuple[Tensor,
     x2 = torch.mul(m, x1, out=buf.take()).addcmul_(s2, x0).sub_(spb)  # X_2
     x3 = torch.mul(m, x2, out=buf.take()).addcmul_(s2, x1, value=2).sub_(spb)  # X_3
     buf.give(x0, s2, spb)
-    flat = s > 1.0
-    if bool(flat.any()):
-        idx = flat.nonzero(as_tuple=True)
-        mf, sf = m[idx], s[idx]
-        xn, wn = _gauss_legendre(24, 0.0, 1.0, m)
-        dens = wn * torch.exp(-0.5 * ((xn - mf[:, None]) / sf[:, None]) ** 2) / (sf[:, None] * _SQRT2PI)
-        for k, xk in ((1, x1), (2, x2), (3, x3)):
-            xk[idx] = (dens * xn**k).sum(-1)
+    _flat_moments_(((1, x1), (2, x2), (3, x3)), m, s, 0.0, 1.0, flat_above=1.0, gl_nodes=24)
     return x1, x2, x3
 
 
