@@ -10,7 +10,14 @@ from mmfusion.contract import FusionOutput
 from mmfusion.errors import ConfigError, DataError
 from mmfusion.models.lfn import LFN, LowRankFusion
 from mmfusion.models.mfn import MFN
-from mmfusion.models.subnets import PostFusionMLP, SubNet, apply_keep, dropout_keep, dropout_scale
+from mmfusion.models.subnets import (
+    PostFusionMLP,
+    SubNet,
+    _cols_per_chunk,
+    dropout_drop_mask,
+    dropout_keep,
+    dropout_scale,
+)
 from mmfusion.models.tfn import TFN, tensor_fusion
 
 DIMS = {"mosi": {"text": 768, "audio": 5, "vision": 20}, "mosei": {"text": 768, "audio": 74, "vision": 35}}
@@ -129,38 +136,69 @@ def test_dropout_keep_is_torch_dropout(p: float, shape: tuple[int, int], dtype: 
     ref, ref_next = F.dropout(x, p, training=True), torch.rand(4)
     torch.manual_seed(11)
     keep = dropout_keep(x.numel(), p)
-    out, out_next = apply_keep(x, keep, dropout_scale(p, dtype)), torch.rand(4)
+    out, out_next = x * (keep.view(shape).to(dtype) * dropout_scale(p, dtype)), torch.rand(4)
     assert torch.equal(
         out.view(-1).view(torch.int8), ref.view(-1).view(torch.int8)
     )  # bit for bit (signed zeros)
     assert torch.equal(out_next, ref_next)  # same generator draws consumed
     assert torch.equal(keep.view(shape), ref != 0) and dropout_scale(p, dtype) == pytest.approx(1 / (1 - p))
-    inplace = x.clone()
-    apply_keep(inplace, keep, dropout_scale(p, dtype), out=inplace)
-    assert torch.equal(inplace, ref)
 
 
-def test_post_fusion_fast_path_equals_dropout_then_linear() -> None:
-    """Training on CPU the head takes the dropout_keep + _DropoutLinear path: outputs, every gradient and the
-    generator state must be those of the plain nn.Sequential (Dropout -> Linear -> ...)."""
+def test_post_fusion_fast_path_is_dropout_then_linear_on_its_mask() -> None:
+    """Training on CPU the head takes the chunked _DropoutLinear path: outputs and every gradient are those of the
+    plain nn.Sequential (Dropout -> Linear -> ...) applied with the mask it drew (dropout_drop_mask, chunk by
+    chunk from the same generator state), to float rounding; several chunks and a remainder."""
     torch.manual_seed(0)
-    head = PostFusionMLP(3 * 4 * 5 * 7, 8, 2, 0.3).train()
-    x = torch.randn(6, 3 * 4 * 5 * 7, dtype=torch.float32, requires_grad=True)
-    w = torch.randn(6, 2)
+    b, d, p = 6, 50_000, 0.3
+    head = PostFusionMLP(d, 8, 1, p, output_range=[-3, 3]).train()
+    x = torch.randn(b, d, dtype=torch.float64, requires_grad=True)
+    head.double()
+    w = torch.randn(b, 1, dtype=torch.float64)
     assert head._fast_path(x)
-    results = []
-    for forward in (head.net, head):
-        head.zero_grad(set_to_none=True)
-        x.grad = None
-        torch.manual_seed(3)
-        y = forward(x)
-        (y * w).sum().backward()
-        results.append((y, x.grad, *(q.grad for q in head.parameters()), torch.rand(3)))
-    for ref, got in zip(*results):
-        assert torch.equal(got, ref)
+    step = _cols_per_chunk(b)
+    assert d // step >= 2 and d % step  # the case covers several chunks and a remainder
+    torch.manual_seed(3)
+    y = head(x)
+    (y * w).sum().backward()
+    got = (y, x.grad, *(q.grad for q in head.parameters()))
+    torch.manual_seed(3)  # the mask it drew: the same draws, chunk by chunk
+    keep = torch.cat(
+        [~dropout_drop_mask(b * (min(d, s + step) - s), p).view(b, -1) for s in range(0, d, step)], dim=1
+    )
+    assert 0.6 < keep.double().mean() < 0.8
+    head.zero_grad(set_to_none=True)
+    x.grad = None
+    first = head.net[1]
+    h = torch.nn.functional.linear(x * keep * dropout_scale(p, x.dtype), first.weight, first.bias)
+    ref_y = head.net[2:](h)
+    ref_y = torch.sigmoid(ref_y) * 6.0 - 3.0
+    (ref_y * w).sum().backward()
+    ref = (ref_y, x.grad, *(q.grad for q in head.parameters()))
+    for r, g in zip(ref, got):
+        torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-12)
     head.eval()  # eval: no dropout, plain path
     assert not head._fast_path(x)
-    torch.testing.assert_close(head(x), head.net(x))
+    torch.testing.assert_close(head(x), torch.sigmoid(head.net(x)) * 6.0 - 3.0)
+
+
+@pytest.mark.parametrize("p", [0.5, 0.4, 0.3, 0.05, 0.9, 1.5 / 256])
+def test_dropout_drop_mask_has_dropouts_law(p: float) -> None:
+    """P(drop) = p for every value, whichever byte of a draw it came from, and neighbours independent (5 sigma
+    bounds on 2^22 values). p = 1.5/256 hits the tie rule: without it the rate would be 2/256 (52 sigma off)."""
+    n = 1 << 22
+    torch.manual_seed(0)
+    d = dropout_drop_mask(n, p).double()
+    sd = (p * (1 - p) / n) ** 0.5
+    assert abs(float(d.mean()) - p) < 5 * sd
+    per_byte = d.view(-1, 8).mean(0)  # value i came from byte i mod 8 of its 64-bit draw
+    assert float((per_byte - p).abs().max()) < 5 * sd * 8**0.5
+    both = float((d[0::2] * d[1::2]).mean())  # disjoint neighbour pairs
+    assert abs(both - p * p) < 5 * (p * p * (1 - p * p) / (n // 2)) ** 0.5
+    torch.manual_seed(0)
+    out = torch.empty(n, dtype=torch.bool)
+    assert dropout_drop_mask(n, p, out=out) is out and torch.equal(
+        out.double(), d
+    )  # out= gives the same draw
 
 
 def test_tfn_output_range() -> None:

@@ -10,7 +10,8 @@ Analysis").
   (``(B, I) x (B, J) -> (B, I*J) x (B, K) -> (B, I*J*K)``), so no intermediate is larger than the fused tensor
   itself, and any number of modalities works.
 * Sentiment inference sub-network (Sect. 4.4): Dropout -> 2 x (Linear + ReLU) -> Linear (:class:`PostFusionMLP`;
-  training on CPU its dropout and first Linear run fused, with the same numbers and random draws).
+  training on CPU its dropout and first Linear run fused and chunked, on a mask of ``F.dropout``'s law drawn from
+  about one random byte per value: ``subnets._DropoutLinear``).
 
 Paper vs re-implementations (docs/models.md): the paper's language sub-network feeds all LSTM outputs of a
 fixed-length (20-word) sentence to the fully connected layers; with variable-length, right-padded input we use
