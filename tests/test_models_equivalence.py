@@ -17,7 +17,6 @@ import torch
 import torch.nn.functional as F
 
 from mmfusion.models import subnets
-
 from mmfusion.models.ef_lstm import EFLSTM
 from mmfusion.models.lfn import LFN
 from mmfusion.models.mfn import MFN
