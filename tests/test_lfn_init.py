@@ -36,9 +36,20 @@ def test_shipped_lfn_config_starts_at_an_o1_fused_scale(tmp_path) -> None:
 
     cfg = compose_train_cfg(["model=lfn", "data.n_train=64", "data.n_valid=8", "data.n_test=8"], tmp_path)
     assert cfg.model.factor_init == "unit_bias"
+    xavier = compose_train_cfg(
+        ["model=lfn", "model.factor_init=xavier", "data.n_train=64", "data.n_valid=8", "data.n_test=8"],
+        tmp_path,
+    )
     dm = build_datamodule(cfg)
-    net = build_module(cfg, dm).net.eval()
     batch = dm.splits["train"].__getitems__(list(range(32)))
-    with torch.no_grad():
-        fused = net(batch).fused
-    assert float(fused.pow(2).mean().sqrt()) > 0.1
+
+    def rms(c, seed: int) -> float:  # the scale depends on the draw (0.08-2.5 over 20 seeds): seeded, several
+        torch.manual_seed(seed)
+        net = build_module(c, dm).net.eval()
+        with torch.no_grad():
+            return float(net(batch).fused.pow(2).mean().sqrt())
+
+    ours = [rms(cfg, s) for s in range(5)]
+    released = [rms(xavier, s) for s in range(5)]
+    assert sorted(ours)[2] > 0.1  # median O(1)
+    assert all(o > 100 * r for o, r in zip(ours, released))  # orders of magnitude above the Xavier factors'

@@ -291,10 +291,32 @@ def test_benchmark_pairs_have_equal_parameter_counts() -> None:
     pytest.importorskip("MMSA")
     from mmfusion.bench.models import build_mmsa, build_ours, n_params
 
-    for name in ("tfn", "lfn", "mfn", "ef_lstm"):
+    for name in ("tfn", "lfn", "mfn", "ef_lstm", "magbert"):
         for data in ("mosi", "mosei"):
             ours, theirs = n_params(build_ours(name, data)), n_params(build_mmsa(name, data))
             assert ours == theirs > 0, (name, data, ours, theirs)
+
+
+def test_mmsa_magbert_builds_offline_and_matches_ours_on_copied_weights() -> None:
+    """MMSA 2.2.1's own BERT_MAG, built on the packaged MiniLM through the transformers-5 shim, is the function our
+    MAG-BERT computes: with MMSA's weights copied in and the MAG LayerNorm at MMSA's epsilon the predictions agree
+    to float rounding, with and without padding (bench extra)."""
+    pytest.importorskip("MMSA")
+    from mmfusion.bench import mmsa_magbert
+    from mmfusion.bench.models import SHAPES
+
+    torch.manual_seed(0)
+    theirs = mmsa_magbert.build_mmsa(SHAPES["mosi"], "mosi", 12).eval()
+    ours = mmsa_magbert.build_ours(SHAPES["mosi"], "mosi").eval()
+    mmsa_magbert.copy_mmsa_into_ours(theirs, ours)
+    ours.mag.norm.eps = theirs.model.bert.MAG.LayerNorm.eps
+    for lengths in (None, torch.tensor([12, 9, 5, 3])):
+        o_in, m_in = mmsa_magbert.make_inputs(SHAPES["mosi"], 4, 12, "cpu", lengths)
+        with torch.no_grad():
+            ref = theirs(*m_in)["M"].reshape(-1)
+            got = ours(o_in).prediction.reshape(-1)
+        assert float(ref.abs().max()) > 1e-3  # not a vacuous zero output
+        torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
 
 
 def test_dropout_keep_is_f_dropout_mask_at_any_thread_count() -> None:

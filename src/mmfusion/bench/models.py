@@ -42,9 +42,14 @@ from mmfusion.bench.core import device_sync, environment
 SHAPES = {"mosi": {"text": 300, "audio": 74, "vision": 47}, "mosei": {"text": 768, "audio": 74, "vision": 35}}
 BATCH = {"mosi": 32, "mosei": 64}
 SEQ_LEN = 50
-MODELS = ("tfn", "lfn", "mfn", "ef_lstm", "mult")
+MODELS = ("tfn", "lfn", "mfn", "ef_lstm", "mult", "magbert")
+SCALING_MODELS = MODELS[:-1]  # MAG-BERT (a 6-layer BERT, ~2 s a step) is left out of the scaling grid
 MMSA_CLASS = {"tfn": "TFN", "lfn": "LMF", "mfn": "MFN", "ef_lstm": "EF_LSTM", "mult": "MULT"}
 MMSA_KEY = {"tfn": "tfn", "lfn": "lmf", "mfn": "mfn", "ef_lstm": "ef_lstm", "mult": "mult"}
+OPTIMIZERS = (
+    "fused",
+    "forloop",
+)  # AdamW as our trainer runs it (configs/optim/adamw.yaml) | torch's CPU default
 AVERAGED_AV = ("tfn", "lfn")  # MMSA feeds these time-averaged audio/vision (need_normalized)
 
 
@@ -63,6 +68,11 @@ def build_mmsa(name: str, data: str, seq_len: int = SEQ_LEN) -> nn.Module:
     """MMSA's own model class (imported lazily: ``import MMSA`` pulls in its whole runner)."""
     import importlib
 
+    if name == "magbert":
+        from mmfusion.bench import mmsa_magbert
+
+        return mmsa_magbert.build_mmsa(SHAPES[data], data, seq_len)
+
     mod = importlib.import_module(f"MMSA.models.singleTask.{MMSA_CLASS[name]}")
     dims = SHAPES[data]
     args = SimpleNamespace(
@@ -77,6 +87,10 @@ def build_mmsa(name: str, data: str, seq_len: int = SEQ_LEN) -> nn.Module:
 
 def build_ours(name: str, data: str, seq_len: int = SEQ_LEN) -> nn.Module:
     """Our model at MMSA's sizes for ``data`` (order (text, audio, video) in MMSA's lists)."""
+    if name == "magbert":
+        from mmfusion.bench import mmsa_magbert
+
+        return mmsa_magbert.build_ours(SHAPES[data], data)
     p, dims = mmsa_params(name, data), SHAPES[data]
     if name in ("tfn", "lfn"):
         (ht, ha, hv), (da, dv, _dt, dp) = p["hidden_dims"], p["dropouts"]
@@ -171,6 +185,10 @@ def n_params(model: nn.Module) -> int:
 
 def make_inputs(name: str, data: str, batch: int, seq_len: int, device: str) -> tuple[dict, tuple]:
     """(our batch, MMSA's (text, audio, video)) holding the same tensors."""
+    if name == "magbert":  # word pieces for BERT, aligned audio / vision
+        from mmfusion.bench import mmsa_magbert
+
+        return mmsa_magbert.make_inputs(SHAPES[data], batch, seq_len, device)
     g = torch.Generator().manual_seed(0)
     dims = SHAPES[data]
     x = {}
@@ -182,9 +200,19 @@ def make_inputs(name: str, data: str, batch: int, seq_len: int, device: str) -> 
     return ours, (x["text"], x["audio"], x["vision"])
 
 
-def make_step(model: nn.Module, inputs: Any, y: torch.Tensor, device: str, bf16: bool = False):
-    """forward (optionally bf16 autocast) + L1 + backward + AdamW step; the same for both implementations."""
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+def make_step(
+    model: nn.Module, inputs: Any, y: torch.Tensor, device: str, bf16: bool = False, optimizer: str = "fused"
+):
+    """forward (optionally bf16 autocast) + L1 + backward + AdamW step; the same for both implementations.
+    ``optimizer``: ``fused`` (one kernel, what our trainer runs) or ``forloop`` (torch's default on CPU)."""
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {OPTIMIZERS}; got {optimizer!r}")
+    opt = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad],
+        lr=1e-4,
+        fused=optimizer == "fused",
+        foreach=False if optimizer == "forloop" else None,
+    )
     mmsa = isinstance(inputs, tuple)
 
     def step() -> None:
@@ -215,6 +243,7 @@ def pair(
     bf16: bool = False,
     rounds: int = 15,
     warmup: int = 3,
+    optimizer: str = "fused",
 ) -> dict[str, Any]:
     """Ours vs MMSA, steps interleaved (order flipped every round); median / IQR of per-round ratios."""
     torch.set_num_threads(threads)
@@ -225,7 +254,9 @@ def pair(
         net = (build_ours if impl == "ours" else build_mmsa)(name, data, seq_len).to(device).train()
         params[impl] = n_params(net)
         ours_in, mmsa_in = make_inputs(name, data, batch, seq_len, device)
-        steps[impl] = make_step(net, ours_in if impl == "ours" else mmsa_in, ours_in["y"], device, bf16)
+        steps[impl] = make_step(
+            net, ours_in if impl == "ours" else mmsa_in, ours_in["y"], device, bf16, optimizer
+        )
     print(
         f"params {name} {data}: ours {params['ours']:,} mmsa {params['mmsa']:,}", file=sys.stderr, flush=True
     )
@@ -246,6 +277,7 @@ def pair(
         "threads": threads,
         "device": device,
         "bf16": bf16,
+        "optimizer": optimizer,
         "params": params["ours"],
         "rounds": rounds,
         "warmup": warmup,
@@ -268,6 +300,7 @@ def memory(
     threads: int = 1,
     device: str = "cpu",
     steps: int = 3,
+    optimizer: str = "fused",
 ) -> dict[str, Any]:
     """Peak memory of ``steps`` training steps of one implementation (run it in a fresh process)."""
     torch.set_num_threads(threads)
@@ -275,7 +308,7 @@ def memory(
     torch.manual_seed(0)
     net = (build_ours if impl == "ours" else build_mmsa)(name, data, seq_len).to(device).train()
     ours_in, mmsa_in = make_inputs(name, data, batch, seq_len, device)
-    step = make_step(net, ours_in if impl == "ours" else mmsa_in, ours_in["y"], device)
+    step = make_step(net, ours_in if impl == "ours" else mmsa_in, ours_in["y"], device, optimizer=optimizer)
     row = {
         "model": name,
         "data": data,
@@ -284,6 +317,7 @@ def memory(
         "seq_len": seq_len,
         "threads": threads,
         "device": device,
+        "optimizer": optimizer,
     }
     if torch.device(device).type == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -425,6 +459,7 @@ def _key(r: dict) -> tuple:
         r.get("bf16"),
         r.get("device"),
         r.get("sdpa"),
+        r.get("optimizer", "forloop"),  # rows written before the option were the for-loop AdamW
     )
 
 
@@ -477,7 +512,7 @@ def plot_scaling(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    colors = {m: f"C{i}" for i, m in enumerate(MODELS)}
+    colors = {m: f"C{i}" for i, m in enumerate(SCALING_MODELS)}
     for ax, (var, fixed, label) in zip(
         axes,
         (
@@ -485,7 +520,7 @@ def plot_scaling(rows: list[dict], path: Path) -> None:
             ("batch", ("seq_len", 50), "batch size (T = 50)"),
         ),
     ):
-        for m in MODELS:
+        for m in SCALING_MODELS:
             pts = sorted(
                 (r[var], r["ms_ours"], r["ms_mmsa"])
                 for r in rows
@@ -520,6 +555,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--bf16", action="store_true", help="also bf16-autocast rows (CUDA)")
     p.add_argument("--rounds", type=int, default=15)
     p.add_argument("--warmup", type=int, default=3)
+    p.add_argument(
+        "--optimizer",
+        default="fused,forloop",
+        help="AdamW variants of the pairs: fused (our trainer's) and/or forloop (torch's CPU default); memory: the first",
+    )
     p.add_argument("--no-memory", action="store_true")
     p.add_argument("--mcan", action="store_true", help="MCAN-small throughput with / without SDPA instead")
     p.add_argument("--scaling", action="store_true", help="step time vs T and batch (+ PNG next to --figure)")
@@ -546,44 +586,26 @@ def main(argv: list[str] | None = None) -> None:
             for sd in (False, True)
         ]
     elif a.scaling:
-        specs = scaling_specs(models, a.device, max(3, a.rounds // 5))
+        specs = scaling_specs([m for m in models if m in SCALING_MODELS], a.device, max(3, a.rounds // 5))
     else:
         specs = []
         bf16s = (False, True) if a.bf16 else (False,)
+        optimizers = [o for o in a.optimizer.split(",") if o]
         for m in models:
             for d in a.data.split(","):
-                for th in (int(t) for t in a.threads.split(",")):
-                    for bf in bf16s:
-                        specs.append(
-                            (
-                                "pair",
-                                dict(
-                                    model=m,
-                                    data=d,
-                                    batch=BATCH[d],
-                                    seq_len=SEQ_LEN,
-                                    threads=th,
-                                    device=a.device,
-                                    bf16=bf,
-                                    rounds=a.rounds,
-                                    warmup=a.warmup,
-                                ),
-                            )
-                        )
+                common = dict(model=m, data=d, batch=BATCH[d], seq_len=SEQ_LEN, device=a.device)
+                specs += [
+                    (
+                        "pair",
+                        dict(common, threads=int(t), bf16=bf, rounds=a.rounds, warmup=a.warmup, optimizer=o),
+                    )
+                    for t in a.threads.split(",")
+                    for bf in bf16s
+                    for o in optimizers
+                ]
                 if not a.no_memory:
                     specs += [
-                        (
-                            "memory",
-                            dict(
-                                model=m,
-                                data=d,
-                                impl=i,
-                                batch=BATCH[d],
-                                seq_len=SEQ_LEN,
-                                threads=1,
-                                device=a.device,
-                            ),
-                        )
+                        ("memory", dict(common, impl=i, threads=1, optimizer=optimizers[0]))
                         for i in ("ours", "mmsa")
                     ]
     rows = run_specs(specs, raw)
@@ -601,20 +623,24 @@ def markdown_table(rows: list[dict]) -> str:
     mem = {
         (r["model"], r["data"], r["impl"]): r.get("step_peak_mb") for r in rows if r.get("kind") == "memory"
     }
+    mem_opt = {
+        (r["model"], r["data"]): r.get("optimizer", "forloop") for r in rows if r.get("kind") == "memory"
+    }
     out = [
-        "| model | data (batch) | threads | params (equal) | ours ms | MMSA ms | MMSA / ours: median [IQR] "
+        "| model | data (batch) | threads | AdamW | params (equal) | ours ms | MMSA ms | MMSA / ours: median [IQR] "
         "| load avg (1 min) | step peak MB ours / MMSA |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if r.get("kind") != "pair" or "ratio_median" not in r:
             continue
         m = (mem.get((r["model"], r["data"], "ours")), mem.get((r["model"], r["data"], "mmsa")))
-        mtxt = f"{m[0]:.0f} / {m[1]:.0f}" if r["threads"] == 1 and None not in m else ""
+        first = r["threads"] == 1 and r.get("optimizer", "forloop") == mem_opt.get((r["model"], r["data"]))
+        mtxt = f"{m[0]:.0f} / {m[1]:.0f}" if first and None not in m else ""
         lo, hi = r["ratio_iqr"]
         out.append(
             f"| {r['model']} | {r['data']} ({r['batch']}) | {r['threads']}"
-            f"{' bf16' if r.get('bf16') else ''} | {r['params']:,} | {r['ms_ours']:.0f} | {r['ms_mmsa']:.0f} "
+            f"{' bf16' if r.get('bf16') else ''} | {r.get('optimizer', 'forloop')} | {r['params']:,} | {r['ms_ours']:.0f} | {r['ms_mmsa']:.0f} "
             f"| **{r['ratio_median']:.2f}x** [{lo:.2f}, {hi:.2f}] "
             f"| {r['loadavg_start'][0]:.1f}-{r['loadavg_end'][0]:.1f} | {mtxt} |"
         )

@@ -15,6 +15,7 @@ the whole split, logged as ``val/<metric>`` and ``test/<metric>``.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 from collections.abc import Callable
@@ -43,7 +44,8 @@ class FusionModule(pl.LightningModule):
         net: the fusion model.
         task: loss, metrics and validation monitor of the data.
         plugins: ``{name: plug-in}`` (``reg=``), attached to ``net`` in order; ``None``: the plain baseline.
-        optimizer: factory of the task optimiser, called on ``net.param_groups(lr, weight_decay)``; ``None``: AdamW.
+        optimizer: factory of the task optimiser, called on ``net.param_groups(lr, weight_decay)``; ``None``: fused AdamW
+            (``configs/optim/adamw.yaml``).
         scheduler: factory of a learning-rate scheduler on the task optimiser (given ``num_training_steps`` when it
             takes that argument); ``None``: no scheduler.
         scheduler_interval: ``epoch`` or ``step``: when the scheduler steps.
@@ -77,7 +79,7 @@ class FusionModule(pl.LightningModule):
         self.net = net
         self.task = task
         self.plugins = torch.nn.ModuleDict(plugins or {})
-        self.optimizer_factory = optimizer or torch.optim.AdamW
+        self.optimizer_factory = optimizer or functools.partial(torch.optim.AdamW, fused=True)
         self.scheduler_factory = scheduler
         self.scheduler_interval = scheduler_interval
         self.lr, self.weight_decay = lr, weight_decay
