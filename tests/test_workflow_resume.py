@@ -15,6 +15,17 @@ from mmfusion.train import train
 
 from .conftest import SMALL_DATA, run_cli
 
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Bit-equality between an in-process run and a CLI run (``run_cli`` sets OMP_NUM_THREADS=1) needs the same
+    thread count: CPU reductions split their work by thread, so 1 and 2 threads differ in the last bits."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 # 128 / 32 = 4 batches per epoch, 3 epochs = 12 steps; mid-epoch checkpoints every 3 steps
 TINY = [
     "data.n_train=128",
