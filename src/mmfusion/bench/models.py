@@ -301,8 +301,10 @@ def memory(
     device: str = "cpu",
     steps: int = 3,
     optimizer: str = "fused",
+    repeat: int = 0,
 ) -> dict[str, Any]:
-    """Peak memory of ``steps`` training steps of one implementation (run it in a fresh process)."""
+    """Peak memory of ``steps`` training steps of one implementation (run it in a fresh process; ``repeat``
+    numbers the fresh processes of one setting)."""
     torch.set_num_threads(threads)
     name, batch = model, batch or BATCH[data]
     torch.manual_seed(0)
@@ -318,6 +320,7 @@ def memory(
         "threads": threads,
         "device": device,
         "optimizer": optimizer,
+        "repeat": repeat,
     }
     if torch.device(device).type == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -460,6 +463,7 @@ def _key(r: dict) -> tuple:
         r.get("device"),
         r.get("sdpa"),
         r.get("optimizer", "forloop"),  # rows written before the option were the for-loop AdamW
+        r.get("repeat", 0),
     )
 
 
@@ -561,6 +565,10 @@ def main(argv: list[str] | None = None) -> None:
         help="AdamW variants of the pairs: fused (our trainer's) and/or forloop (torch's CPU default); memory: the first",
     )
     p.add_argument("--no-memory", action="store_true")
+    p.add_argument("--no-pairs", action="store_true", help="memory rows only")
+    p.add_argument(
+        "--memory-repeats", type=int, default=1, help="fresh processes per implementation (alternated)"
+    )
     p.add_argument("--mcan", action="store_true", help="MCAN-small throughput with / without SDPA instead")
     p.add_argument("--scaling", action="store_true", help="step time vs T and batch (+ PNG next to --figure)")
     p.add_argument("--figure", default="docs/figures/bench_models_scaling.png")
@@ -594,19 +602,23 @@ def main(argv: list[str] | None = None) -> None:
         for m in models:
             for d in a.data.split(","):
                 common = dict(model=m, data=d, batch=BATCH[d], seq_len=SEQ_LEN, device=a.device)
-                specs += [
-                    (
-                        "pair",
-                        dict(common, threads=int(t), bf16=bf, rounds=a.rounds, warmup=a.warmup, optimizer=o),
-                    )
-                    for t in a.threads.split(",")
-                    for bf in bf16s
-                    for o in optimizers
-                ]
+                if not a.no_pairs:
+                    specs += [
+                        (
+                            "pair",
+                            dict(
+                                common, threads=int(t), bf16=bf, rounds=a.rounds, warmup=a.warmup, optimizer=o
+                            ),
+                        )
+                        for t in a.threads.split(",")
+                        for bf in bf16s
+                        for o in optimizers
+                    ]
                 if not a.no_memory:
                     specs += [
-                        ("memory", dict(common, impl=i, threads=1, optimizer=optimizers[0]))
-                        for i in ("ours", "mmsa")
+                        ("memory", dict(common, impl=i, threads=1, optimizer=optimizers[0], repeat=r))
+                        for r in range(a.memory_repeats)
+                        for i in (("ours", "mmsa") if r % 2 == 0 else ("mmsa", "ours"))
                     ]
     rows = run_specs(specs, raw)
     if a.scaling:
