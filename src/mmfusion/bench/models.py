@@ -516,6 +516,7 @@ def plot_scaling(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    opt = "/".join(sorted({r.get("optimizer", "forloop") for r in rows if "ms_ours" in r}))
     colors = {m: f"C{i}" for i, m in enumerate(SCALING_MODELS)}
     for ax, (var, fixed, label) in zip(
         axes,
@@ -542,7 +543,7 @@ def plot_scaling(rows: list[dict], path: Path) -> None:
         ax.grid(alpha=0.3, which="both")
     axes[0].legend(fontsize=7, ncol=2)
     fig.suptitle(
-        "MOSI sizes (300/74/47), 1 thread, CPU: forward + L1 + backward + AdamW; ours vs MMSA 2.2.1",
+        f"MOSI sizes (300/74/47), 1 thread, CPU: forward + L1 + backward + {opt} AdamW; ours vs MMSA 2.2.1",
         fontsize=9,
     )
     fig.tight_layout()
