@@ -21,15 +21,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from mmfusion.bench.core import environment
+from mmfusion.bench.core import environment, time_fn
 from mmfusion.bench.models import (
     BATCH,
     SEQ_LEN,
@@ -116,14 +114,7 @@ def model_gemms(name: str, data: str, batch: int, t: int = SEQ_LEN) -> Counter[G
 def time_gemm(m: int, k: int, n: int, repeats: int = 15) -> float:
     """Median ms of one (m, k) x (k, n) float32 product into a preallocated output, after a warm-up."""
     a, b, out = torch.randn(m, k), torch.randn(k, n), torch.empty(m, n)
-    for _ in range(3):
-        torch.mm(a, b, out=out)
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        torch.mm(a, b, out=out)
-        ts.append(time.perf_counter() - t0)
-    return float(np.median(ts)) * 1e3
+    return time_fn(lambda: torch.mm(a, b, out=out), warmup=3, repeats=repeats)["median_ms"]
 
 
 def time_fused_adamw(numel: int, repeats: int = 10) -> float:
@@ -131,13 +122,7 @@ def time_fused_adamw(numel: int, repeats: int = 10) -> float:
     w = torch.nn.Parameter(torch.randn(numel))
     w.grad = torch.randn(numel)
     opt = torch.optim.AdamW([w], lr=1e-4, fused=True)
-    opt.step()
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        opt.step()
-        ts.append(time.perf_counter() - t0)
-    return float(np.median(ts)) * 1e3
+    return time_fn(opt.step, warmup=1, repeats=repeats)["median_ms"]
 
 
 def peak_gflops() -> float:
@@ -157,14 +142,7 @@ def floor_row(
     net = build_mmsa(name, data).train()  # MMSA's step first, before the GEMM timings fill the heap
     ours_in, mmsa_in = make_inputs(name, data, batch, SEQ_LEN, "cpu")
     step = make_step(net, mmsa_in, ours_in["y"], "cpu", optimizer="fused")
-    for _ in range(2):
-        step()
-    ts = []
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        step()
-        ts.append(time.perf_counter() - t0)
-    here_ms = float(np.median(ts)) * 1e3
+    here_ms = time_fn(step, warmup=2, repeats=rounds)["median_ms"]
     adamw_ms = time_fused_adamw(n_params(net))
     del net, step
     gemms = model_gemms(name, data, batch)
