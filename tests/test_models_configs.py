@@ -60,7 +60,9 @@ def test_shipped_optimisers_are_fused_and_update_like_the_for_loop(optim: str) -
     w, ref = torch.nn.Parameter(w0.clone()), torch.nn.Parameter(w0.clone())
     opt = instantiate(cfg.optim.optimizer)([w], lr=1e-2)
     assert opt.defaults["fused"] is True
-    kw = {k: v for k, v in opt.defaults.items() if k in ("betas", "eps", "weight_decay", "amsgrad", "maximize")}
+    kw = {
+        k: v for k, v in opt.defaults.items() if k in ("betas", "eps", "weight_decay", "amsgrad", "maximize")
+    }
     slow = type(opt)([ref], lr=1e-2, foreach=False, **kw)
     for _ in range(3):
         g = torch.randn(64, 33)
