@@ -26,7 +26,6 @@ import os
 import resource
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
@@ -37,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmfusion.bench.core import device_sync, environment
+from mmfusion.bench.core import environment, paired_times, timed
 
 SHAPES = {"mosi": {"text": 300, "audio": 74, "vision": 47}, "mosei": {"text": 768, "audio": 74, "vision": 35}}
 BATCH = {"mosi": 32, "mosei": 64}
@@ -46,10 +45,8 @@ MODELS = ("tfn", "lfn", "mfn", "ef_lstm", "mult", "magbert")
 SCALING_MODELS = MODELS[:-1]  # MAG-BERT (a 6-layer BERT, ~2 s a step) is left out of the scaling grid
 MMSA_CLASS = {"tfn": "TFN", "lfn": "LMF", "mfn": "MFN", "ef_lstm": "EF_LSTM", "mult": "MULT"}
 MMSA_KEY = {"tfn": "tfn", "lfn": "lmf", "mfn": "mfn", "ef_lstm": "ef_lstm", "mult": "mult"}
-OPTIMIZERS = (
-    "fused",
-    "forloop",
-)  # AdamW as our trainer runs it (configs/optim/adamw.yaml) | torch's CPU default
+# AdamW as our trainer runs it (configs/optim/adamw.yaml) | torch's default on CPU
+OPTIMIZERS = ("fused", "forloop")
 AVERAGED_AV = ("tfn", "lfn")  # MMSA feeds these time-averaged audio/vision (need_normalized)
 
 
@@ -226,13 +223,6 @@ def make_step(
     return step
 
 
-def _timed(step, device: str) -> float:
-    t0 = time.perf_counter()
-    step()
-    device_sync(device)
-    return (time.perf_counter() - t0) * 1e3
-
-
 def pair(
     model: str,
     data: str,
@@ -262,13 +252,9 @@ def pair(
     )
     assert params["ours"] == params["mmsa"], f"{name}/{data}: parameter counts differ {params}"
     load0 = os.getloadavg()
-    times: dict[str, list[float]] = {"ours": [], "mmsa": []}
-    for r in range(warmup + rounds):
-        for impl in ("ours", "mmsa") if r % 2 == 0 else ("mmsa", "ours"):
-            t = _timed(steps[impl], device)
-            if r >= warmup:
-                times[impl].append(t)
-    ratio = np.asarray(times["mmsa"]) / np.asarray(times["ours"])
+    t = paired_times(steps["ours"], steps["mmsa"], rounds, warmup, device, flip=True)  # wall times
+    times = {"ours": t["base_wall"], "mmsa": t["wall"]}
+    ratio = times["mmsa"] / times["ours"]
     return {
         "model": name,
         "data": data,
@@ -413,7 +399,7 @@ def mcan(
 
     for _ in range(warmup):
         step()
-    times = [_timed(step, device) for _ in range(rounds)]
+    times = [timed(step, device)[0] for _ in range(rounds)]
     med = float(np.median(times))
     return {
         "model": "mcan_small",
